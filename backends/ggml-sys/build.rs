@@ -1,0 +1,163 @@
+//! Builds ggml with cmake from the sources in the pinned `llama-cpp-sys-2` package and
+//! generates bindings with bindgen.
+//!
+//! The source directory is found with `cargo metadata`; `GRAFT_GGML_SRC` (a path to a
+//! `llama.cpp/ggml` directory) overrides it.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PKG: &str = "llama-cpp-sys-2";
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=wrapper.h");
+    println!("cargo:rerun-if-changed=cmake/CMakeLists.txt");
+    println!("cargo:rerun-if-env-changed=GRAFT_GGML_SRC");
+    println!("cargo:rerun-if-env-changed=GRAFT_GGML_NATIVE");
+
+    let ggml_src = find_ggml_source();
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let target = env::var("TARGET").unwrap();
+    let host = env::var("HOST").unwrap();
+    let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let metal = env::var_os("CARGO_FEATURE_METAL").is_some();
+    let vulkan = env::var_os("CARGO_FEATURE_VULKAN").is_some();
+
+    // Host builds use every instruction the build machine has (AVX-512 VNNI here), as
+    // llama.cpp's own default build does; cross builds (and GRAFT_GGML_NATIVE=0) stay generic.
+    let native = target == host
+        && env::var("GRAFT_GGML_NATIVE")
+            .map(|v| v != "0")
+            .unwrap_or(true);
+    let on_off = |b: bool| if b { "ON" } else { "OFF" };
+
+    let mut cfg = cmake::Config::new(manifest_dir.join("cmake"));
+    cfg.define("GGML_SOURCE_DIR", &ggml_src)
+        .define("BUILD_SHARED_LIBS", "OFF")
+        .define("GGML_BUILD_TESTS", "OFF")
+        .define("GGML_BUILD_EXAMPLES", "OFF")
+        .define("GGML_CCACHE", "OFF")
+        .define("GGML_NATIVE", on_off(native))
+        .define("GGML_OPENMP", "ON")
+        .define("GGML_CUDA", on_off(cuda))
+        .define("GGML_METAL", on_off(metal))
+        .define("GGML_METAL_EMBED_LIBRARY", on_off(metal))
+        .define("GGML_VULKAN", on_off(vulkan))
+        .define("CMAKE_BUILD_TYPE", "Release")
+        .profile("Release");
+    if target.contains("android") || target.contains("aarch64") && target != host {
+        cfg.define("GGML_OPENMP", "OFF");
+    }
+    let dst = cfg.build();
+
+    for dir in ["lib", "lib64"] {
+        println!("cargo:rustc-link-search=native={}", dst.join(dir).display());
+    }
+    let mut libs = vec!["ggml", "ggml-cpu", "ggml-base"];
+    if cuda {
+        libs.insert(1, "ggml-cuda");
+    }
+    if metal {
+        libs.insert(1, "ggml-metal");
+    }
+    if vulkan {
+        libs.insert(1, "ggml-vulkan");
+    }
+    for lib in libs {
+        println!("cargo:rustc-link-lib=static={lib}");
+    }
+    link_system_libs(&target, cuda, metal, vulkan);
+
+    let mut builder = bindgen::Builder::default()
+        .header(manifest_dir.join("wrapper.h").to_string_lossy())
+        .clang_arg(format!("-I{}", ggml_src.join("include").display()))
+        .allowlist_function("(ggml|gguf)_.*")
+        .allowlist_type("(ggml|gguf)_.*")
+        .allowlist_var("(GGML|GGUF)_.*")
+        .prepend_enum_name(false)
+        .derive_default(true)
+        .layout_tests(false)
+        .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
+    if cuda {
+        builder = builder.clang_arg("-DGRAFT_GGML_CUDA");
+    }
+    if metal {
+        builder = builder.clang_arg("-DGRAFT_GGML_METAL");
+    }
+    if vulkan {
+        builder = builder.clang_arg("-DGRAFT_GGML_VULKAN");
+    }
+    let bindings = builder.generate().expect("bindgen failed on ggml headers");
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .expect("writing bindings.rs");
+    println!("cargo:include={}", ggml_src.join("include").display());
+}
+
+fn link_system_libs(target: &str, cuda: bool, metal: bool, vulkan: bool) {
+    if target.contains("apple") {
+        println!("cargo:rustc-link-lib=c++");
+        println!("cargo:rustc-link-lib=framework=Accelerate");
+        if metal {
+            for fw in ["Foundation", "Metal", "MetalKit"] {
+                println!("cargo:rustc-link-lib=framework={fw}");
+            }
+        }
+    } else if target.contains("android") {
+        println!("cargo:rustc-link-lib=c++_shared");
+    } else {
+        println!("cargo:rustc-link-lib=stdc++");
+        if !(target.contains("aarch64") && target != env::var("HOST").unwrap_or_default()) {
+            println!("cargo:rustc-link-lib=gomp");
+        }
+    }
+    if cuda {
+        if let Ok(p) = env::var("CUDA_PATH") {
+            println!("cargo:rustc-link-search=native={p}/lib64");
+        }
+        println!("cargo:rustc-link-search=native=/usr/local/cuda/lib64");
+        for lib in ["cudart", "cublas", "cublasLt", "cuda"] {
+            println!("cargo:rustc-link-lib={lib}");
+        }
+    }
+    if vulkan {
+        println!("cargo:rustc-link-lib=vulkan");
+    }
+}
+
+/// Finds `<llama-cpp-sys-2>/llama.cpp/ggml`.
+fn find_ggml_source() -> PathBuf {
+    if let Some(p) = env::var_os("GRAFT_GGML_SRC") {
+        return PathBuf::from(p);
+    }
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let workspace = manifest_dir.join("../../Cargo.toml");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(&workspace)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("running `cargo metadata` to find the llama-cpp-sys-2 sources");
+    if !out.status.success() {
+        panic!(
+            "`cargo metadata` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+    let pkgs = meta["packages"].as_array().expect("packages array");
+    let pkg = pkgs
+        .iter()
+        .find(|p| p["name"] == PKG)
+        .unwrap_or_else(|| panic!("package {PKG} not in cargo metadata"));
+    let manifest = Path::new(pkg["manifest_path"].as_str().expect("manifest_path"));
+    let dir = manifest.parent().unwrap().join("llama.cpp").join("ggml");
+    if !dir.join("CMakeLists.txt").exists() {
+        panic!("ggml sources not found at {}", dir.display());
+    }
+    dir
+}

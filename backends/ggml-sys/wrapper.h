@@ -1,0 +1,15 @@
+#include "ggml.h"
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+#include "ggml-opt.h"
+#include "gguf.h"
+#ifdef GRAFT_GGML_CUDA
+#include "ggml-cuda.h"
+#endif
+#ifdef GRAFT_GGML_METAL
+#include "ggml-metal.h"
+#endif
+#ifdef GRAFT_GGML_VULKAN
+#include "ggml-vulkan.h"
+#endif

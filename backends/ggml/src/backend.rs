@@ -1,0 +1,235 @@
+//! Backends, buffers and graph allocation.
+//!
+//! A [`Backend`] runs graphs (CPU here; CUDA/Metal/Vulkan behind cargo features). A
+//! [`Buffer`] holds tensor data: either allocated by the backend (KV cache, adapters) or
+//! wrapping host memory that something else owns (the memory-mapped model file). A
+//! [`GraphAllocator`] places a graph's intermediate tensors in one reusable compute buffer.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::context::{Context, Graph, Tensor};
+use crate::sys;
+use crate::{Error, Result};
+
+/// A compute backend.
+pub struct Backend {
+    ptr: NonNull<sys::ggml_backend>,
+    kind: BackendKind,
+}
+
+/// Which device a [`Backend`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// ggml's CPU backend.
+    Cpu,
+}
+
+// SAFETY: a ggml backend may be used from any thread, one at a time (&mut for compute).
+unsafe impl Send for Backend {}
+
+impl Backend {
+    /// The CPU backend with `n_threads` worker threads.
+    pub fn cpu(n_threads: usize) -> Result<Self> {
+        // SAFETY: plain constructor.
+        let p = unsafe { sys::ggml_backend_cpu_init() };
+        let ptr = NonNull::new(p).ok_or_else(|| Error::Alloc("ggml_backend_cpu_init".into()))?;
+        let b = Self {
+            ptr,
+            kind: BackendKind::Cpu,
+        };
+        b.set_threads(n_threads);
+        Ok(b)
+    }
+
+    /// The CUDA backend (device 0). Errors with `NotCompiled` unless built with `cuda`.
+    pub fn cuda(_device: usize) -> Result<Self> {
+        Err(Error::NotCompiled("the CUDA backend"))
+    }
+
+    /// Which device this is.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Sets the number of CPU threads used by graph computation.
+    pub fn set_threads(&self, n: usize) {
+        if self.kind == BackendKind::Cpu {
+            // SAFETY: a CPU backend made by ggml_backend_cpu_init.
+            unsafe { sys::ggml_backend_cpu_set_n_threads(self.ptr.as_ptr(), n.max(1) as i32) }
+        }
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::ggml_backend {
+        self.ptr.as_ptr()
+    }
+
+    /// Allocates every tensor of `ctx` in one new buffer of this backend (zero-filled).
+    pub fn alloc_ctx_tensors(&self, ctx: &Context) -> Result<Buffer> {
+        // SAFETY: valid context and backend.
+        let p = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), self.raw()) };
+        let ptr = NonNull::new(p)
+            .ok_or_else(|| Error::Alloc("backend buffer for context tensors".into()))?;
+        // SAFETY: buffer just made.
+        unsafe { sys::ggml_backend_buffer_clear(ptr.as_ptr(), 0) };
+        Ok(Buffer { ptr, _owner: None })
+    }
+
+    /// Runs `graph` to completion.
+    pub fn compute(&mut self, graph: &Graph<'_>) -> Result<()> {
+        // SAFETY: the graph's tensors are all allocated (callers use GraphAllocator) and
+        // outlive this call.
+        let status = unsafe { sys::ggml_backend_graph_compute(self.raw(), graph.raw()) };
+        if status != sys::GGML_STATUS_SUCCESS {
+            return Err(Error::Compute(status));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // SAFETY: we own the backend.
+        unsafe { sys::ggml_backend_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// A backend buffer holding tensor data.
+pub struct Buffer {
+    ptr: NonNull<sys::ggml_backend_buffer>,
+    // Keeps host memory wrapped by `from_host` alive as long as the buffer.
+    _owner: Option<Arc<dyn HostMemory>>,
+}
+
+/// Host memory that a [`Buffer`] can wrap without copying (a memory map, a Vec).
+pub trait HostMemory: Send + Sync {
+    /// The bytes; the address must stay fixed for the object's life.
+    fn bytes(&self) -> &[u8];
+}
+
+// SAFETY: the buffer is only mutated through &mut or by graph computation, which callers
+// serialise.
+unsafe impl Send for Buffer {}
+// SAFETY: as above; shared access only reads metadata.
+unsafe impl Sync for Buffer {}
+
+impl Buffer {
+    /// A CPU buffer over `mem` without copying. Tensors placed in it read from `mem` in place;
+    /// ggml never writes to weight tensors during inference.
+    pub fn from_host(mem: Arc<dyn HostMemory>) -> Result<Self> {
+        let bytes = mem.bytes();
+        if bytes.as_ptr() as usize % 32 != 0 {
+            return Err(Error::Shape("host memory must be 32-byte aligned".into()));
+        }
+        // SAFETY: the bytes stay alive and fixed while `mem` (kept in the Buffer) lives.
+        // ggml takes a *mut pointer but only reads weights; no op writes to them.
+        let p =
+            unsafe { sys::ggml_backend_cpu_buffer_from_ptr(bytes.as_ptr() as *mut _, bytes.len()) };
+        let ptr =
+            NonNull::new(p).ok_or_else(|| Error::Alloc("cpu buffer from host memory".into()))?;
+        // SAFETY: buffer just made.
+        unsafe {
+            sys::ggml_backend_buffer_set_usage(ptr.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+        };
+        Ok(Self {
+            ptr,
+            _owner: Some(mem),
+        })
+    }
+
+    /// Places `t` at byte `offset` of this buffer (a host buffer from [`Buffer::from_host`]).
+    pub fn place(&self, t: Tensor<'_>, offset: usize) -> Result<()> {
+        let size = self.size();
+        let end = offset.checked_add(t.nbytes());
+        if end.is_none_or(|e| e > size) || t.is_allocated() {
+            return Err(Error::Shape(format!(
+                "tensor {} ({} bytes at {offset}) does not fit buffer of {size} bytes or is already placed",
+                t.name(),
+                t.nbytes()
+            )));
+        }
+        // SAFETY: valid buffer; base + offset .. + nbytes is inside it (checked above).
+        let status = unsafe {
+            let base = sys::ggml_backend_buffer_get_base(self.ptr.as_ptr()) as *mut u8;
+            sys::ggml_backend_tensor_alloc(self.ptr.as_ptr(), t.raw(), base.add(offset).cast())
+        };
+        if status != sys::GGML_STATUS_SUCCESS {
+            return Err(Error::Alloc(format!("placing tensor {}", t.name())));
+        }
+        Ok(())
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        // SAFETY: valid buffer.
+        unsafe { sys::ggml_backend_buffer_get_size(self.ptr.as_ptr()) }
+    }
+
+    /// Fills the buffer with `value`.
+    pub fn clear(&mut self, value: u8) {
+        // SAFETY: valid buffer, exclusively borrowed.
+        unsafe { sys::ggml_backend_buffer_clear(self.ptr.as_ptr(), value) }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: we own the buffer; the host memory (if any) is dropped after it.
+        unsafe { sys::ggml_backend_buffer_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// Allocates graph intermediates in one compute buffer that grows to the largest graph seen
+/// and is then reused (no allocation per token).
+pub struct GraphAllocator {
+    ptr: NonNull<sys::ggml_gallocr>,
+}
+
+// SAFETY: the allocator is plain host state used under &mut.
+unsafe impl Send for GraphAllocator {}
+
+impl GraphAllocator {
+    /// An allocator for `backend`'s default buffer type.
+    pub fn new(backend: &Backend) -> Result<Self> {
+        // SAFETY: valid backend.
+        let p = unsafe {
+            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.raw()))
+        };
+        let ptr = NonNull::new(p).ok_or_else(|| Error::Alloc("ggml_gallocr_new".into()))?;
+        Ok(Self { ptr })
+    }
+
+    /// Reserves the compute buffer for the worst-case `graph` so later graphs need no
+    /// reallocation.
+    pub fn reserve(&mut self, graph: &Graph<'_>) -> Result<()> {
+        // SAFETY: valid allocator and graph.
+        if unsafe { sys::ggml_gallocr_reserve(self.ptr.as_ptr(), graph.raw()) } {
+            Ok(())
+        } else {
+            Err(Error::Alloc("reserving the compute buffer".into()))
+        }
+    }
+
+    /// Allocates every unallocated tensor of `graph`.
+    pub fn alloc(&mut self, graph: &Graph<'_>) -> Result<()> {
+        // SAFETY: valid allocator and graph.
+        if unsafe { sys::ggml_gallocr_alloc_graph(self.ptr.as_ptr(), graph.raw()) } {
+            Ok(())
+        } else {
+            Err(Error::Alloc("allocating the compute graph".into()))
+        }
+    }
+
+    /// Bytes currently held by the compute buffer.
+    pub fn buffer_size(&self) -> usize {
+        // SAFETY: valid allocator.
+        unsafe { sys::ggml_gallocr_get_buffer_size(self.ptr.as_ptr(), 0) }
+    }
+}
+
+impl Drop for GraphAllocator {
+    fn drop(&mut self) {
+        // SAFETY: we own the allocator.
+        unsafe { sys::ggml_gallocr_free(self.ptr.as_ptr()) }
+    }
+}

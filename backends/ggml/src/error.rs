@@ -1,0 +1,24 @@
+//! The crate's error type.
+
+/// Errors from the ggml wrapper.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// ggml could not allocate (context, buffer or graph memory).
+    #[error("ggml allocation failed: {0}")]
+    Alloc(String),
+    /// A shape or size does not fit the operation.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// A backend or feature that this build does not include.
+    #[error("{0} is not compiled into this build (enable the cargo feature)")]
+    NotCompiled(&'static str),
+    /// A capability the backend does not have.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A graph computation failed.
+    #[error("ggml graph compute failed with status {0}")]
+    Compute(i32),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

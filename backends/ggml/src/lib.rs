@@ -1,0 +1,117 @@
+//! Safe wrapper over ggml.
+//!
+//! Each C object is owned by a Rust type (`NonNull` + `Drop`): [`Context`] (tensor metadata
+//! and graph nodes), [`Graph`], [`Backend`], [`Buffer`] and [`GraphAllocator`]. Tensors are
+//! [`Tensor<'ctx>`] handles that cannot outlive the context that made them; a [`TensorId`] is a
+//! lifetime-free handle that a long-lived owner (a model's weights) keeps and resolves against
+//! its context. Every op is one short `unsafe` call with its SAFETY note.
+//!
+//! Shapes follow ggml: `ne[0]` is the contiguous dimension. `mul_mat(a, b)` takes
+//! `a: [k, m]`, `b: [k, n]` and returns `[m, n]` (i.e. `b · aᵀ` in row-major terms).
+#![warn(missing_docs)]
+
+mod backend;
+mod context;
+mod error;
+mod ops;
+
+pub use backend::{Backend, BackendKind, Buffer, GraphAllocator, HostMemory};
+pub use context::{Context, FrozenContext, Graph, Tensor, TensorId};
+pub use error::{Error, Result};
+pub use graft_ggml_sys as sys;
+pub use ops::RopeParams;
+
+/// A ggml tensor element type, by its numeric id in `enum ggml_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Type(pub u32);
+
+impl Type {
+    /// 32-bit float.
+    pub const F32: Type = Type(sys::GGML_TYPE_F32);
+    /// 16-bit IEEE float.
+    pub const F16: Type = Type(sys::GGML_TYPE_F16);
+    /// bfloat16.
+    pub const BF16: Type = Type(sys::GGML_TYPE_BF16);
+    /// 32-bit signed integer.
+    pub const I32: Type = Type(sys::GGML_TYPE_I32);
+    /// 64-bit signed integer.
+    pub const I64: Type = Type(sys::GGML_TYPE_I64);
+    /// 8-bit block quantization.
+    pub const Q8_0: Type = Type(sys::GGML_TYPE_Q8_0);
+
+    /// The type's name as ggml spells it (`"q4_1"`).
+    pub fn name(self) -> String {
+        // SAFETY: ggml_type_name returns a static C string for every id < GGML_TYPE_COUNT,
+        // and we check the range first.
+        if self.0 >= sys::GGML_TYPE_COUNT {
+            return format!("type#{}", self.0);
+        }
+        let p = unsafe { sys::ggml_type_name(self.0) };
+        if p.is_null() {
+            return format!("type#{}", self.0);
+        }
+        // SAFETY: non-null static NUL-terminated string from ggml.
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Bytes taken by `n` elements of this type in one row (`n` must be a multiple of the
+    /// block size).
+    pub fn row_size(self, n: i64) -> usize {
+        // SAFETY: pure function of its arguments.
+        unsafe { sys::ggml_row_size(self.0, n) }
+    }
+
+    /// Whether ggml's CPU backend can compute with this type (its traits are known).
+    pub fn is_supported(self) -> bool {
+        self.0 < sys::GGML_TYPE_COUNT && self.block_size() > 0
+    }
+
+    /// Elements per quantization block.
+    pub fn block_size(self) -> i64 {
+        // SAFETY: pure lookup in ggml's type-traits table; range checked by callers.
+        unsafe { sys::ggml_blck_size(self.0) }
+    }
+}
+
+/// Quantizes `src` (f32, `nrows * n_per_row` values) into `ty`, returning the bytes.
+///
+/// Types that need an importance matrix are refused.
+pub fn quantize(ty: Type, src: &[f32], nrows: usize, n_per_row: usize) -> Result<Vec<u8>> {
+    if nrows.checked_mul(n_per_row) != Some(src.len()) {
+        return Err(Error::Shape(format!(
+            "quantize: {} values is not {nrows} x {n_per_row}",
+            src.len()
+        )));
+    }
+    if ty.0 >= sys::GGML_TYPE_COUNT || n_per_row as i64 % ty.block_size().max(1) != 0 {
+        return Err(Error::Shape(format!(
+            "quantize: row of {n_per_row} is not a whole number of {} blocks",
+            ty.name()
+        )));
+    }
+    // SAFETY: pure query on a valid type id.
+    if unsafe { sys::ggml_quantize_requires_imatrix(ty.0) } {
+        return Err(Error::Unsupported(format!(
+            "{} needs an importance matrix",
+            ty.name()
+        )));
+    }
+    let mut out = vec![0u8; ty.row_size(n_per_row as i64) * nrows];
+    // SAFETY: src holds nrows*n_per_row f32s, out holds nrows rows of row_size bytes (checked
+    // above); ggml_quantize_init is idempotent and thread-safe.
+    unsafe {
+        sys::ggml_quantize_init(ty.0);
+        sys::ggml_quantize_chunk(
+            ty.0,
+            src.as_ptr(),
+            out.as_mut_ptr().cast(),
+            0,
+            nrows as i64,
+            n_per_row as i64,
+            std::ptr::null(),
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,64 @@
+//! The runtime's error type.
+
+use graft_formats::FormatError;
+
+use crate::tokenizer::TokenizerError;
+
+/// Errors from the graft runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The model or adapter file is malformed.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// A ggml failure (allocation, compute).
+    #[error(transparent)]
+    Ggml(#[from] graft_ggml::Error),
+    /// The tokenizer metadata is unusable.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// The file's architecture is not one graft runs.
+    #[error("unsupported architecture {0:?} (graft runs: llama, qwen2)")]
+    UnsupportedArchitecture(String),
+    /// A required tensor is missing from the model file.
+    #[error("model tensor {0} is missing")]
+    MissingTensor(String),
+    /// A tensor has the wrong shape for the hyper-parameters.
+    #[error("tensor {tensor} has shape {got:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// The tensor name.
+        tensor: String,
+        /// Expected ggml dims.
+        expected: Vec<u64>,
+        /// Dims in the file.
+        got: Vec<u64>,
+    },
+    /// A tensor type ggml cannot compute with.
+    #[error("tensor {tensor} has type {ty}, which this build of ggml cannot compute with")]
+    UnsupportedTensorType {
+        /// The tensor name.
+        tensor: String,
+        /// Its type.
+        ty: String,
+    },
+    /// Hyper-parameters that do not make sense.
+    #[error("invalid model hyper-parameter: {0}")]
+    InvalidHparams(String),
+    /// The request does not fit (context full, empty prompt, bad token id...).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The operation was cancelled by the caller.
+    #[error("cancelled")]
+    Cancelled,
+    /// An I/O error with the path it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for the runtime.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,95 @@
+//! The key/value cache of one session: F16 tensors per layer in a backend buffer.
+//!
+//! Keys are stored `[n_embd_kv, n_ctx]` (one row per position). Values are stored
+//! transposed, `[n_ctx, n_embd_kv]`, for the matmul attention path (so `V·softmax` reads
+//! contiguous rows) and untransposed for flash attention, as llama.cpp does.
+
+use graft_ggml::{Backend, Buffer, Context, Tensor, TensorId, Type};
+
+use crate::error::Result;
+use crate::model::ModelConfig;
+
+/// Per-session KV cache.
+pub struct KvCache {
+    ctx: Context,
+    _buf: Buffer,
+    k: Vec<TensorId>,
+    v: Vec<TensorId>,
+    n_ctx: usize,
+    n_embd_kv: usize,
+    v_trans: bool,
+}
+
+impl KvCache {
+    /// Allocates a cache of `n_ctx` positions for `cfg` on `backend`.
+    pub fn new(
+        cfg: &ModelConfig,
+        n_ctx: usize,
+        flash_attn: bool,
+        backend: &Backend,
+    ) -> Result<Self> {
+        let ctx = Context::new(2 * cfg.n_layer + 2, 0)?;
+        let n_embd_kv = cfg.n_embd_kv();
+        let mut k = Vec::with_capacity(cfg.n_layer);
+        let mut v = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let kt = ctx
+                .new_tensor(Type::F16, &[n_embd_kv as i64, n_ctx as i64])
+                .set_name(&format!("cache_k_l{il}"));
+            let vne = if flash_attn {
+                [n_embd_kv as i64, n_ctx as i64]
+            } else {
+                [n_ctx as i64, n_embd_kv as i64]
+            };
+            let vt = ctx
+                .new_tensor(Type::F16, &vne)
+                .set_name(&format!("cache_v_l{il}"));
+            k.push(kt.id());
+            v.push(vt.id());
+        }
+        let buf = backend.alloc_ctx_tensors(&ctx)?;
+        Ok(Self {
+            ctx,
+            _buf: buf,
+            k,
+            v,
+            n_ctx,
+            n_embd_kv,
+            v_trans: !flash_attn,
+        })
+    }
+
+    /// Capacity in positions.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Whether values are stored transposed (matmul attention).
+    pub fn v_trans(&self) -> bool {
+        self.v_trans
+    }
+
+    /// Width of one position's keys (and values).
+    pub fn n_embd_kv(&self) -> usize {
+        self.n_embd_kv
+    }
+
+    /// Layer `il`'s key tensor.
+    pub(crate) fn k(&self, il: usize) -> Tensor<'_> {
+        self.ctx
+            .get(self.k[il])
+            .expect("cache tensor of this cache")
+    }
+
+    /// Layer `il`'s value tensor.
+    pub(crate) fn v(&self, il: usize) -> Tensor<'_> {
+        self.ctx
+            .get(self.v[il])
+            .expect("cache tensor of this cache")
+    }
+
+    /// Bytes held by the cache.
+    pub fn size_bytes(&self) -> usize {
+        self._buf.size()
+    }
+}

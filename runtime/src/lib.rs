@@ -1,0 +1,32 @@
+//! graft: an on-device adapter runtime for large language models.
+//!
+//! One quantized GGUF base model is memory-mapped once ([`Model`]); [`Session`]s own a KV
+//! cache each and evaluate tokens through ggml; [`Engine`] adds tokenization, sampling and
+//! streaming generation on top.
+//!
+//! ```no_run
+//! use graft::{Engine, GenerateRequest};
+//! let engine = Engine::load("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let out = engine.generate(&GenerateRequest::new("Once upon a time").max_tokens(16), |piece| {
+//!     print!("{piece}");
+//!     true // keep going
+//! })?;
+//! println!("\n{} tokens", out.tokens.len());
+//! # Ok::<(), graft::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod kv_cache;
+pub mod model;
+pub mod perplexity;
+pub mod sampler;
+pub mod session;
+pub mod tokenizer;
+
+pub use engine::{Engine, GenerateRequest, Generation, Timings};
+pub use error::{Error, Result};
+pub use model::{Arch, Model, ModelConfig};
+pub use sampler::{Sampler, SamplerConfig};
+pub use session::{LogitsFor, Session, SessionConfig};

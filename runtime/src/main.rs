@@ -1,0 +1,249 @@
+//! The `graft` command-line tool: a thin shell over the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use graft::perplexity::perplexity;
+use graft::{Engine, GenerateRequest, SamplerConfig, SessionConfig};
+use serde_json::json;
+
+mod inspect;
+
+#[derive(Parser)]
+#[command(
+    name = "graft",
+    version,
+    about = "On-device adapter runtime for LLMs (GGUF models on ggml)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt (streams to stdout).
+    Generate(GenerateArgs),
+    /// Perplexity of a text file.
+    Perplexity(PerplexityArgs),
+    /// Describe a GGUF model or adapter file.
+    Inspect {
+        /// The GGUF file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The GGUF model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Adapter file (repeatable).
+    #[arg(long = "adapter", value_name = "A.gguf")]
+    adapters: Vec<PathBuf>,
+    /// Adapter file and its scale (repeatable).
+    #[arg(long = "adapter-scaled", num_args = 2, value_names = ["A.gguf", "S"])]
+    adapters_scaled: Vec<String>,
+    /// CPU threads (default: available cores, at most 8).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Use ggml's flash-attention kernel.
+    #[arg(long)]
+    flash_attn: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// The prompt (tokenized as llama.cpp does: BOS per the file's flag, special tokens parsed).
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Context length.
+    #[arg(long, default_value_t = 2048)]
+    ctx: usize,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Text file to score.
+    #[arg(long)]
+    file: PathBuf,
+    /// Window length in tokens.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Score at most this many tokens of the file.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Generate(a) => generate(a),
+        Cmd::Perplexity(a) => run_perplexity(a),
+        Cmd::Inspect { file, json } => inspect::run(&file, json),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load(m: &ModelArgs, n_ctx: usize) -> Result<Engine> {
+    if !m.adapters.is_empty() || !m.adapters_scaled.is_empty() {
+        bail!("adapters are not supported yet in this build (see issue: adapters at inference)");
+    }
+    let cfg = SessionConfig {
+        n_ctx,
+        n_threads: m.threads.unwrap_or_else(graft::session::default_threads),
+        flash_attn: m.flash_attn,
+        ..SessionConfig::default()
+    };
+    if cfg.n_threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    Engine::load_with(&m.model, cfg).with_context(|| format!("loading model {}", m.model.display()))
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        bail!("--temperature must be a finite number >= 0");
+    }
+    if !(0.0..=1.0).contains(&a.top_p) || !(0.0..=1.0).contains(&a.min_p) {
+        bail!("--top-p and --min-p must be within [0, 1]");
+    }
+    let engine = load(&a.m, a.ctx)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let req = GenerateRequest {
+        prompt: a.prompt.clone(),
+        max_tokens: a.max_tokens,
+        sampler: SamplerConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            seed: a.seed,
+            ..SamplerConfig::default()
+        },
+        stop_at_eog: !a.ignore_eos,
+        cancel: Some(cancel.clone()),
+    };
+    let stream = !a.json;
+    let mut stdout = std::io::stdout().lock();
+    let g = engine.generate(&req, |piece| {
+        if stream {
+            // A closed stdout (e.g. `| head`) stops generation instead of panicking.
+            if stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                cancel.store(true, Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
+    })?;
+    if a.json {
+        let out = json!({
+            "prompt_tokens": g.prompt_tokens,
+            "tokens": g.tokens,
+            "text": g.text,
+            "stop_reason": g.stop_reason,
+            "timings": {
+                "load_ms": g.timings.load_ms,
+                "prefill_tokens_per_s": g.timings.prefill_tokens_per_s,
+                "decode_tokens_per_s": g.timings.decode_tokens_per_s,
+                "prefill_ms": g.timings.prefill_ms,
+                "decode_ms": g.timings.decode_ms,
+            },
+        });
+        writeln!(stdout, "{out}")?;
+    } else {
+        writeln!(stdout)?;
+        eprintln!(
+            "[{} prompt tokens, {} generated; load {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s]",
+            g.prompt_tokens.len(),
+            g.tokens.len(),
+            g.timings.load_ms,
+            g.timings.prefill_tokens_per_s,
+            g.timings.decode_tokens_per_s
+        );
+    }
+    Ok(())
+}
+
+fn run_perplexity(a: PerplexityArgs) -> Result<()> {
+    if a.ctx < 2 {
+        bail!("--ctx must be at least 2");
+    }
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let engine = load(&a.m, a.ctx)?;
+    let mut tokens = engine.model().tokenizer().encode(&text, false, false);
+    tokens.truncate(a.max_tokens);
+    let mut session = engine.new_session()?;
+    let t = Instant::now();
+    let quiet = a.json;
+    let p = perplexity(&mut session, &tokens, a.ctx, |done, total| {
+        if !quiet {
+            eprint!("\rwindow {done}/{total}");
+        }
+    })?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"perplexity": p.perplexity, "tokens": p.tokens, "nll_mean": p.nll_mean, "ctx": a.ctx,
+                   "seconds": t.elapsed().as_secs_f64()})
+        );
+    } else {
+        eprintln!();
+        println!(
+            "perplexity {:.4} over {} tokens (ctx {})",
+            p.perplexity, p.tokens, a.ctx
+        );
+    }
+    Ok(())
+}

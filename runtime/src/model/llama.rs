@@ -1,0 +1,135 @@
+//! The llama-family forward graph (llama, SmolLM2, Qwen2).
+//!
+//! Qwen2 is the same graph with q/k/v biases (optional weights here) and NeoX-style RoPE
+//! (chosen by [`ModelConfig::rope_mode`]). Node names follow llama.cpp's (`attn_norm-3`,
+//! `ffn_out-3`, `result_output`) so the two can be compared node by node.
+
+use graft_ggml::{Context, Graph, Tensor, Type};
+
+use super::layers::{attention, ffn_swiglu, linear, norm, AttnInputs};
+use super::Model;
+use crate::kv_cache::KvCache;
+
+/// Shape of one forward batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BatchShape {
+    /// Tokens in the batch.
+    pub n_tokens: usize,
+    /// Cache positions attended over (padded; masked beyond the real ones).
+    pub n_kv: usize,
+    /// Positions whose logits are wanted (the last `n_out` of the batch).
+    pub n_out: usize,
+}
+
+/// The graph's input tensors, to be filled before computing.
+pub(crate) struct GraphInputs<'a> {
+    pub tokens: Tensor<'a>,
+    pub attn: AttnInputs<'a>,
+    pub out_ids: Option<Tensor<'a>>,
+    /// F32 `[n_vocab, n_out]`.
+    pub logits: Tensor<'a>,
+}
+
+/// Most graph nodes one batch can need (generous; llama.cpp uses a similar bound).
+pub(crate) fn max_nodes(model: &Model) -> usize {
+    (model.layers.len() * 64 + 256).max(2048)
+}
+
+/// Builds the forward graph for one batch.
+pub(crate) fn build<'a>(
+    model: &'a Model,
+    kv: &'a KvCache,
+    ctx: &'a Context,
+    shape: BatchShape,
+) -> (Graph<'a>, GraphInputs<'a>) {
+    let cfg = model.config();
+    let n = shape.n_tokens as i64;
+    let mut gf = ctx.new_graph(max_nodes(model), false);
+
+    let tokens = ctx
+        .new_tensor(Type::I32, &[n])
+        .set_name("inp_tokens")
+        .set_input();
+    let pos = ctx
+        .new_tensor(Type::I32, &[n])
+        .set_name("inp_pos")
+        .set_input();
+    let mask_ty = if kv.v_trans() { Type::F32 } else { Type::F16 };
+    let mask = ctx
+        .new_tensor(mask_ty, &[shape.n_kv as i64, n])
+        .set_name("kq_mask")
+        .set_input();
+    let k_idx = ctx
+        .new_tensor(Type::I64, &[n])
+        .set_name("k_idxs")
+        .set_input();
+    let n_v_idx = if kv.v_trans() {
+        n * cfg.n_embd_kv() as i64
+    } else {
+        n
+    };
+    let v_idx = ctx
+        .new_tensor(Type::I64, &[n_v_idx])
+        .set_name("v_idxs")
+        .set_input();
+    let out_ids = (shape.n_out < shape.n_tokens).then(|| {
+        ctx.new_tensor(Type::I32, &[shape.n_out as i64])
+            .set_name("inp_out_ids")
+            .set_input()
+    });
+    let inp = AttnInputs {
+        pos,
+        mask,
+        k_idx,
+        v_idx,
+        n_kv: shape.n_kv,
+    };
+
+    let w = |id| model.w(id);
+    let mut x = ctx.get_rows(w(model.tok_embd), tokens).set_name("inp_embd");
+    let (hd, nh, nkv) = (cfg.head_dim as i64, cfg.n_head as i64, cfg.n_head_kv as i64);
+    let rope = cfg.rope();
+    for (il, l) in model.layers.iter().enumerate() {
+        let mut residual = x;
+        let cur = norm(ctx, x, w(l.attn_norm), cfg.rms_eps).set_name(&format!("attn_norm-{il}"));
+        let q = linear(ctx, w(l.wq), cur, l.bq.map(w));
+        let k = linear(ctx, w(l.wk), cur, l.bk.map(w));
+        let v = linear(ctx, w(l.wv), cur, l.bv.map(w));
+        let q = ctx
+            .rope_ext(ctx.reshape(q, &[hd, nh, n]), pos, &rope)
+            .set_name(&format!("Qcur-{il}"));
+        let k = ctx
+            .rope_ext(ctx.reshape(k, &[hd, nkv, n]), pos, &rope)
+            .set_name(&format!("Kcur-{il}"));
+        let v = ctx
+            .reshape(v, &[hd, nkv, n])
+            .set_name(&format!("Vcur-{il}"));
+        let att = attention(ctx, &mut gf, cfg, kv, il, &inp, q, k, v);
+        let mut cur = linear(ctx, w(l.wo), att, l.bo.map(w)).set_name(&format!("attn_out-{il}"));
+        if il + 1 == model.layers.len() {
+            if let Some(ids) = out_ids {
+                cur = ctx.get_rows(cur, ids);
+                residual = ctx.get_rows(residual, ids);
+            }
+        }
+        let ffn_inp = ctx.add(cur, residual).set_name(&format!("ffn_inp-{il}"));
+        let cur =
+            norm(ctx, ffn_inp, w(l.ffn_norm), cfg.rms_eps).set_name(&format!("ffn_norm-{il}"));
+        let cur = ffn_swiglu(ctx, cur, w(l.ffn_gate), w(l.ffn_up), w(l.ffn_down));
+        x = ctx.add(cur, ffn_inp).set_name(&format!("l_out-{il}"));
+    }
+    let cur = norm(ctx, x, w(model.output_norm), cfg.rms_eps).set_name("result_norm");
+    let logits = linear(ctx, w(model.output), cur, None)
+        .set_name("result_output")
+        .set_output();
+    gf.build_forward_expand(logits);
+    (
+        gf,
+        GraphInputs {
+            tokens,
+            attn: inp,
+            out_ids,
+            logits,
+        },
+    )
+}

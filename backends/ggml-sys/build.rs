@@ -41,6 +41,9 @@ fn main() {
         .define("GGML_CCACHE", "OFF")
         .define("GGML_NATIVE", on_off(native))
         .define("GGML_OPENMP", "ON")
+        // llama.cpp turns tinyBLAS (llamafile sgemm) on by default; so do we, for the same
+        // kernels (and results) in prompt processing.
+        .define("GGML_LLAMAFILE", "ON")
         .define("GGML_CUDA", on_off(cuda))
         .define("GGML_METAL", on_off(metal))
         .define("GGML_METAL_EMBED_LIBRARY", on_off(metal))

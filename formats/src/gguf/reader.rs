@@ -71,10 +71,10 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
 
     let alignment = match key_index
         .get(limits::ALIGNMENT_KEY)
-        .map(|&i| &metadata[i].1)
+        .and_then(|&i| metadata.get(i))
     {
         None => limits::DEFAULT_ALIGNMENT,
-        Some(v) => alignment_from_value(v)?,
+        Some((_, v)) => alignment_from_value(v)?,
     };
 
     // Tensor infos.

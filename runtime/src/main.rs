@@ -12,6 +12,7 @@ use graft::perplexity::perplexity;
 use graft::{Engine, GenerateRequest, SamplerConfig, SessionConfig};
 use serde_json::json;
 
+mod bench;
 mod inspect;
 
 #[derive(Parser)]
@@ -31,6 +32,27 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Perplexity of a text file.
     Perplexity(PerplexityArgs),
+    /// Measure prompt processing (pp) and generation (tg) speed, load time and peak RSS.
+    Bench {
+        /// The GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// CPU threads.
+        #[arg(long, default_value_t = graft::session::default_threads())]
+        threads: usize,
+        /// Prompt lengths to time, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "128,512")]
+        pp: Vec<usize>,
+        /// Generation lengths to time, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64")]
+        tg: Vec<usize>,
+        /// Repetitions of each test.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Use flash attention.
+        #[arg(long)]
+        flash_attn: bool,
+    },
     /// Describe a GGUF model or adapter file.
     Inspect {
         /// The GGUF file.
@@ -123,6 +145,14 @@ fn main() {
         Cmd::Generate(a) => generate(a),
         Cmd::Perplexity(a) => run_perplexity(a),
         Cmd::Inspect { file, json } => inspect::run(&file, json),
+        Cmd::Bench { model, threads, pp, tg, reps, flash_attn } => {
+            if threads == 0 || reps == 0 {
+                eprintln!("error: --threads and --reps must be at least 1");
+                std::process::exit(2);
+            }
+            bench::run(&bench::BenchArgs { model: &model, threads, pp: &pp, tg: &tg, reps, flash_attn })
+                .map(|v| println!("{v}"))
+        }
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

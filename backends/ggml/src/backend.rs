@@ -118,7 +118,7 @@ impl Buffer {
     /// ggml never writes to weight tensors during inference.
     pub fn from_host(mem: Arc<dyn HostMemory>) -> Result<Self> {
         let bytes = mem.bytes();
-        if bytes.as_ptr() as usize % 32 != 0 {
+        if !(bytes.as_ptr() as usize).is_multiple_of(32) {
             return Err(Error::Shape("host memory must be 32-byte aligned".into()));
         }
         // SAFETY: the bytes stay alive and fixed while `mem` (kept in the Buffer) lives.

@@ -100,7 +100,7 @@ impl Context {
             )
         };
         let a = id.0.as_ptr() as usize;
-        (a >= base && a < base + size).then(|| Tensor {
+        (a >= base && a < base + size).then_some(Tensor {
             ptr: id.0,
             _ctx: PhantomData,
         })

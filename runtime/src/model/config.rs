@@ -75,7 +75,7 @@ impl ModelConfig {
         let n_embd = g.get_u32(&key("embedding_length"))? as usize;
         let n_head = g.get_u32(&key("attention.head_count"))? as usize;
         let n_head_kv = g.get_u32_or(&key("attention.head_count_kv"), n_head as u32)? as usize;
-        if n_embd == 0 || n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        if n_embd == 0 || n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
             return Err(Error::InvalidHparams(format!(
                 "n_embd {n_embd}, n_head {n_head}, n_head_kv {n_head_kv}: heads must be positive and n_head a multiple of n_head_kv"
             )));
@@ -83,7 +83,7 @@ impl ModelConfig {
         let head_dim_default = (n_embd / n_head) as u32;
         let head_dim = g.get_u32_or(&key("attention.key_length"), head_dim_default)? as usize;
         let head_dim_v = g.get_u32_or(&key("attention.value_length"), head_dim_default)? as usize;
-        if head_dim != head_dim_v || head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim != head_dim_v || head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::InvalidHparams(format!(
                 "key length {head_dim} and value length {head_dim_v} must be equal, even and positive"
             )));

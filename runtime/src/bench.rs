@@ -1,0 +1,89 @@
+//! `graft bench`: prompt-processing and generation speed, load time and peak memory, in the
+//! shape of llama-bench (pp N = one batch of N tokens from an empty cache; tg N = N
+//! single-token steps from an empty cache), so `scripts/bench.py` can put it beside llama.cpp.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use graft::{LogitsFor, Model, Session, SessionConfig};
+use serde_json::{json, Value};
+
+pub struct BenchArgs<'a> {
+    pub model: &'a Path,
+    pub threads: usize,
+    pub pp: &'a [usize],
+    pub tg: &'a [usize],
+    pub reps: usize,
+    pub flash_attn: bool,
+}
+
+/// Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
+fn bench_tokens(n: usize, n_vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + 13) % n_vocab) as u32).collect()
+}
+
+pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
+    let t = Instant::now();
+    let model = Arc::new(Model::load(a.model)?);
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let n_vocab = model.config().n_vocab;
+    let n_ctx = a.pp.iter().chain(a.tg).copied().max().unwrap_or(1).max(1);
+    let mut session = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx,
+            n_batch: n_ctx.min(512),
+            n_threads: a.threads,
+            flash_attn: a.flash_attn,
+        },
+    )?;
+    // Warm-up (page in the weights, size the compute buffer).
+    session.decode(&bench_tokens(n_ctx.min(512), n_vocab), LogitsFor::Last)?;
+    session.clear();
+    session.decode(&bench_tokens(1, n_vocab), LogitsFor::Last)?;
+
+    let mut results = Vec::new();
+    for &n in a.pp {
+        let toks = bench_tokens(n, n_vocab);
+        let mut rates = Vec::new();
+        for _ in 0..a.reps {
+            session.clear();
+            let t = Instant::now();
+            session.decode(&toks, LogitsFor::Last)?;
+            rates.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+        results.push(json!({"test": format!("pp{n}"), "tokens_per_s": rates}));
+    }
+    for &n in a.tg {
+        let toks = bench_tokens(n, n_vocab);
+        let mut rates = Vec::new();
+        for _ in 0..a.reps {
+            session.clear();
+            let t = Instant::now();
+            for &tok in &toks {
+                session.decode(&[tok], LogitsFor::Last)?;
+            }
+            rates.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+        results.push(json!({"test": format!("tg{n}"), "tokens_per_s": rates}));
+    }
+    Ok(json!({
+        "engine": "graft",
+        "model": a.model.display().to_string(),
+        "threads": a.threads,
+        "flash_attn": a.flash_attn,
+        "load_ms": load_ms,
+        "peak_rss_mb": peak_rss_mb(),
+        "results": results,
+    }))
+}
+
+/// Peak resident set size of this process in MiB (Linux: VmHWM), if known.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

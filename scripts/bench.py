@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""Compare graft with llama.cpp (llama-cpp-python) on one model: pp/tg speed, load time, peak RSS.
+
+Runs `graft bench` and scripts/bench_llamacpp.py as separate processes, interleaved
+(graft, llama.cpp, graft, llama.cpp, ... for --rounds rounds) so that machine noise hits both.
+Per test it reports the median tokens/s over all reps of all rounds, the median load time and
+the largest peak RSS, and the ratio graft/llama.cpp.
+
+Usage:
+  python3 scripts/bench.py --model M [--threads N] [--pp 128,512] [--tg 64] [--reps 3]
+                           [--rounds 3] [--flash-attn] [--extra-bufts] [--graft PATH]
+                           [--python PATH] [--json OUT] [--markdown]
+
+--python is the interpreter that has llama-cpp-python; default: $GRAFT_REF_PYTHON, else
+/work/ref/venv/bin/python if it exists, else python3. --graft defaults to $GRAFT_BIN, else
+<repo>/target/release/graft. Do not run other heavy work on the machine while it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LLAMA_SCRIPT = HERE / "bench_llamacpp.py"
+DEFAULT_REF_PYTHON = "/work/ref/venv/bin/python"
+INSTALL_HINT = "pip install llama-cpp-python==0.3.36"
+
+
+def die(msg: str, code: int = 2) -> None:
+    print(f"bench.py: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def default_python() -> str:
+    env = os.environ.get("GRAFT_REF_PYTHON")
+    if env:
+        return env
+    if os.path.exists(DEFAULT_REF_PYTHON):
+        return DEFAULT_REF_PYTHON
+    return "python3"
+
+
+def default_graft() -> str:
+    return os.environ.get("GRAFT_BIN") or str(ROOT / "target" / "release" / "graft")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def n_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def run_json(cmd: list[str], what: str) -> dict:
+    """Run `cmd`, return the last JSON line of its stdout; die with its stderr on failure."""
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        hint = ""
+        if what == "llama.cpp" and p.returncode < 0:
+            hint = (f"\n(llama.cpp died with signal {-p.returncode}; if you passed --extra-bufts, "
+                    "the AMX/repack weight buffers are the likely cause: run without it)")
+        die(f"{what} failed (exit {p.returncode}): {' '.join(cmd)}\n{p.stderr.strip()}{hint}", 1)
+    for line in reversed(p.stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    die(f"{what} printed no JSON line: {' '.join(cmd)}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}", 1)
+    raise AssertionError
+
+
+def check_python(python: str) -> str:
+    """Return the llama-cpp-python version the interpreter has, or exit with how to install it."""
+    code = ("import importlib.metadata, llama_cpp\n"
+            "try: print(importlib.metadata.version('llama-cpp-python'))\n"
+            "except Exception: print(getattr(llama_cpp, '__version__', '?'))\n")
+    try:
+        p = subprocess.run([python, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    except FileNotFoundError:
+        die(f"python interpreter not found: {python} (set --python or GRAFT_REF_PYTHON)")
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["?"])[-1]
+        die(f"cannot import llama_cpp with {python}: {last}\n"
+            f"install it into that interpreter with: {python} -m {INSTALL_HINT}\n"
+            f"(or point --python / GRAFT_REF_PYTHON at an interpreter that has it)")
+    return p.stdout.strip()
+
+
+def spread_pct(round_medians: list[float], med: float) -> float:
+    """Half the range of the per-round medians, relative to the overall median (percent)."""
+    if len(round_medians) < 2 or med == 0:
+        return 0.0
+    return (max(round_medians) - min(round_medians)) / 2 / med * 100
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Aggregate one engine's runs: per test median tok/s over all reps of all rounds."""
+    tests: dict[str, dict] = {}
+    order: list[str] = []
+    for run in runs:
+        for r in run["results"]:
+            t = r["test"]
+            if t not in tests:
+                tests[t] = {"all": [], "round_medians": []}
+                order.append(t)
+            tests[t]["all"].extend(r["tokens_per_s"])
+            tests[t]["round_medians"].append(statistics.median(r["tokens_per_s"]))
+    out_tests = {}
+    for t in order:
+        med = statistics.median(tests[t]["all"])
+        out_tests[t] = {
+            "median_tokens_per_s": med,
+            "spread_pct": spread_pct(tests[t]["round_medians"], med),
+            "min": min(tests[t]["all"]),
+            "max": max(tests[t]["all"]),
+            "n": len(tests[t]["all"]),
+        }
+
+    def med_of(key):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    def max_of(key):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        return max(vals) if vals else None
+
+    return {
+        "tests": out_tests,
+        "order": order,
+        "load_ms": med_of("load_ms"),
+        "model_load_ms": med_of("model_load_ms"),
+        "peak_rss_mb": max_of("peak_rss_mb"),
+        "base_rss_mb": med_of("base_rss_mb"),
+    }
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def table_rows(g: dict, l: dict) -> list[list[str]]:
+    rows = []
+    for t in g["order"]:
+        gt, lt = g["tests"][t], l["tests"].get(t)
+        if lt is None:
+            continue
+        rows.append([f"{t} (tok/s, higher is better)",
+                     f"{gt['median_tokens_per_s']:.1f} ±{gt['spread_pct']:.0f}%",
+                     f"{lt['median_tokens_per_s']:.1f} ±{lt['spread_pct']:.0f}%",
+                     ratio(gt["median_tokens_per_s"], lt["median_tokens_per_s"])])
+    rows.append(["load ms (lower is better)¹", fmt(g["load_ms"]), fmt(l["load_ms"]),
+                 ratio(g["load_ms"], l["load_ms"])])
+    if l.get("model_load_ms") is not None:
+        rows.append(["model load ms only (lower is better)²", fmt(g["load_ms"]),
+                     fmt(l["model_load_ms"]), ratio(g["load_ms"], l["model_load_ms"])])
+    rows.append(["peak RSS MiB, whole process (lower is better)", fmt(g["peak_rss_mb"]),
+                 fmt(l["peak_rss_mb"]), ratio(g["peak_rss_mb"], l["peak_rss_mb"])])
+    if l.get("base_rss_mb") is not None and l.get("peak_rss_mb") is not None:
+        own = l["peak_rss_mb"] - l["base_rss_mb"]
+        rows.append(["peak RSS MiB, minus Python interpreter³ (lower is better)",
+                     fmt(g["peak_rss_mb"]), fmt(own), ratio(g["peak_rss_mb"], own)])
+    return rows
+
+
+FOOTNOTES = [
+    "tok/s: median over all reps of all rounds; ± is half the range of the per-round medians.",
+    "Ratio column = graft / llama.cpp: above 1 is better for graft in tok/s rows, "
+    "below 1 is better for graft in load-time and RSS rows.",
+    "¹ graft: Model::load (open, mmap, validate); llama.cpp: the whole Llama() constructor "
+    "(model load + context creation).",
+    "² llama.cpp: llama_model_load_from_file alone.",
+    "³ llama.cpp's peak RSS minus the RSS of the bare interpreter after `import llama_cpp`.",
+]
+
+
+def print_plain(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+
+
+def print_markdown(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="GGUF model file")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pp", default="128,512", help="prompt lengths, comma-separated")
+    ap.add_argument("--tg", default="64", help="generation lengths, comma-separated")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each test per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved graft/llama.cpp rounds")
+    ap.add_argument("--flash-attn", action="store_true")
+    ap.add_argument("--extra-bufts", action="store_true",
+                    help="let llama.cpp use its extra (AMX/repack) weight buffers "
+                         "(its default; segfaults on some AMX machines)")
+    ap.add_argument("--graft", default=default_graft(), help="graft binary")
+    ap.add_argument("--python", default=default_python(),
+                    help="python interpreter with llama-cpp-python")
+    ap.add_argument("--json", type=Path, help="write all raw results and the summary here")
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = ap.parse_args()
+
+    model = Path(args.model)
+    if not model.is_file():
+        die(f"model not found: {model}")
+    graft = shutil.which(args.graft) if os.sep not in args.graft else args.graft
+    if not graft or not os.path.isfile(graft):
+        die(f"graft binary not found: {args.graft} (build it with `cargo build --release`, "
+            "or pass --graft / set GRAFT_BIN)")
+    llama_version = check_python(args.python)
+    gv = subprocess.run([graft, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True)
+    graft_version = gv.stdout.strip() or "?"
+
+    common = ["--model", str(model), "--threads", str(args.threads), "--pp", args.pp,
+              "--tg", args.tg, "--reps", str(args.reps)]
+    if args.flash_attn:
+        common.append("--flash-attn")
+    graft_cmd = [graft, "bench"] + common
+    llama_cmd = [args.python, str(LLAMA_SCRIPT)] + common + (
+        ["--extra-bufts"] if args.extra_bufts else [])
+
+    load_before = loadavg()
+    if load_before is not None and load_before > 0.5 * n_cpus():
+        print(f"bench.py: warning: load average is {load_before:.2f} on {n_cpus()} CPUs; "
+              "results will be noisy", file=sys.stderr)
+    graft_runs, llama_runs = [], []
+    t0 = time.time()
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}: graft ...", file=sys.stderr, flush=True)
+        graft_runs.append(run_json(graft_cmd, "graft"))
+        print(f"round {r + 1}/{args.rounds}: llama.cpp ...", file=sys.stderr, flush=True)
+        llama_runs.append(run_json(llama_cmd, "llama.cpp"))
+    elapsed = time.time() - t0
+
+    g, l = summarize(graft_runs), summarize(llama_runs)
+    l0 = llama_runs[0]
+    machine = {
+        "cpu": cpu_model(),
+        "nproc": n_cpus(),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+        "env": {k: v for k, v in os.environ.items()
+                if k.startswith(("OMP_", "GOMP_", "GGML_", "KMP_"))},
+    }
+    info = {
+        "machine": machine,
+        "threads": args.threads,
+        "flash_attn": args.flash_attn,
+        "model": str(model),
+        "model_size_mib": model.stat().st_size / 2**20,
+        "graft_version": graft_version,
+        "graft_bin": graft,
+        "llama_cpp_python": llama_version,
+        "python": args.python,
+        "llama_use_extra_bufts": l0.get("use_extra_bufts"),
+        "llama_system_info": l0.get("system_info"),
+        "rounds": args.rounds,
+        "reps": args.reps,
+        "elapsed_s": elapsed,
+    }
+
+    print(f"machine:  {machine['cpu']}, nproc {machine['nproc']} "
+          f"(load avg {fmt(load_before, 2)} before, {fmt(machine['loadavg_after'], 2)} after)")
+    print(f"model:    {model} ({info['model_size_mib']:.1f} MiB)")
+    print(f"threads:  {args.threads}, flash_attn: {args.flash_attn}, "
+          f"{args.rounds} rounds x {args.reps} reps, interleaved")
+    print(f"versions: {graft_version}; llama-cpp-python {llama_version} "
+          f"(use_extra_bufts={l0.get('use_extra_bufts')}, n_ctx {l0.get('n_ctx')}, "
+          f"n_batch {l0.get('n_batch')}, n_ubatch {l0.get('n_ubatch')})")
+    if machine["env"]:
+        print(f"env:      {' '.join(f'{k}={v}' for k, v in machine['env'].items())}")
+    print()
+    header = ["test", "graft", "llama.cpp", "graft / llama.cpp"]
+    rows = table_rows(g, l)
+    if args.markdown:
+        print_markdown(header, rows)
+        print()
+        for n in FOOTNOTES:
+            print(f"{n}  ")
+    else:
+        print_plain(header, rows)
+        print()
+        for n in FOOTNOTES:
+            print(n)
+
+    if args.json:
+        args.json.write_text(json.dumps({"info": info, "summary": {"graft": g, "llama.cpp": l},
+                                         "runs": {"graft": graft_runs, "llama.cpp": llama_runs}},
+                                        indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,9 +78,30 @@ def loadavg() -> float | None:
         return None
 
 
+def cpu_busy_s() -> float | None:
+    """Busy CPU seconds of the whole machine so far (all CPUs, from /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...; busy = all but idle and iowait
+    v = [int(x) for x in fields[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_json(cmd: list[str], what: str) -> dict:
-    """Run `cmd`, return the last JSON line of its stdout; die with its stderr on failure."""
+    """Run `cmd`, return the last JSON line of its stdout; die with its stderr on failure.
+
+    Adds "foreign_cpu_pct": CPU time used by other processes while it ran, as a percentage of
+    the machine's capacity (wall time x CPUs): a noise indicator."""
+    b0, c0, t0 = cpu_busy_s(), os.times(), time.monotonic()
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    b1, c1, t1 = cpu_busy_s(), os.times(), time.monotonic()
+    foreign = None
+    if b0 is not None and b1 is not None and t1 > t0:
+        child = (c1.children_user + c1.children_system) - (c0.children_user + c0.children_system)
+        foreign = max(0.0, (b1 - b0) - child) / ((t1 - t0) * n_cpus()) * 100
     if p.returncode != 0:
         hint = ""
         if what == "llama.cpp" and p.returncode < 0:
@@ -90,7 +111,10 @@ def run_json(cmd: list[str], what: str) -> dict:
     for line in reversed(p.stdout.splitlines()):
         line = line.strip()
         if line.startswith("{"):
-            return json.loads(line)
+            out = json.loads(line)
+            out["foreign_cpu_pct"] = foreign
+            out["wall_s"] = t1 - t0
+            return out
     die(f"{what} printed no JSON line: {' '.join(cmd)}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}", 1)
     raise AssertionError
 
@@ -263,9 +287,14 @@ def main() -> int:
         ["--extra-bufts"] if args.extra_bufts else [])
 
     load_before = loadavg()
-    if load_before is not None and load_before > 0.5 * n_cpus():
-        print(f"bench.py: warning: load average is {load_before:.2f} on {n_cpus()} CPUs; "
-              "results will be noisy", file=sys.stderr)
+    b0, t0 = cpu_busy_s(), time.monotonic()
+    time.sleep(1.0)
+    b1 = cpu_busy_s()
+    if b0 is not None and b1 is not None:
+        busy = (b1 - b0) / ((time.monotonic() - t0) * n_cpus()) * 100
+        if busy > 10:
+            print(f"bench.py: warning: the machine is {busy:.0f}% busy before starting; "
+                  "results will be noisy (stop other work first)", file=sys.stderr)
     graft_runs, llama_runs = [], []
     t0 = time.time()
     for r in range(args.rounds):
@@ -273,6 +302,8 @@ def main() -> int:
         graft_runs.append(run_json(graft_cmd, "graft"))
         print(f"round {r + 1}/{args.rounds}: llama.cpp ...", file=sys.stderr, flush=True)
         llama_runs.append(run_json(llama_cmd, "llama.cpp"))
+    foreign = [x["foreign_cpu_pct"] for x in graft_runs + llama_runs
+               if x.get("foreign_cpu_pct") is not None]
     elapsed = time.time() - t0
 
     g, l = summarize(graft_runs), summarize(llama_runs)
@@ -282,6 +313,7 @@ def main() -> int:
         "nproc": n_cpus(),
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
+        "foreign_cpu_pct_max": max(foreign) if foreign else None,
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("OMP_", "GOMP_", "GGML_", "KMP_"))},
     }
@@ -310,6 +342,9 @@ def main() -> int:
     print(f"versions: {graft_version}; llama-cpp-python {llama_version} "
           f"(use_extra_bufts={l0.get('use_extra_bufts')}, n_ctx {l0.get('n_ctx')}, "
           f"n_batch {l0.get('n_batch')}, n_ubatch {l0.get('n_ubatch')})")
+    if foreign:
+        print(f"noise:    other processes used up to {max(foreign):.1f}% of the CPUs during a run"
+              + ("  <-- WARNING: rerun on a quiet machine" if max(foreign) > 5 else ""))
     if machine["env"]:
         print(f"env:      {' '.join(f'{k}={v}' for k, v in machine['env'].items())}")
     print()

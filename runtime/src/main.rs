@@ -145,13 +145,27 @@ fn main() {
         Cmd::Generate(a) => generate(a),
         Cmd::Perplexity(a) => run_perplexity(a),
         Cmd::Inspect { file, json } => inspect::run(&file, json),
-        Cmd::Bench { model, threads, pp, tg, reps, flash_attn } => {
+        Cmd::Bench {
+            model,
+            threads,
+            pp,
+            tg,
+            reps,
+            flash_attn,
+        } => {
             if threads == 0 || reps == 0 {
                 eprintln!("error: --threads and --reps must be at least 1");
                 std::process::exit(2);
             }
-            bench::run(&bench::BenchArgs { model: &model, threads, pp: &pp, tg: &tg, reps, flash_attn })
-                .map(|v| println!("{v}"))
+            bench::run(&bench::BenchArgs {
+                model: &model,
+                threads,
+                pp: &pp,
+                tg: &tg,
+                reps,
+                flash_attn,
+            })
+            .map(|v| println!("{v}"))
         }
     };
     if let Err(e) = r {

@@ -1,0 +1,118 @@
+//! The wrapper's ops against plain Rust reference implementations.
+
+use graft_ggml::{quantize, Backend, Context, GraphAllocator, Type};
+
+fn run(
+    build: impl for<'a> FnOnce(
+        &'a Context,
+    ) -> (
+        Vec<(graft_ggml::Tensor<'a>, Vec<f32>)>,
+        graft_ggml::Tensor<'a>,
+    ),
+) -> Vec<f32> {
+    let backend = Backend::cpu(1).unwrap();
+    let mut backend = backend;
+    let ctx = Context::new(64, 64).unwrap();
+    let (inputs, out) = build(&ctx);
+    let mut g = ctx.new_graph(64, false);
+    g.build_forward_expand(out);
+    let mut alloc = GraphAllocator::new(&backend).unwrap();
+    alloc.alloc(&g).unwrap();
+    for (t, v) in &inputs {
+        t.write_f32(0, v).unwrap();
+    }
+    backend.compute(&g).unwrap();
+    out.to_vec_f32().unwrap()
+}
+
+#[test]
+fn mul_mat_matches_naive() {
+    let (k, m, n) = (64usize, 5usize, 3usize);
+    let a: Vec<f32> = (0..k * m)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
+        .collect();
+    let (a2, b2) = (a.clone(), b.clone());
+    let got = run(|ctx| {
+        let ta = ctx.new_tensor(Type::F32, &[k as i64, m as i64]).set_input();
+        let tb = ctx.new_tensor(Type::F32, &[k as i64, n as i64]).set_input();
+        (vec![(ta, a2), (tb, b2)], ctx.mul_mat(ta, tb).set_output())
+    });
+    // out[j][i] = sum_k a[i][k] * b[j][k]  (ne = [m, n])
+    for j in 0..n {
+        for i in 0..m {
+            let want: f32 = (0..k).map(|x| a[i * k + x] * b[j * k + x]).sum();
+            assert!(
+                (got[j * m + i] - want).abs() < 1e-4,
+                "({i},{j}) {} vs {want}",
+                got[j * m + i]
+            );
+        }
+    }
+}
+
+#[test]
+fn rms_norm_and_softmax_match_naive() {
+    let x: Vec<f32> = (0..8).map(|i| i as f32 - 3.5).collect();
+    let x2 = x.clone();
+    let got = run(|ctx| {
+        let t = ctx.new_tensor(Type::F32, &[8]).set_input();
+        (vec![(t, x2)], ctx.rms_norm(t, 1e-6).set_output())
+    });
+    let rms = (x.iter().map(|v| v * v).sum::<f32>() / 8.0 + 1e-6).sqrt();
+    for (g, v) in got.iter().zip(&x) {
+        assert!((g - v / rms).abs() < 1e-5);
+    }
+    let x2 = x.clone();
+    let got = run(|ctx| {
+        let t = ctx.new_tensor(Type::F32, &[8]).set_input();
+        (vec![(t, x2)], ctx.soft_max_ext(t, None, 0.5).set_output())
+    });
+    let e: Vec<f32> = x.iter().map(|v| (v * 0.5).exp()).collect();
+    let s: f32 = e.iter().sum();
+    for (g, v) in got.iter().zip(&e) {
+        assert!((g - v / s).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn quantize_q8_0_round_trips_within_a_step() {
+    let n = 64;
+    let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let q = quantize(Type::Q8_0, &x, 1, n).unwrap();
+    assert_eq!(q.len(), Type::Q8_0.row_size(n as i64));
+    // Dequantize through ggml: get_rows of a Q8_0 tensor yields F32.
+    let backend = Backend::cpu(1).unwrap();
+    let mut backend = backend;
+    let ctx = Context::new(8, 16).unwrap();
+    let w = ctx.new_tensor(Type::Q8_0, &[n as i64, 1]);
+    let idx = ctx.new_tensor(Type::I32, &[1]).set_input();
+    let out = ctx.get_rows(w, idx).set_output();
+    let mut g = ctx.new_graph(16, false);
+    g.build_forward_expand(out);
+    let _buf = backend.alloc_ctx_tensors(&ctx).unwrap();
+    let mut alloc = GraphAllocator::new(&backend).unwrap();
+    alloc.alloc(&g).unwrap();
+    w.write_bytes(0, &q).unwrap();
+    idx.write_i32(0, &[0]).unwrap();
+    backend.compute(&g).unwrap();
+    let y = out.to_vec_f32().unwrap();
+    for (a, b) in x.iter().zip(&y) {
+        assert!((a - b).abs() <= 1.0 / 127.0 + 1e-6, "{a} vs {b}");
+    }
+    assert!(
+        quantize(Type::Q8_0, &x, 1, 63).is_err(),
+        "length must match"
+    );
+}
+
+#[test]
+fn resolving_a_foreign_tensor_id_fails() {
+    let a = Context::new(4, 0).unwrap();
+    let b = Context::new(4, 0).unwrap();
+    let t = a.new_tensor(Type::F32, &[4]);
+    assert!(a.get(t.id()).is_some());
+    assert!(b.get(t.id()).is_none());
+}

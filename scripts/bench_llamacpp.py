@@ -30,6 +30,10 @@ import os
 import sys
 import time
 
+# llama-cpp-python imports numpy, whose OpenBLAS starts nproc-1 threads that spin for a while;
+# ggml does not use them (set before numpy is imported).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 def status_mb(field: str) -> float | None:
     try:
@@ -196,6 +200,7 @@ def main() -> int:
         "llama_cpp_python": version,
         "system_info": C.llama_print_system_info().decode(errors="replace").strip(),
         "python": sys.executable,
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "results": results,
     }
     C.llama_batch_free(batch)

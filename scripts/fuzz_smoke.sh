@@ -31,7 +31,7 @@ if have_nightly && have_cargo_fuzz; then
             > "$corpus/tiny"
     fi
     cd fuzz
-    exec cargo +nightly fuzz run gguf_reader "../$corpus" -- \
+    cargo +nightly fuzz run gguf_reader "../$corpus" -- \
         -max_total_time="$secs" -max_len=262144 -rss_limit_mb=2048 -timeout=10
 else
     why=""

@@ -12,7 +12,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test"
-cargo test --workspace
 echo "== fuzz smoke"
 scripts/fuzz_smoke.sh "${GRAFT_FUZZ_SECONDS:-60}"
+echo "== cargo test"
+cargo test --workspace

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::adapter::ActiveAdapters;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampler::{Sampler, SamplerConfig};
@@ -35,6 +36,8 @@ pub struct GenerateRequest {
     pub stop_at_eog: bool,
     /// Set to true (from any thread) to stop generation at the next token.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Adapters (with their scales) active for this request only.
+    pub adapters: ActiveAdapters,
 }
 
 impl GenerateRequest {
@@ -46,7 +49,14 @@ impl GenerateRequest {
             sampler: SamplerConfig::greedy(),
             stop_at_eog: true,
             cancel: None,
+            adapters: ActiveAdapters::none(),
         }
+    }
+
+    /// Sets the adapters.
+    pub fn adapters(mut self, a: ActiveAdapters) -> Self {
+        self.adapters = a;
+        self
     }
 
     /// Sets the token limit.
@@ -171,19 +181,33 @@ impl Engine {
         Ok(g)
     }
 
-    /// Generates in `session`, continuing whatever it already holds (multi-turn chat).
+    /// Generates in `session`, continuing whatever it already holds (multi-turn chat), with
+    /// the request's adapters active (a switch recomputes the cached context).
     pub fn generate_in(
         &self,
         session: &mut Session,
         req: &GenerateRequest,
-        mut on_text: impl FnMut(&str) -> bool,
+        on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let tok = self.model.tokenizer();
         let prompt_tokens = if session.tokens().is_empty() {
             self.tokenize_prompt(&req.prompt)
         } else {
-            tok.encode(&req.prompt, false, true)
+            self.model.tokenizer().encode(&req.prompt, false, true)
         };
+        self.generate_tokens(session, prompt_tokens, req, on_text)
+    }
+
+    /// Generates in `session` after appending `prompt_tokens` (already tokenized; the
+    /// request's `prompt` text is ignored).
+    pub fn generate_tokens(
+        &self,
+        session: &mut Session,
+        prompt_tokens: Vec<u32>,
+        req: &GenerateRequest,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let tok = self.model.tokenizer();
+        session.set_adapters(req.adapters.clone())?;
         if prompt_tokens.is_empty() {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
         }

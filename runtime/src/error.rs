@@ -43,6 +43,13 @@ pub enum Error {
     /// Hyper-parameters that do not make sense.
     #[error("invalid model hyper-parameter: {0}")]
     InvalidHparams(String),
+    /// The adapter does not fit the base model or is malformed; the message names the tensor
+    /// or key.
+    #[error("invalid adapter: {0}")]
+    InvalidAdapter(String),
+    /// The adapter registry refused the operation (limits, duplicate name, unknown name).
+    #[error("adapter registry: {0}")]
+    Registry(String),
     /// The request does not fit (context full, empty prompt, bad token id...).
     #[error("{0}")]
     InvalidRequest(String),

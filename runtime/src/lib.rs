@@ -16,6 +16,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod engine;
 pub mod error;
 pub mod kv_cache;
@@ -25,6 +26,7 @@ pub mod sampler;
 pub mod session;
 pub mod tokenizer;
 
+pub use adapter::{ActiveAdapters, Adapter, AdapterKind};
 pub use engine::{Engine, GenerateRequest, Generation, Timings};
 pub use error::{Error, Result};
 pub use model::{Arch, Model, ModelConfig};

@@ -8,10 +8,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use graft::adapter::registry::{AdapterRegistry, LoadPolicy};
 use graft::perplexity::perplexity;
-use graft::{Engine, GenerateRequest, SamplerConfig, SessionConfig};
+use graft::{ActiveAdapters, Engine, GenerateRequest, SamplerConfig, SessionConfig};
 use serde_json::json;
 
+mod adapters_cli;
 mod bench;
 mod inspect;
 
@@ -53,6 +55,14 @@ enum Cmd {
         #[arg(long)]
         flash_attn: bool,
     },
+    /// Interactive chat; `/adapter load|use|scale|off|list` swaps adapters between turns.
+    Chat(adapters_cli::ChatArgs),
+    /// Fold adapters into the base weights and write a full model.
+    Merge(adapters_cli::MergeArgs),
+    /// Convert a PEFT LoRA directory to a GGUF LoRA.
+    ImportPeft(adapters_cli::ImportPeftArgs),
+    /// Write a GGUF LoRA as a PEFT directory (adapter_config.json + adapter_model.safetensors).
+    ExportPeft(adapters_cli::ExportPeftArgs),
     /// Describe a GGUF model or adapter file.
     Inspect {
         /// The GGUF file.
@@ -64,22 +74,22 @@ enum Cmd {
 }
 
 #[derive(Args)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// The GGUF model file.
     #[arg(long)]
-    model: PathBuf,
-    /// Adapter file (repeatable).
+    pub model: PathBuf,
+    /// Adapter (GGUF file or PEFT directory) at scale 1 (repeatable).
     #[arg(long = "adapter", value_name = "A.gguf")]
-    adapters: Vec<PathBuf>,
-    /// Adapter file and its scale (repeatable).
+    pub adapters: Vec<PathBuf>,
+    /// Adapter and its scale (repeatable).
     #[arg(long = "adapter-scaled", num_args = 2, value_names = ["A.gguf", "S"])]
-    adapters_scaled: Vec<String>,
+    pub adapters_scaled: Vec<String>,
     /// CPU threads (default: available cores, at most 8).
     #[arg(long)]
-    threads: Option<usize>,
+    pub threads: Option<usize>,
     /// Use ggml's flash-attention kernel.
     #[arg(long)]
-    flash_attn: bool,
+    pub flash_attn: bool,
 }
 
 #[derive(Args)]
@@ -145,6 +155,10 @@ fn main() {
         Cmd::Generate(a) => generate(a),
         Cmd::Perplexity(a) => run_perplexity(a),
         Cmd::Inspect { file, json } => inspect::run(&file, json),
+        Cmd::Chat(a) => adapters_cli::chat(a),
+        Cmd::Merge(a) => adapters_cli::merge(a),
+        Cmd::ImportPeft(a) => adapters_cli::import_peft(a),
+        Cmd::ExportPeft(a) => adapters_cli::export_peft(a),
         Cmd::Bench {
             model,
             threads,
@@ -174,10 +188,11 @@ fn main() {
     }
 }
 
-fn load(m: &ModelArgs, n_ctx: usize) -> Result<Engine> {
-    if !m.adapters.is_empty() || !m.adapters_scaled.is_empty() {
-        bail!("adapters are not supported yet in this build (see issue: adapters at inference)");
-    }
+/// Loads the model and the adapters named on the command line.
+pub(crate) fn load(
+    m: &ModelArgs,
+    n_ctx: usize,
+) -> Result<(Engine, AdapterRegistry, ActiveAdapters)> {
     let cfg = SessionConfig {
         n_ctx,
         n_threads: m.threads.unwrap_or_else(graft::session::default_threads),
@@ -187,7 +202,37 @@ fn load(m: &ModelArgs, n_ctx: usize) -> Result<Engine> {
     if cfg.n_threads == 0 {
         bail!("--threads must be at least 1");
     }
-    Engine::load_with(&m.model, cfg).with_context(|| format!("loading model {}", m.model.display()))
+    let engine = Engine::load_with(&m.model, cfg)
+        .with_context(|| format!("loading model {}", m.model.display()))?;
+    let registry = AdapterRegistry::new(engine.model().clone());
+    let mut specs: Vec<(PathBuf, f32)> = m.adapters.iter().map(|p| (p.clone(), 1.0)).collect();
+    for pair in m.adapters_scaled.chunks(2) {
+        let s: f32 = pair[1]
+            .parse()
+            .ok()
+            .filter(|s: &f32| s.is_finite())
+            .with_context(|| {
+                format!(
+                    "--adapter-scaled {} {}: the scale must be a number",
+                    pair[0], pair[1]
+                )
+            })?;
+        specs.push((PathBuf::from(&pair[0]), s));
+    }
+    let mut active = ActiveAdapters::none();
+    for (i, (path, scale)) in specs.iter().enumerate() {
+        let name = format!(
+            "{}#{i}",
+            path.file_stem()
+                .map(|s| s.to_string_lossy())
+                .unwrap_or_default()
+        );
+        let a = registry
+            .load(&name, path, LoadPolicy::Create)
+            .with_context(|| format!("loading adapter {}", path.display()))?;
+        active.set(a, *scale);
+    }
+    Ok((engine, registry, active))
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -197,7 +242,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.top_p) || !(0.0..=1.0).contains(&a.min_p) {
         bail!("--top-p and --min-p must be within [0, 1]");
     }
-    let engine = load(&a.m, a.ctx)?;
+    let (engine, _registry, adapters) = load(&a.m, a.ctx)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let req = GenerateRequest {
         prompt: a.prompt.clone(),
@@ -213,6 +258,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         },
         stop_at_eog: !a.ignore_eos,
         cancel: Some(cancel.clone()),
+        adapters,
     };
     let stream = !a.json;
     let mut stdout = std::io::stdout().lock();
@@ -265,10 +311,11 @@ fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     }
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let engine = load(&a.m, a.ctx)?;
+    let (engine, _registry, adapters) = load(&a.m, a.ctx)?;
     let mut tokens = engine.model().tokenizer().encode(&text, false, false);
     tokens.truncate(a.max_tokens);
     let mut session = engine.new_session()?;
+    session.set_adapters(adapters)?;
     let t = Instant::now();
     let quiet = a.json;
     let p = perplexity(&mut session, &tokens, a.ctx, |done, total| {

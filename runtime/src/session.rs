@@ -1,13 +1,17 @@
-//! A session: one conversation's KV cache and compute state over a shared [`Model`].
+//! A session: one conversation's KV cache, active adapters and compute state over a shared
+//! [`Model`].
 //!
-//! Sessions are independent: each owns its KV cache, graph context, compute buffer and
-//! backend handle, so several can run on one model from different threads.
+//! Sessions are independent: each owns its KV cache, graph context, compute buffer, backend
+//! handle and adapter set, so several can run on one model from different threads without
+//! seeing each other's adapters or scales.
 
 use std::sync::Arc;
 
 use graft_ggml::{Backend, Context, GraphAllocator};
 use half::f16;
 
+use crate::adapter::lopa::mean_embedding;
+use crate::adapter::ActiveAdapters;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::llama::{self, BatchShape, GraphInputs};
@@ -53,6 +57,16 @@ pub enum LogitsFor {
     All,
 }
 
+/// What an adapter switch did to the session's cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdapterSwitch {
+    /// The cached positions were computed with other adapters and will be recomputed (on the
+    /// next decode, in one batch) before new tokens are evaluated.
+    pub cache_invalidated: bool,
+    /// How many cached tokens that recomputation covers.
+    pub tokens_to_recompute: usize,
+}
+
 /// Padding of the attended cache length, so that graphs keep one shape across many decode
 /// steps (llama.cpp pads the same way).
 const N_KV_PAD: usize = 256;
@@ -64,8 +78,16 @@ pub struct Session {
     backend: Backend,
     alloc: GraphAllocator,
     graph_ctx: Context,
+    graph_adapters: usize,
     kv: KvCache,
+    adapters: ActiveAdapters,
+    /// The adapters the cached positions were computed with.
+    cache_adapters: ActiveAdapters,
     tokens: Vec<u32>,
+    /// Soft-prompt positions at the start of the cache (LoPA).
+    n_soft: usize,
+    /// How many leading tokens of `tokens` were the prompt the soft prompt was made from.
+    soft_source_len: usize,
     // Reused input staging (no allocation per token once warm).
     scratch: Scratch,
 }
@@ -73,25 +95,33 @@ pub struct Session {
 #[derive(Default)]
 struct Scratch {
     tokens: Vec<i32>,
+    embd: Vec<f32>,
     pos: Vec<i32>,
     mask_f32: Vec<f32>,
-    mask_f16: Vec<u16>,
+    mask_f16: Vec<u8>,
     k_idx: Vec<i64>,
     v_idx: Vec<i64>,
     out_ids: Vec<i32>,
 }
 
+/// One batch to evaluate.
+enum Batch<'b> {
+    Tokens(&'b [u32]),
+    /// Input embeddings, `n_embd` per position.
+    Embeddings(&'b [f32]),
+}
+
 impl Session {
-    /// A new empty session on `model`.
+    /// A new empty session on `model` with no adapter.
     pub fn new(model: Arc<Model>, cfg: SessionConfig) -> Result<Self> {
-        if cfg.n_ctx == 0 || cfg.n_batch == 0 {
+        if cfg.n_ctx == 0 || cfg.n_batch == 0 || cfg.n_threads == 0 {
             return Err(Error::InvalidRequest(
-                "n_ctx and n_batch must be positive".into(),
+                "n_ctx, n_batch and n_threads must be positive".into(),
             ));
         }
         let backend = Backend::cpu(cfg.n_threads)?;
         let kv = KvCache::new(model.config(), cfg.n_ctx, cfg.flash_attn, &backend)?;
-        let graph_ctx = Context::new(llama::max_nodes(&model) + 64, llama::max_nodes(&model))?;
+        let graph_ctx = graph_context(&model, 0)?;
         let alloc = GraphAllocator::new(&backend)?;
         Ok(Self {
             model,
@@ -99,8 +129,13 @@ impl Session {
             backend,
             alloc,
             graph_ctx,
+            graph_adapters: 0,
             kv,
+            adapters: ActiveAdapters::none(),
+            cache_adapters: ActiveAdapters::none(),
             tokens: Vec::new(),
+            n_soft: 0,
+            soft_source_len: 0,
             scratch: Scratch::default(),
         })
     }
@@ -115,24 +150,66 @@ impl Session {
         &self.cfg
     }
 
-    /// Tokens currently in the KV cache, in order.
+    /// Tokens currently in the KV cache, in order (soft-prompt positions not included).
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
     }
 
+    /// Soft-prompt positions at the start of the cache.
+    pub fn soft_prompt_len(&self) -> usize {
+        self.n_soft
+    }
+
     /// Positions still free in the context.
     pub fn remaining(&self) -> usize {
-        self.cfg.n_ctx - self.tokens.len()
+        self.cfg.n_ctx - self.n_past()
+    }
+
+    fn n_past(&self) -> usize {
+        self.n_soft + self.tokens.len()
+    }
+
+    /// The active adapters.
+    pub fn adapters(&self) -> &ActiveAdapters {
+        &self.adapters
+    }
+
+    /// Activates `set` (empty: the base model). Cached positions computed with another set are
+    /// recomputed with the new one on the next decode; the base is never touched.
+    pub fn set_adapters(&mut self, set: ActiveAdapters) -> Result<AdapterSwitch> {
+        for (a, _) in set.iter() {
+            if a.base_fingerprint() != self.model.fingerprint() {
+                return Err(Error::InvalidAdapter(format!(
+                    "adapter {} was loaded for another base model ({}); this session's base is {}",
+                    a.name(),
+                    a.base_fingerprint(),
+                    self.model.fingerprint()
+                )));
+            }
+        }
+        if set.len() > self.graph_adapters {
+            self.graph_ctx = graph_context(&self.model, set.len())?;
+            self.graph_adapters = set.len();
+        }
+        self.adapters = set;
+        let stale = self.n_past() > 0 && !self.adapters.same_as(&self.cache_adapters);
+        Ok(AdapterSwitch {
+            cache_invalidated: stale,
+            tokens_to_recompute: if stale { self.tokens.len() } else { 0 },
+        })
     }
 
     /// Forgets everything (the cache is overwritten lazily).
     pub fn clear(&mut self) {
         self.tokens.clear();
+        self.n_soft = 0;
+        self.soft_source_len = 0;
     }
 
-    /// Drops cached positions from `n` on (e.g. to re-run a changed suffix).
+    /// Drops cached positions from token `n` on (e.g. to re-run a changed suffix).
     pub fn truncate(&mut self, n: usize) {
         self.tokens.truncate(n);
+        self.soft_source_len = self.soft_source_len.min(n);
     }
 
     /// Sets the number of CPU threads.
@@ -143,6 +220,9 @@ impl Session {
 
     /// Appends `tokens` to the context and evaluates them in batches of `n_batch`.
     /// Returns the logits (`n_vocab` per row) for the last token or for every token.
+    ///
+    /// With a LoPA adapter active, the first call on an empty session treats `tokens` as the
+    /// prompt: its soft prompt is computed from them and placed before them.
     pub fn decode(&mut self, tokens: &[u32], which: LogitsFor) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(Error::InvalidRequest("nothing to decode: no tokens".into()));
@@ -153,34 +233,112 @@ impl Session {
                 "token id {bad} is outside the vocabulary (n_vocab {n_vocab})"
             )));
         }
-        if tokens.len() > self.remaining() {
+        // Recompute a cache made with other adapters.
+        if self.n_past() > 0 && !self.adapters.same_as(&self.cache_adapters) {
+            let history = std::mem::take(&mut self.tokens);
+            let src = self.soft_source_len;
+            self.clear();
+            self.cache_adapters = self.adapters.clone();
+            if !history.is_empty() {
+                self.start(&history[..src.max(1).min(history.len())])?;
+                let done = self.tokens.len();
+                self.eval_tokens(&history[done..], Want::None)?;
+            }
+        }
+        self.cache_adapters = self.adapters.clone();
+        let soft = if self.n_past() == 0 {
+            self.soft_prompt(tokens)?
+        } else {
+            Vec::new()
+        };
+        let n_soft = soft.len() / self.model.config().n_embd;
+        if n_soft + tokens.len() > self.remaining() {
             return Err(Error::InvalidRequest(format!(
-                "context full: {} tokens cached + {} new > n_ctx {}",
-                self.tokens.len(),
-                tokens.len(),
+                "context full: {} positions cached + {} new > n_ctx {}",
+                self.n_past(),
+                n_soft + tokens.len(),
                 self.cfg.n_ctx
             )));
         }
-        let mut logits = Vec::with_capacity(match which {
-            LogitsFor::Last => n_vocab,
-            LogitsFor::All => n_vocab * tokens.len(),
+        if n_soft > 0 {
+            self.eval_soft(&soft)?;
+            self.soft_source_len = tokens.len();
+        } else if self.tokens.is_empty() {
+            self.soft_source_len = tokens.len();
+        }
+        self.eval_tokens(
+            tokens,
+            match which {
+                LogitsFor::Last => Want::Last,
+                LogitsFor::All => Want::All,
+            },
+        )
+    }
+
+    /// First evaluation on an empty cache: soft prompt (if any) from `prompt`, then `prompt`.
+    fn start(&mut self, prompt: &[u32]) -> Result<()> {
+        let soft = self.soft_prompt(prompt)?;
+        if !soft.is_empty() {
+            self.eval_soft(&soft)?;
+        }
+        self.soft_source_len = prompt.len();
+        self.eval_tokens(prompt, Want::None)?;
+        Ok(())
+    }
+
+    /// The soft prompt of every active LoPA adapter for `prompt`, concatenated.
+    fn soft_prompt(&self, prompt: &[u32]) -> Result<Vec<f32>> {
+        if !self.adapters.has_soft_prompt() {
+            return Ok(Vec::new());
+        }
+        let e = mean_embedding(&self.model, prompt)?;
+        let mut z = Vec::new();
+        for (a, s) in self.adapters.iter() {
+            if let Some(l) = a.lopa() {
+                z.extend(l.soft_prompt(&e, s));
+            }
+        }
+        Ok(z)
+    }
+
+    fn eval_soft(&mut self, z: &[f32]) -> Result<()> {
+        let n_embd = self.model.config().n_embd;
+        let mut sink = Vec::new();
+        for chunk in z.chunks(self.cfg.n_batch * n_embd) {
+            self.eval_batch(Batch::Embeddings(chunk), 0, &mut sink)?;
+            self.n_soft += chunk.len() / n_embd;
+        }
+        Ok(())
+    }
+
+    fn eval_tokens(&mut self, tokens: &[u32], want: Want) -> Result<Vec<f32>> {
+        let n_vocab = self.model.config().n_vocab;
+        let mut logits = Vec::with_capacity(match want {
+            Want::None => 0,
+            Want::Last => n_vocab,
+            Want::All => n_vocab * tokens.len(),
         });
-        let chunks: Vec<&[u32]> = tokens.chunks(self.cfg.n_batch).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let n_out = match which {
-                LogitsFor::All => chunk.len(),
-                LogitsFor::Last if i + 1 == chunks.len() => 1,
-                LogitsFor::Last => 0,
+        let n_chunks = tokens.len().div_ceil(self.cfg.n_batch);
+        for (i, chunk) in tokens.chunks(self.cfg.n_batch).enumerate() {
+            let n_out = match want {
+                Want::All => chunk.len(),
+                Want::Last if i + 1 == n_chunks => 1,
+                _ => 0,
             };
-            self.eval_batch(chunk, n_out, &mut logits)?;
+            self.eval_batch(Batch::Tokens(chunk), n_out, &mut logits)?;
+            self.tokens.extend_from_slice(chunk);
         }
         Ok(logits)
     }
 
-    /// Evaluates one batch, appending the logits of its last `n_out` tokens to `out`.
-    fn eval_batch(&mut self, batch: &[u32], n_out: usize, out: &mut Vec<f32>) -> Result<()> {
-        let n = batch.len();
-        let p0 = self.tokens.len();
+    /// Evaluates one batch, appending the logits of its last `n_out` positions to `out`.
+    fn eval_batch(&mut self, batch: Batch<'_>, n_out: usize, out: &mut Vec<f32>) -> Result<()> {
+        let n_embd = self.model.config().n_embd;
+        let n = match batch {
+            Batch::Tokens(t) => t.len(),
+            Batch::Embeddings(e) => e.len() / n_embd,
+        };
+        let p0 = self.n_past();
         let n_ctx = self.cfg.n_ctx;
         let n_kv = (p0 + n)
             .div_ceil(N_KV_PAD)
@@ -191,13 +349,20 @@ impl Session {
             n_kv,
             // Even when no logits are wanted, the graph computes one row (cheap).
             n_out: n_out.max(1),
+            embeddings: matches!(batch, Batch::Embeddings(_)),
         };
-        self.fill_scratch(batch, p0, shape);
+        self.fill_scratch(&batch, p0, shape);
 
         self.graph_ctx.reset();
-        let (graph, inp) = llama::build(&self.model, &self.kv, &self.graph_ctx, shape);
+        let (graph, inp) = llama::build(
+            &self.model,
+            &self.kv,
+            &self.adapters,
+            &self.graph_ctx,
+            shape,
+        );
         self.alloc.alloc(&graph)?;
-        set_inputs(&inp, &self.scratch, self.kv.v_trans())?;
+        set_inputs(&inp, &self.scratch, shape.embeddings, self.kv.v_trans())?;
         self.backend.compute(&graph)?;
         if n_out > 0 {
             let n_vocab = self.model.config().n_vocab;
@@ -206,16 +371,19 @@ impl Session {
             let skip = shape.n_out - n_out;
             inp.logits.read_f32(skip * n_vocab, &mut out[start..])?;
         }
-        self.tokens.extend_from_slice(batch);
         Ok(())
     }
 
-    fn fill_scratch(&mut self, batch: &[u32], p0: usize, shape: BatchShape) {
+    fn fill_scratch(&mut self, batch: &Batch<'_>, p0: usize, shape: BatchShape) {
         let s = &mut self.scratch;
-        let n = batch.len();
+        let n = shape.n_tokens;
         let n_kv = shape.n_kv;
         s.tokens.clear();
-        s.tokens.extend(batch.iter().map(|&t| t as i32));
+        s.embd.clear();
+        match batch {
+            Batch::Tokens(t) => s.tokens.extend(t.iter().map(|&t| t as i32)),
+            Batch::Embeddings(e) => s.embd.extend_from_slice(e),
+        }
         s.pos.clear();
         s.pos.extend((p0..p0 + n).map(|p| p as i32));
         s.k_idx.clear();
@@ -242,24 +410,42 @@ impl Session {
         }
         if !self.kv.v_trans() {
             s.mask_f16.clear();
-            s.mask_f16
-                .extend(s.mask_f32.iter().map(|&x| f16::from_f32(x).to_bits()));
+            s.mask_f16.extend(
+                s.mask_f32
+                    .iter()
+                    .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()),
+            );
         }
         s.out_ids.clear();
         s.out_ids.extend(((n - shape.n_out)..n).map(|i| i as i32));
     }
 }
 
-fn set_inputs(inp: &GraphInputs<'_>, s: &Scratch, v_trans: bool) -> Result<()> {
-    inp.tokens.write_i32(0, &s.tokens)?;
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    None,
+    Last,
+    All,
+}
+
+fn graph_context(model: &Model, n_adapters: usize) -> Result<Context> {
+    let nodes = llama::max_nodes(model, n_adapters);
+    Ok(Context::new(nodes + 64, nodes)?)
+}
+
+fn set_inputs(inp: &GraphInputs<'_>, s: &Scratch, embeddings: bool, v_trans: bool) -> Result<()> {
+    if embeddings {
+        inp.tokens.write_f32(0, &s.embd)?;
+    } else {
+        inp.tokens.write_i32(0, &s.tokens)?;
+    }
     inp.attn.pos.write_i32(0, &s.pos)?;
     inp.attn.k_idx.write_i64(0, &s.k_idx)?;
     inp.attn.v_idx.write_i64(0, &s.v_idx)?;
     if v_trans {
         inp.attn.mask.write_f32(0, &s.mask_f32)?;
     } else {
-        let bytes: Vec<u8> = s.mask_f16.iter().flat_map(|b| b.to_le_bytes()).collect();
-        inp.attn.mask.write_bytes(0, &bytes)?;
+        inp.attn.mask.write_bytes(0, &s.mask_f16)?;
     }
     if let Some(ids) = inp.out_ids {
         ids.write_i32(0, &s.out_ids)?;

@@ -75,6 +75,33 @@ impl Type {
     }
 }
 
+/// Converts `n` elements of type `ty` stored in `bytes` to f32 (any type ggml can read).
+pub fn dequantize(ty: Type, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    if !ty.is_supported() || n as i64 % ty.block_size() != 0 || ty.row_size(n as i64) != bytes.len()
+    {
+        return Err(Error::Shape(format!(
+            "dequantize: {} bytes are not {n} elements of {}",
+            bytes.len(),
+            ty.name()
+        )));
+    }
+    let mut out = vec![0f32; n];
+    if ty == Type::F32 {
+        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        return Ok(out);
+    }
+    // SAFETY: the traits table has an entry for every valid type id (checked above).
+    let traits = unsafe { &*sys::ggml_get_type_traits(ty.0) };
+    let f = traits
+        .to_float
+        .ok_or_else(|| Error::Unsupported(format!("no conversion from {} to f32", ty.name())))?;
+    // SAFETY: bytes holds exactly n elements of ty (checked above) and out has room for n f32s.
+    unsafe { f(bytes.as_ptr().cast(), out.as_mut_ptr(), n as i64) };
+    Ok(out)
+}
+
 /// Quantizes `src` (f32, `nrows * n_per_row` values) into `ty`, returning the bytes.
 ///
 /// Types that need an importance matrix are refused.

@@ -101,6 +101,12 @@ impl Context {
         self.wrap(unsafe { sys::ggml_rms_norm(self.raw(), a.raw(), eps) })
     }
 
+    /// Pads `a` with zeros at the end of each dimension.
+    pub fn pad<'a>(&'a self, a: Tensor<'a>, p: [i32; 4]) -> Tensor<'a> {
+        // SAFETY: valid context and tensor.
+        self.wrap(unsafe { sys::ggml_pad(self.raw(), a.raw(), p[0], p[1], p[2], p[3]) })
+    }
+
     /// `a * s`.
     pub fn scale<'a>(&'a self, a: Tensor<'a>, s: f32) -> Tensor<'a> {
         // SAFETY: valid context and tensor.

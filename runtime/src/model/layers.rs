@@ -5,6 +5,7 @@
 
 use graft_ggml::{Context, Tensor};
 
+use crate::adapter::{ActiveAdapters, Target, TargetKind};
 use crate::kv_cache::KvCache;
 use crate::model::ModelConfig;
 
@@ -28,31 +29,50 @@ pub(crate) fn norm<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, eps: f32)
     ctx.mul(ctx.rms_norm(x, eps), w)
 }
 
-/// `W x (+ b)`: every linear layer of every model goes through here.
+/// `W x (+ b)` plus the deltas of the active adapters for `target`: every linear layer of
+/// every model goes through here (`target` is `None` for layers adapters cannot touch).
 pub(crate) fn linear<'a>(
     ctx: &'a Context,
+    adapters: &'a ActiveAdapters,
+    target: Option<Target>,
     w: Tensor<'a>,
     x: Tensor<'a>,
     b: Option<Tensor<'a>>,
 ) -> Tensor<'a> {
-    let y = ctx.mul_mat(w, x);
-    match b {
-        Some(b) => ctx.add(y, b),
-        None => y,
+    match target {
+        Some(t) if !adapters.is_empty() => adapters.linear(ctx, t, w, x, b),
+        _ => {
+            let y = ctx.mul_mat(w, x);
+            match b {
+                Some(b) => ctx.add(y, b),
+                None => y,
+            }
+        }
     }
 }
 
-/// SwiGLU feed-forward: `down(silu(gate x) * up x)`.
+/// SwiGLU feed-forward of layer `il`: `down(silu(gate x) * up x)`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn ffn_swiglu<'a>(
     ctx: &'a Context,
+    adapters: &'a ActiveAdapters,
+    il: usize,
     x: Tensor<'a>,
     gate: Tensor<'a>,
     up: Tensor<'a>,
     down: Tensor<'a>,
 ) -> Tensor<'a> {
-    let u = linear(ctx, up, x, None);
-    let g = linear(ctx, gate, x, None);
-    linear(ctx, down, ctx.swiglu_split(g, u), None)
+    let t = |kind| Some(Target { layer: il, kind });
+    let u = linear(ctx, adapters, t(TargetKind::FfnUp), up, x, None);
+    let g = linear(ctx, adapters, t(TargetKind::FfnGate), gate, x, None);
+    linear(
+        ctx,
+        adapters,
+        t(TargetKind::FfnDown),
+        down,
+        ctx.swiglu_split(g, u),
+        None,
+    )
 }
 
 /// Stores this batch's roped keys and values in the cache, then attends over the first

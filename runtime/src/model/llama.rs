@@ -8,6 +8,7 @@ use graft_ggml::{Context, Graph, Tensor, Type};
 
 use super::layers::{attention, ffn_swiglu, linear, norm, AttnInputs};
 use super::Model;
+use crate::adapter::{ActiveAdapters, Target, TargetKind};
 use crate::kv_cache::KvCache;
 
 /// Shape of one forward batch.
@@ -19,10 +20,13 @@ pub(crate) struct BatchShape {
     pub n_kv: usize,
     /// Positions whose logits are wanted (the last `n_out` of the batch).
     pub n_out: usize,
+    /// The batch is given as input embeddings (soft prompts) rather than token ids.
+    pub embeddings: bool,
 }
 
 /// The graph's input tensors, to be filled before computing.
 pub(crate) struct GraphInputs<'a> {
+    /// I32 `[n_tokens]` token ids, or F32 `[n_embd, n_tokens]` embeddings.
     pub tokens: Tensor<'a>,
     pub attn: AttnInputs<'a>,
     pub out_ids: Option<Tensor<'a>>,
@@ -30,21 +34,22 @@ pub(crate) struct GraphInputs<'a> {
     pub logits: Tensor<'a>,
 }
 
-/// Most graph nodes one batch can need (generous; llama.cpp uses a similar bound).
-pub(crate) fn max_nodes(model: &Model) -> usize {
-    (model.layers.len() * 64 + 256).max(2048)
+/// Most graph nodes one batch can need with `n_adapters` active adapters (generous).
+pub(crate) fn max_nodes(model: &Model, n_adapters: usize) -> usize {
+    (model.layers.len() * (64 + 7 * 16 * n_adapters) + 256).max(2048)
 }
 
 /// Builds the forward graph for one batch.
 pub(crate) fn build<'a>(
     model: &'a Model,
     kv: &'a KvCache,
+    adapters: &'a ActiveAdapters,
     ctx: &'a Context,
     shape: BatchShape,
 ) -> (Graph<'a>, GraphInputs<'a>) {
     let cfg = model.config();
     let n = shape.n_tokens as i64;
-    let mut gf = ctx.new_graph(max_nodes(model), false);
+    let mut gf = ctx.new_graph(max_nodes(model, adapters.len()), false);
 
     let tokens = ctx
         .new_tensor(Type::I32, &[n])
@@ -86,15 +91,41 @@ pub(crate) fn build<'a>(
     };
 
     let w = |id| model.w(id);
-    let mut x = ctx.get_rows(w(model.tok_embd), tokens).set_name("inp_embd");
+    let mut x = if shape.embeddings {
+        tokens
+    } else {
+        ctx.get_rows(w(model.tok_embd), tokens).set_name("inp_embd")
+    };
     let (hd, nh, nkv) = (cfg.head_dim as i64, cfg.n_head as i64, cfg.n_head_kv as i64);
     let rope = cfg.rope();
     for (il, l) in model.layers.iter().enumerate() {
         let mut residual = x;
         let cur = norm(ctx, x, w(l.attn_norm), cfg.rms_eps).set_name(&format!("attn_norm-{il}"));
-        let q = linear(ctx, w(l.wq), cur, l.bq.map(w));
-        let k = linear(ctx, w(l.wk), cur, l.bk.map(w));
-        let v = linear(ctx, w(l.wv), cur, l.bv.map(w));
+        let t = |kind| Some(Target { layer: il, kind });
+        let q = linear(
+            ctx,
+            adapters,
+            t(TargetKind::AttnQ),
+            w(l.wq),
+            cur,
+            l.bq.map(w),
+        );
+        let k = linear(
+            ctx,
+            adapters,
+            t(TargetKind::AttnK),
+            w(l.wk),
+            cur,
+            l.bk.map(w),
+        );
+        let v = linear(
+            ctx,
+            adapters,
+            t(TargetKind::AttnV),
+            w(l.wv),
+            cur,
+            l.bv.map(w),
+        );
         let q = ctx
             .rope_ext(ctx.reshape(q, &[hd, nh, n]), pos, &rope)
             .set_name(&format!("Qcur-{il}"));
@@ -105,7 +136,15 @@ pub(crate) fn build<'a>(
             .reshape(v, &[hd, nkv, n])
             .set_name(&format!("Vcur-{il}"));
         let att = attention(ctx, &mut gf, cfg, kv, il, &inp, q, k, v);
-        let mut cur = linear(ctx, w(l.wo), att, l.bo.map(w)).set_name(&format!("attn_out-{il}"));
+        let mut cur = linear(
+            ctx,
+            adapters,
+            t(TargetKind::AttnOut),
+            w(l.wo),
+            att,
+            l.bo.map(w),
+        )
+        .set_name(&format!("attn_out-{il}"));
         if il + 1 == model.layers.len() {
             if let Some(ids) = out_ids {
                 cur = ctx.get_rows(cur, ids);
@@ -115,11 +154,19 @@ pub(crate) fn build<'a>(
         let ffn_inp = ctx.add(cur, residual).set_name(&format!("ffn_inp-{il}"));
         let cur =
             norm(ctx, ffn_inp, w(l.ffn_norm), cfg.rms_eps).set_name(&format!("ffn_norm-{il}"));
-        let cur = ffn_swiglu(ctx, cur, w(l.ffn_gate), w(l.ffn_up), w(l.ffn_down));
+        let cur = ffn_swiglu(
+            ctx,
+            adapters,
+            il,
+            cur,
+            w(l.ffn_gate),
+            w(l.ffn_up),
+            w(l.ffn_down),
+        );
         x = ctx.add(cur, ffn_inp).set_name(&format!("l_out-{il}"));
     }
     let cur = norm(ctx, x, w(model.output_norm), cfg.rms_eps).set_name("result_norm");
-    let logits = linear(ctx, w(model.output), cur, None)
+    let logits = linear(ctx, adapters, None, w(model.output), cur, None)
         .set_name("result_output")
         .set_output();
     gf.build_forward_expand(logits);

@@ -155,6 +155,29 @@ impl Model {
             .expect("weight handles always come from this model's context")
     }
 
+    /// Row `token` of the token embedding as f32 (dequantized from the map).
+    pub fn embedding_row(&self, token: u32) -> Result<Vec<f32>> {
+        let info = self
+            .gguf
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
+        let n_embd = self.config.n_embd;
+        if token as usize >= self.config.n_vocab {
+            return Err(Error::InvalidRequest(format!(
+                "token id {token} is outside the vocabulary"
+            )));
+        }
+        let ty = Type(info.dtype.id());
+        let row = ty.row_size(n_embd as i64);
+        let data = self.gguf.tensor_data(info);
+        let start = token as usize * row;
+        Ok(graft_ggml::dequantize(
+            ty,
+            &data[start..start + row],
+            n_embd,
+        )?)
+    }
+
     /// Bytes of weight data mapped from the file.
     pub fn weight_bytes(&self) -> u64 {
         self.gguf.tensors().iter().map(|t| t.n_bytes).sum()

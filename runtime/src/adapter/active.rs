@@ -1,0 +1,136 @@
+//! The set of adapters active for one session or request, with their user scales, and the
+//! hook that applies it to a linear layer.
+
+use std::sync::Arc;
+
+use graft_ggml::{Context, Tensor};
+
+use super::{diablo, lora, wegeft, Adapter, Delta, Target};
+
+/// Adapters with their user scales `s_user`. Deltas of several adapters add.
+#[derive(Clone, Default)]
+pub struct ActiveAdapters {
+    items: Vec<(Arc<Adapter>, f32)>,
+}
+
+impl std::fmt::Debug for ActiveAdapters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.items.iter().map(|(a, s)| (a.name(), s)))
+            .finish()
+    }
+}
+
+impl ActiveAdapters {
+    /// No adapter: the base model.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds `adapter` at scale `s_user` (replacing its scale if it is already in the set).
+    pub fn with(mut self, adapter: Arc<Adapter>, s_user: f32) -> Self {
+        self.set(adapter, s_user);
+        self
+    }
+
+    /// Adds or rescales `adapter`.
+    pub fn set(&mut self, adapter: Arc<Adapter>, s_user: f32) {
+        match self
+            .items
+            .iter_mut()
+            .find(|(a, _)| Arc::ptr_eq(a, &adapter))
+        {
+            Some(e) => e.1 = s_user,
+            None => self.items.push((adapter, s_user)),
+        }
+    }
+
+    /// Removes the adapter called `name`; returns whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let n = self.items.len();
+        self.items.retain(|(a, _)| a.name() != name);
+        n != self.items.len()
+    }
+
+    /// The adapters and their scales, in activation order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<Adapter>, f32)> {
+        self.items.iter().map(|(a, s)| (a, *s))
+    }
+
+    /// Whether no adapter is active.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Number of active adapters.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether `other` computes exactly the same function (same adapters, same scales).
+    pub fn same_as(&self, other: &ActiveAdapters) -> bool {
+        self.items.len() == other.items.len()
+            && self
+                .items
+                .iter()
+                .zip(&other.items)
+                .all(|((a, s), (b, t))| Arc::ptr_eq(a, b) && s.to_bits() == t.to_bits())
+    }
+
+    /// Whether any active adapter adds a soft prompt.
+    pub fn has_soft_prompt(&self) -> bool {
+        self.items.iter().any(|(a, _)| a.lopa().is_some())
+    }
+
+    /// `W x (+ b)` plus every active delta for `target`: WeGeFT terms on the input, LoRA and
+    /// DiaBlo terms on the output.
+    pub(crate) fn linear<'a>(
+        &'a self,
+        ctx: &'a Context,
+        target: Target,
+        w: Tensor<'a>,
+        x: Tensor<'a>,
+        bias: Option<Tensor<'a>>,
+    ) -> Tensor<'a> {
+        let mut xin = x;
+        let mut post: Vec<Tensor<'a>> = Vec::new();
+        for (adapter, s_user) in &self.items {
+            for d in adapter.deltas(target) {
+                match *d {
+                    Delta::Wegeft { phi_t, psi, scale } => {
+                        let t =
+                            wegeft::delta(ctx, adapter.t(phi_t), adapter.t(psi), x, scale * s_user);
+                        xin = ctx.add(xin, t);
+                    }
+                    Delta::Lora { a, b, scale } => {
+                        post.push(lora::delta(
+                            ctx,
+                            adapter.t(a),
+                            adapter.t(b),
+                            x,
+                            scale * s_user,
+                        ));
+                    }
+                    Delta::Diablo {
+                        d,
+                        bs_in,
+                        bs_out,
+                        nb,
+                    } => {
+                        let n_out = w.ne()[1] as usize;
+                        let y = diablo::delta(ctx, adapter.t(d), x, (bs_in, bs_out, nb), n_out);
+                        post.push(ctx.scale(y, *s_user));
+                    }
+                }
+            }
+        }
+        let mut y = ctx.mul_mat(w, xin);
+        for p in post {
+            y = ctx.add(y, p);
+        }
+        match bias {
+            Some(b) => ctx.add(y, b),
+            None => y,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! LoRA: `y = W x + scale · B (A x)`, `scale = s_user · alpha / r` (alpha 0: `scale = s_user`).
+//!
+//! The file layout is llama.cpp's GGUF LoRA, so those files load unchanged:
+//! `<target>.lora_a` ne=[n_in, r], `<target>.lora_b` ne=[r, n_out], `adapter.lora.alpha`.
+//! Tensors stay in their stored type (f32, f16, bf16 or q8_0) and are used in place.
+
+use std::collections::BTreeMap;
+
+use graft_formats::{GgmlType, Gguf, TensorInfo};
+use graft_ggml::{Context, Tensor};
+
+use super::{Builder, Delta, Target};
+use crate::error::{Error, Result};
+
+/// Types a LoRA tensor may have.
+pub const ALLOWED_TYPES: [GgmlType; 4] =
+    [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0];
+
+pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
+    let alpha = g.get_f32_or("adapter.lora.alpha", 0.0)?;
+    if !alpha.is_finite() {
+        return Err(Error::InvalidAdapter(format!(
+            "adapter.lora.alpha is {alpha}"
+        )));
+    }
+    let mut pairs: BTreeMap<String, (Target, Option<&TensorInfo>, Option<&TensorInfo>)> =
+        BTreeMap::new();
+    for t in g.tensors() {
+        let (target, rest) =
+            Target::parse_prefix(&t.name).ok_or_else(|| unknown_tensor(&t.name))?;
+        let e = pairs
+            .entry(target.tensor_name())
+            .or_insert((target, None, None));
+        match rest {
+            ".lora_a" => e.1 = Some(t),
+            ".lora_b" => e.2 = Some(t),
+            _ => return Err(unknown_tensor(&t.name)),
+        }
+    }
+    if pairs.is_empty() {
+        return Err(Error::InvalidAdapter("the LoRA file has no tensors".into()));
+    }
+    for (name, (target, a, b_)) in pairs {
+        let (Some(a), Some(bt)) = (a, b_) else {
+            return Err(Error::InvalidAdapter(format!(
+                "{name}: lora_a and lora_b must both be present"
+            )));
+        };
+        let (n_in, n_out) = target.kind.dims(b.model);
+        check_type(a)?;
+        check_type(bt)?;
+        if a.dims.len() != 2 || bt.dims.len() != 2 {
+            return Err(shape(a, "2-D lora_a and lora_b"));
+        }
+        let r = a.dims[1] as usize;
+        if a.dims[0] as usize != n_in || r == 0 || r > n_in.min(n_out) {
+            return Err(shape(
+                a,
+                &format!("[{n_in}, r] with 0 < r <= {}", n_in.min(n_out)),
+            ));
+        }
+        if bt.dims != [r as u64, n_out as u64] {
+            return Err(shape(bt, &format!("[{r}, {n_out}]")));
+        }
+        let scale = if alpha == 0.0 { 1.0 } else { alpha / r as f32 };
+        let (ia, ib) = (b.stored(a), b.stored(bt));
+        b.rank = b.rank.max(r);
+        b.push(
+            target,
+            Delta::Lora {
+                a: ia,
+                b: ib,
+                scale,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// `scale · B (A x)` for `x [n_in, n]` → `[n_out, n]`.
+pub(crate) fn delta<'a>(
+    ctx: &'a Context,
+    a: Tensor<'a>,
+    b: Tensor<'a>,
+    x: Tensor<'a>,
+    scale: f32,
+) -> Tensor<'a> {
+    let ax = ctx.mul_mat(a, x);
+    ctx.scale(ctx.mul_mat(b, ax), scale)
+}
+
+fn check_type(t: &TensorInfo) -> Result<()> {
+    if ALLOWED_TYPES.contains(&t.dtype) {
+        Ok(())
+    } else {
+        Err(Error::InvalidAdapter(format!(
+            "{} has type {}; LoRA tensors must be f32, f16, bf16 or q8_0",
+            t.name, t.dtype
+        )))
+    }
+}
+
+pub(crate) fn unknown_tensor(name: &str) -> Error {
+    Error::InvalidAdapter(format!(
+        "unknown tensor {name}: not an adapter tensor of a known target (blk.N.{{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}}.weight.*)"
+    ))
+}
+
+pub(crate) fn shape(t: &TensorInfo, expected: &str) -> Error {
+    Error::InvalidAdapter(format!(
+        "{} has shape {:?}, expected {expected} for this base model",
+        t.name, t.dims
+    ))
+}

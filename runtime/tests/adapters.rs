@@ -403,7 +403,8 @@ fn bad_adapters_are_refused_with_the_tensor_named() {
     w.write_atomic(&p).unwrap();
     expect_invalid(&m, &p, "another base model");
     // Unknown target, wrong shape, missing half of a pair, wrong dtype, layer out of range.
-    let cases: Vec<(&str, Vec<(&str, Vec<u64>, GgmlType)>, &str)> = vec![
+    type Tensors = Vec<(&'static str, Vec<u64>, GgmlType)>;
+    let cases: Vec<(&str, Tensors, &str)> = vec![
         (
             "unknown",
             vec![("blk.0.attn_qkv.weight.lora_a", vec![128, 2], GgmlType::F32)],

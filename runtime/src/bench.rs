@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
-use graft::{LogitsFor, Model, Session, SessionConfig};
+use anyhow::{Context as _, Result};
+use graft::adapter::registry::{AdapterRegistry, LoadPolicy};
+use graft::{ActiveAdapters, LogitsFor, Model, Session, SessionConfig};
 use serde_json::{json, Value};
 
 pub struct BenchArgs<'a> {
@@ -17,6 +18,8 @@ pub struct BenchArgs<'a> {
     pub tg: &'a [usize],
     pub reps: usize,
     pub flash_attn: bool,
+    /// Adapters active during the runs, with scales.
+    pub adapters: Vec<(std::path::PathBuf, f32)>,
 }
 
 /// Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
@@ -39,6 +42,37 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
             flash_attn: a.flash_attn,
         },
     )?;
+    let registry = AdapterRegistry::new(model.clone());
+    let mut active = ActiveAdapters::none();
+    let mut adapter_load_ms = Vec::new();
+    for (i, (path, scale)) in a.adapters.iter().enumerate() {
+        let t = Instant::now();
+        let ad = registry
+            .load(&format!("a{i}"), path, LoadPolicy::Create)
+            .with_context(|| format!("loading adapter {}", path.display()))?;
+        adapter_load_ms.push(json!({
+            "file": path.display().to_string(),
+            "bytes": ad.n_bytes(),
+            "load_ms": t.elapsed().as_secs_f64() * 1e3,
+        }));
+        active.set(ad, *scale);
+    }
+    // Switching between two loaded adapter sets (the swap itself; the cache recompute it
+    // implies is a prefill, measured by ppN).
+    let switch_us = if registry.list().len() >= 2 {
+        let one = registry.active(&[("a0", 1.0)])?;
+        let two = registry.active(&[("a1", 1.0)])?;
+        session.set_adapters(one.clone())?;
+        let n = 1000;
+        let t = Instant::now();
+        for i in 0..n {
+            session.set_adapters(if i % 2 == 0 { two.clone() } else { one.clone() })?;
+        }
+        Some(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+    } else {
+        None
+    };
+    session.set_adapters(active)?;
     // Warm-up (page in the weights, size the compute buffer).
     session.decode(&bench_tokens(n_ctx.min(512), n_vocab), LogitsFor::Last)?;
     session.clear();
@@ -75,6 +109,8 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
         "threads": a.threads,
         "flash_attn": a.flash_attn,
         "load_ms": load_ms,
+        "adapters": adapter_load_ms,
+        "adapter_switch_us": switch_us,
         "peak_rss_mb": peak_rss_mb(),
         "results": results,
     }))

@@ -54,6 +54,12 @@ enum Cmd {
         /// Use flash attention.
         #[arg(long)]
         flash_attn: bool,
+        /// Adapter active during the runs (repeatable).
+        #[arg(long = "adapter")]
+        adapters: Vec<PathBuf>,
+        /// Adapter and scale (repeatable).
+        #[arg(long = "adapter-scaled", num_args = 2, value_names = ["A.gguf", "S"])]
+        adapters_scaled: Vec<String>,
     },
     /// Interactive chat; `/adapter load|use|scale|off|list` swaps adapters between turns.
     Chat(adapters_cli::ChatArgs),
@@ -166,26 +172,56 @@ fn main() {
             tg,
             reps,
             flash_attn,
+            adapters,
+            adapters_scaled,
         } => {
             if threads == 0 || reps == 0 {
                 eprintln!("error: --threads and --reps must be at least 1");
                 std::process::exit(2);
             }
-            bench::run(&bench::BenchArgs {
-                model: &model,
-                threads,
-                pp: &pp,
-                tg: &tg,
-                reps,
-                flash_attn,
+            parse_scaled(&adapters_scaled).and_then(|scaled| {
+                let adapters = adapters
+                    .into_iter()
+                    .map(|p| (p, 1.0))
+                    .chain(scaled)
+                    .collect();
+                bench::run(&bench::BenchArgs {
+                    model: &model,
+                    threads,
+                    pp: &pp,
+                    tg: &tg,
+                    reps,
+                    flash_attn,
+                    adapters,
+                })
+                .map(|v| println!("{v}"))
             })
-            .map(|v| println!("{v}"))
         }
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `--adapter-scaled A S` pairs.
+fn parse_scaled(pairs: &[String]) -> Result<Vec<(PathBuf, f32)>> {
+    pairs
+        .chunks(2)
+        .map(|pair| {
+            let s: f32 = pair[1]
+                .parse()
+                .ok()
+                .filter(|s: &f32| s.is_finite())
+                .with_context(|| {
+                    format!(
+                        "--adapter-scaled {} {}: the scale must be a number",
+                        pair[0], pair[1]
+                    )
+                })?;
+            Ok((PathBuf::from(&pair[0]), s))
+        })
+        .collect()
 }
 
 /// Loads the model and the adapters named on the command line.

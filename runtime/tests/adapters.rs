@@ -472,3 +472,59 @@ fn bad_adapters_are_refused_with_the_tensor_named() {
     let mut s = session(&other);
     assert!(s.set_adapters(ActiveAdapters::none().with(a, 1.0)).is_err());
 }
+
+/// A LoPA adapter whose gate saturates and whose Z_S rows are token embeddings acts exactly
+/// like those tokens placed before the prompt.
+#[test]
+fn saturated_lopa_equals_prepending_its_tokens() {
+    let Some(m) = tiny() else { return };
+    let known = [40u32, 41, 42];
+    let d = m.config().n_embd as u64;
+    let (mm, r) = (known.len() as u64, 2u64);
+    let mut zs = Vec::new();
+    for &t in &known {
+        zs.extend(m.embedding_row(t).unwrap());
+    }
+    let mut w = GgufWriter::new();
+    header(&mut w, "lopa");
+    w.add_kv("adapter.lopa.virtual_tokens", Value::U32(mm as u32));
+    w.add_kv("adapter.lopa.rank", Value::U32(r as u32));
+    w.add_kv("adapter.lopa.encoder", "mean_embed");
+    w.add_tensor_f32("lopa.z_shared", &[d, mm], &zs).unwrap();
+    for (p, out) in [("u", mm * r), ("v", d * r)] {
+        w.add_tensor_f32(
+            format!("lopa.{p}.fc1.weight"),
+            &[d, d],
+            &vec![0.0; (d * d) as usize],
+        )
+        .unwrap();
+        w.add_tensor_f32(format!("lopa.{p}.fc1.bias"), &[d], &vec![0.0; d as usize])
+            .unwrap();
+        w.add_tensor_f32(
+            format!("lopa.{p}.fc2.weight"),
+            &[d, out],
+            &vec![0.0; (d * out) as usize],
+        )
+        .unwrap();
+        w.add_tensor_f32(
+            format!("lopa.{p}.fc2.bias"),
+            &[out],
+            &vec![8.0; out as usize],
+        )
+        .unwrap();
+    }
+    let p = tmp("lopa-sat.gguf");
+    w.write_atomic(&p).unwrap();
+    let a = Adapter::load(&m, &p).unwrap();
+    let mut s = session(&m);
+    s.set_adapters(ActiveAdapters::none().with(a, 1.0)).unwrap();
+    let with = s.decode(&PROMPT, LogitsFor::All).unwrap();
+    assert_eq!(s.soft_prompt_len(), known.len());
+    assert_eq!(s.tokens(), &PROMPT, "soft positions are not prompt text");
+    let mut all = known.to_vec();
+    all.extend_from_slice(&PROMPT);
+    let want = logits(&m, ActiveAdapters::none(), &all);
+    let nv = m.config().n_vocab;
+    let d = max_diff(&with, &want[known.len() * nv..]);
+    assert!(d < 1e-4, "max diff {d}");
+}

@@ -51,10 +51,13 @@ pub(crate) fn build<'a>(
     let n = shape.n_tokens as i64;
     let mut gf = ctx.new_graph(max_nodes(model, adapters.len()), false);
 
-    let tokens = ctx
-        .new_tensor(Type::I32, &[n])
-        .set_name("inp_tokens")
-        .set_input();
+    let tokens = if shape.embeddings {
+        ctx.new_tensor(Type::F32, &[cfg.n_embd as i64, n])
+    } else {
+        ctx.new_tensor(Type::I32, &[n])
+    }
+    .set_name("inp_tokens")
+    .set_input();
     let pos = ctx
         .new_tensor(Type::I32, &[n])
         .set_name("inp_pos")

@@ -40,6 +40,7 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
             n_batch: n_ctx.min(512),
             n_threads: a.threads,
             flash_attn: a.flash_attn,
+            kv_f32: false,
         },
     )?;
     let registry = AdapterRegistry::new(model.clone());

@@ -18,32 +18,38 @@ pub struct KvCache {
     n_ctx: usize,
     n_embd_kv: usize,
     v_trans: bool,
+    elem_size: usize,
 }
 
 impl KvCache {
-    /// Allocates a cache of `n_ctx` positions for `cfg` on `backend`.
+    /// Allocates a cache of `n_ctx` positions for `cfg` on `backend`, F16 (llama.cpp's
+    /// default) or F32 (`f32`: exact, twice the memory; matmul attention only).
     pub fn new(
         cfg: &ModelConfig,
         n_ctx: usize,
         flash_attn: bool,
+        f32: bool,
         backend: &Backend,
     ) -> Result<Self> {
+        let ty = if f32 && !flash_attn {
+            Type::F32
+        } else {
+            Type::F16
+        };
         let ctx = Context::new(2 * cfg.n_layer + 2, 0)?;
         let n_embd_kv = cfg.n_embd_kv();
         let mut k = Vec::with_capacity(cfg.n_layer);
         let mut v = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
             let kt = ctx
-                .new_tensor(Type::F16, &[n_embd_kv as i64, n_ctx as i64])
+                .new_tensor(ty, &[n_embd_kv as i64, n_ctx as i64])
                 .set_name(&format!("cache_k_l{il}"));
             let vne = if flash_attn {
                 [n_embd_kv as i64, n_ctx as i64]
             } else {
                 [n_ctx as i64, n_embd_kv as i64]
             };
-            let vt = ctx
-                .new_tensor(Type::F16, &vne)
-                .set_name(&format!("cache_v_l{il}"));
+            let vt = ctx.new_tensor(ty, &vne).set_name(&format!("cache_v_l{il}"));
             k.push(kt.id());
             v.push(vt.id());
         }
@@ -56,6 +62,7 @@ impl KvCache {
             n_ctx,
             n_embd_kv,
             v_trans: !flash_attn,
+            elem_size: if ty == Type::F32 { 4 } else { 2 },
         })
     }
 
@@ -86,6 +93,11 @@ impl KvCache {
         self.ctx
             .get(self.v[il])
             .expect("cache tensor of this cache")
+    }
+
+    /// Bytes per cached element (2 for F16, 4 for F32).
+    pub fn elem_size(&self) -> usize {
+        self.elem_size
     }
 
     /// Bytes held by the cache.

@@ -233,6 +233,7 @@ pub(crate) fn load(
         n_ctx,
         n_threads: m.threads.unwrap_or_else(graft::session::default_threads),
         flash_attn: m.flash_attn,
+        kv_f32: false,
         ..SessionConfig::default()
     };
     if cfg.n_threads == 0 {

@@ -28,6 +28,9 @@ pub struct SessionConfig {
     pub n_threads: usize,
     /// Use ggml's flash-attention kernel instead of matmul + softmax attention.
     pub flash_attn: bool,
+    /// Keep the KV cache in F32 instead of F16 (exact, twice the memory; not with flash
+    /// attention).
+    pub kv_f32: bool,
 }
 
 impl Default for SessionConfig {
@@ -37,6 +40,7 @@ impl Default for SessionConfig {
             n_batch: 512,
             n_threads: default_threads(),
             flash_attn: false,
+            kv_f32: false,
         }
     }
 }
@@ -120,7 +124,13 @@ impl Session {
             ));
         }
         let backend = Backend::cpu(cfg.n_threads)?;
-        let kv = KvCache::new(model.config(), cfg.n_ctx, cfg.flash_attn, &backend)?;
+        let kv = KvCache::new(
+            model.config(),
+            cfg.n_ctx,
+            cfg.flash_attn,
+            cfg.kv_f32,
+            &backend,
+        )?;
         let graph_ctx = graph_context(&model, 0)?;
         let alloc = GraphAllocator::new(&backend)?;
         Ok(Self {

@@ -138,6 +138,7 @@ fn session(m: &Arc<Model>) -> Session {
             n_batch: 64,
             n_threads: 1,
             flash_attn: false,
+            kv_f32: false,
         },
     )
     .unwrap()

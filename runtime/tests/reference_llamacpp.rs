@@ -59,6 +59,7 @@ fn session(model: &Arc<Model>, fx: &Value) -> Session {
             n_batch: 512,
             n_threads: 2,
             flash_attn: false,
+            kv_f32: false,
         },
     )
     .unwrap()

@@ -18,6 +18,7 @@ fn session(m: &Arc<Model>, n_batch: usize) -> Session {
             n_batch,
             n_threads: 1,
             flash_attn: false,
+            kv_f32: false,
         },
     )
     .unwrap()
@@ -135,6 +136,7 @@ fn flash_attention_agrees_with_matmul_attention() {
             n_batch: 512,
             n_threads: 1,
             flash_attn: true,
+            kv_f32: false,
         },
     )
     .unwrap();

@@ -314,6 +314,18 @@ impl Adapter {
             .map_or(&[], |v| v.as_slice())
     }
 
+    /// For a LoPA adapter, its soft prompt (m rows of `n_embd`) for `prompt` at `s_user`.
+    pub fn soft_prompt(
+        &self,
+        model: &Model,
+        prompt: &[u32],
+        s_user: f32,
+    ) -> Result<Option<Vec<f32>>> {
+        let Some(l) = &self.lopa else { return Ok(None) };
+        let e = lopa::mean_embedding(model, prompt)?;
+        Ok(Some(l.soft_prompt(&e, s_user)))
+    }
+
     pub(crate) fn lopa(&self) -> Option<&lopa::Lopa> {
         self.lopa.as_ref()
     }

@@ -97,7 +97,7 @@ pub(crate) fn attention<'a>(
     let n_ctx = kv.n_ctx() as i64;
     let kc = kv.k(il);
     let vc = kv.v(il);
-    let esz = 2usize; // F16 cache
+    let esz = kv.elem_size();
 
     // Store K and V (their nodes run before the reads below: graph order is build order).
     let k_store = ctx.set_rows(kc, ctx.reshape(k, &[n_embd_kv, n]), inp.k_idx);

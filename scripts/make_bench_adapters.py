@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Adapters for the adapter benchmarks (README), into .cache/adapters/bench/ (not used by tests):
+
+  lora-r16-all.gguf      LoRA rank 16 on all attention and MLP targets of all 30 layers, F16
+                         (~10 MB: also the "load a 10 MB adapter" file)
+  lora-r16-all-b.gguf    the same shape, another seed (for switch timing)
+  diablo-n64-all.gguf    DiaBlo N=64 on all 7 targets of all layers, F32
+  wegeft-r64-all.gguf    WeGeFT rank 64, a pair per target kind per layer, F32
+  lora-r8-qv-{0..9}.gguf ten small LoRAs (RSS with 10 adapters loaded)
+
+Uses the builders of make_adapters.py (gguf + numpy only).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_adapters as ma  # noqa: E402
+from gguf import GGMLQuantizationType as QT  # noqa: E402
+
+out = ma.ROOT / ".cache" / "adapters" / "bench"
+out.mkdir(parents=True, exist_ok=True)
+jobs = [
+    lambda: ma.make_lora("lora-r16-all.gguf", 501, 16, 32.0, ma.KINDS, ma.ALL_LAYERS, QT.F16, 0.05),
+    lambda: ma.make_lora("lora-r16-all-b.gguf", 502, 16, 32.0, ma.KINDS, ma.ALL_LAYERS, QT.F16, 0.05),
+    lambda: ma.make_diablo("diablo-n64-all.gguf", 503, 64, ma.KINDS, ma.ALL_LAYERS, QT.F32, 0.05),
+    lambda: ma.make_wegeft("wegeft-r64-all.gguf", 504, 64, 64.0, {k: ma.ALL_LAYERS for k in ma.KINDS}, [],
+                           QT.F32, 0.1),
+] + [
+    (lambda i=i: ma.make_lora(f"lora-r8-qv-{i}.gguf", 600 + i, 8, 16.0, ["attn_q", "attn_v"], ma.ALL_LAYERS,
+                              QT.F32, 0.05))
+    for i in range(10)
+]
+for job in jobs:
+    ad = job()
+    p = out / ad.file
+    if p.is_file():
+        print(f"{p}: present")
+        continue
+    ad.write(p)
+    print(f"{p}: {p.stat().st_size / 1e6:.1f} MB")

@@ -11,6 +11,17 @@ Usage:
                            [--rounds 3] [--flash-attn] [--extra-bufts] [--graft PATH]
                            [--python PATH] [--json OUT] [--markdown]
                            [--max-noise PCT] [--retries N] [--quiet-wait S]
+                           [--adapter A.gguf]... [--graft-only] [--variant SPEC]...
+
+--adapter (repeatable) makes every listed adapter active (scale 1) in both engines: graft gets
+--adapter A, llama.cpp --lora A (so LoRA adapters only, unless --graft-only). The table then
+also has the adapter load time per file (graft: registry load; llama.cpp:
+llama_adapter_lora_init) and, with two or more, graft's adapter_switch_us.
+--graft-only skips llama.cpp (for DiaBlo, WeGeFT, ... adapters llama.cpp cannot load).
+--variant SPEC (repeatable, implies --graft-only) compares graft configurations with each
+other instead: SPEC is `none` (no adapter) or comma-separated adapter files, optionally
+prefixed with `LABEL=`; the variants run interleaved (v1, v2, v3, v1, v2, ...) and the table
+gives each one's tok/s and its change against the first variant.
 
 --python is the interpreter that has llama-cpp-python; default: $GRAFT_REF_PYTHON, else
 /work/ref/venv/bin/python if it exists, else python3. --graft defaults to $GRAFT_BIN, else
@@ -271,6 +282,134 @@ def print_markdown(header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(r) + " |")
 
 
+def adapter_load_ms(runs: list[dict]) -> dict[str, float]:
+    """Median load time per adapter file over all runs."""
+    per: dict[str, list[float]] = {}
+    for run in runs:
+        for a in run.get("adapters") or []:
+            per.setdefault(a["file"], []).append(a["load_ms"])
+    return {f: statistics.median(v) for f, v in per.items()}
+
+
+def switch_us(runs: list[dict]) -> float | None:
+    vals = [r["adapter_switch_us"] for r in runs if r.get("adapter_switch_us") is not None]
+    return statistics.median(vals) if vals else None
+
+
+def adapter_rows(graft_runs: list[dict], llama_runs: list[dict]) -> list[list[str]]:
+    rows = []
+    ga, la = adapter_load_ms(graft_runs), adapter_load_ms(llama_runs)
+    for f, ms in ga.items():
+        rows.append([f"adapter load ms, {Path(f).name} (lower is better)", fmt(ms, 2),
+                     fmt(la.get(f), 2), ratio(ms, la.get(f))])
+    sw = switch_us(graft_runs)
+    if sw is not None:
+        rows.append(["adapter switch µs, graft set_adapters (lower is better)", fmt(sw, 3),
+                     "n/a", "n/a"])
+    return rows
+
+
+def graft_only_rows(g: dict, runs: list[dict]) -> list[list[str]]:
+    rows = [[f"{t} (tok/s)", f"{g['tests'][t]['median_tokens_per_s']:.1f} "
+             f"±{g['tests'][t]['spread_pct']:.0f}%"] for t in g["order"]]
+    rows.append(["load ms", fmt(g["load_ms"])])
+    rows.append(["peak RSS MiB", fmt(g["peak_rss_mb"])])
+    for f, ms in adapter_load_ms(runs).items():
+        rows.append([f"adapter load ms, {Path(f).name}", fmt(ms, 2)])
+    sw = switch_us(runs)
+    if sw is not None:
+        rows.append(["adapter switch µs", fmt(sw, 3)])
+    return rows
+
+
+def emit_table(markdown: bool, header: list[str], rows: list[list[str]],
+               notes: list[str]) -> None:
+    if markdown:
+        print_markdown(header, rows)
+        print()
+        for n in notes:
+            print(f"{n}  ")
+    else:
+        print_plain(header, rows)
+        print()
+        for n in notes:
+            print(n)
+
+
+def run_variants(args, graft: str, graft_version: str, model: Path, common: list[str],
+                 variants: list[tuple[str, list[str]]]) -> int:
+    """graft-only: several adapter configurations, interleaved, compared with the first."""
+    cmds = []
+    for _, files in variants:
+        cmd = [graft, "bench"] + common
+        for f in files:
+            cmd += ["--adapter", f]
+        cmds.append(cmd)
+    busy = busy_pct()
+    if busy is not None and busy > 10:
+        print(f"bench.py: warning: the machine is {busy:.0f}% busy before starting; "
+              "results will be noisy (stop other work first)", file=sys.stderr)
+    runs: list[list[dict]] = [[] for _ in variants]
+    discarded = []
+    t0 = time.time()
+    for r in range(args.rounds):
+        for i, (label, _) in enumerate(variants):
+            for attempt in range(args.retries + 1):
+                if args.max_noise is not None:
+                    wait_quiet(args.quiet_wait)
+                print(f"round {r + 1}/{args.rounds}: graft [{label}] ...", file=sys.stderr,
+                      flush=True)
+                out = run_json(cmds[i], "graft")
+                f = out.get("foreign_cpu_pct")
+                if args.max_noise is None or f is None or f <= args.max_noise \
+                        or attempt == args.retries:
+                    runs[i].append(out)
+                    break
+                print(f"  other processes used {f:.0f}% of the CPUs during it: discarded, "
+                      "running again", file=sys.stderr, flush=True)
+                discarded.append({"variant": label, "round": r + 1, **out})
+    elapsed = time.time() - t0
+    sums = [summarize(rs) for rs in runs]
+    foreign = [x["foreign_cpu_pct"] for rs in runs for x in rs
+               if x.get("foreign_cpu_pct") is not None]
+    print(f"machine:  {cpu_model()}, nproc {n_cpus()}")
+    print(f"model:    {model}")
+    print(f"threads:  {args.threads}, flash_attn: {args.flash_attn}, {args.rounds} rounds x "
+          f"{args.reps} reps, {len(variants)} graft variants interleaved ({elapsed:.0f} s)")
+    print(f"versions: {graft_version}")
+    if foreign:
+        print(f"noise:    other processes used up to {max(foreign):.1f}% of the CPUs during a kept "
+              f"run ({len(discarded)} noisy run(s) discarded and rerun)")
+    for label, files in variants:
+        print(f"variant:  {label}: {' '.join(files) if files else '(no adapter)'}")
+    print()
+    base = sums[0]
+    header = ["test"] + [label for label, _ in variants]
+    rows = []
+    for t in base["order"]:
+        b = base["tests"][t]["median_tokens_per_s"]
+        row = [f"{t} (tok/s, higher is better)"]
+        for k, s_ in enumerate(sums):
+            v = s_["tests"][t]
+            cell = f"{v['median_tokens_per_s']:.1f} ±{v['spread_pct']:.0f}%"
+            if k > 0:
+                cell += f" ({(b / v['median_tokens_per_s'] - 1) * 100:+.1f}% time/token)"
+            row.append(cell)
+        rows.append(row)
+    rows.append(["peak RSS MiB"] + [fmt(s_["peak_rss_mb"]) for s_ in sums])
+    rows.append(["adapter load ms (sum of files)"]
+                + [fmt(sum(adapter_load_ms(rs).values()), 2) for rs in runs])
+    notes = [FOOTNOTES[0], "(+x% time/token) = time per token against the first column: "
+             "the adapter's overhead."]
+    emit_table(args.markdown, header, rows, notes)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "variants": [{"label": lb, "adapters": fs, "summary": s_, "runs": rs}
+                         for (lb, fs), s_, rs in zip(variants, sums, runs)],
+            "discarded_runs": discarded}, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,7 +434,19 @@ def main() -> int:
                     help="python interpreter with llama-cpp-python")
     ap.add_argument("--json", type=Path, help="write all raw results and the summary here")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument("--adapter", action="append", default=[], metavar="A.gguf",
+                    help="adapter active during the runs, both engines (repeatable)")
+    ap.add_argument("--graft-only", action="store_true",
+                    help="run graft only (no llama.cpp), e.g. for non-LoRA adapters")
+    ap.add_argument("--variant", action="append", default=[], metavar="SPEC",
+                    help="graft configuration to compare: none | [LABEL=]A.gguf[,B.gguf...] "
+                         "(repeatable; implies --graft-only)")
     args = ap.parse_args()
+    if args.variant:
+        args.graft_only = True
+    for a in args.adapter:
+        if not os.path.isfile(a):
+            die(f"adapter not found: {a}")
     if args.max_noise is not None and args.max_noise < 0:
         args.max_noise = None
 
@@ -306,7 +457,7 @@ def main() -> int:
     if not graft or not os.path.isfile(graft):
         die(f"graft binary not found: {args.graft} (build it with `cargo build --release`, "
             "or pass --graft / set GRAFT_BIN)")
-    llama_version = check_python(args.python)
+    llama_version = None if args.graft_only else check_python(args.python)
     gv = subprocess.run([graft, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                         text=True)
     graft_version = gv.stdout.strip() or "?"
@@ -316,8 +467,24 @@ def main() -> int:
     if args.flash_attn:
         common.append("--flash-attn")
     graft_cmd = [graft, "bench"] + common
+    for a in args.adapter:
+        graft_cmd += ["--adapter", a]
     llama_cmd = [args.python, str(LLAMA_SCRIPT)] + common + (
         ["--extra-bufts"] if args.extra_bufts else [])
+    for a in args.adapter:
+        llama_cmd += ["--lora", a]
+    variants = []  # (label, adapter files)
+    for spec in args.variant:
+        label, _, files = spec.rpartition("=")
+        files = [] if files.strip() in ("", "none") else [f for f in files.split(",") if f]
+        for f in files:
+            if not os.path.isfile(f):
+                die(f"adapter not found: {f}")
+        if not label:
+            label = "no adapter" if not files else ", ".join(Path(f).stem for f in files)
+        variants.append((label, files))
+    if variants:
+        return run_variants(args, graft, graft_version, model, common, variants)
 
     load_before = loadavg()
     busy = busy_pct()
@@ -346,13 +513,15 @@ def main() -> int:
     t0 = time.time()
     for r in range(args.rounds):
         graft_runs.append(measured(graft_cmd, "graft", r))
-        llama_runs.append(measured(llama_cmd, "llama.cpp", r))
+        if not args.graft_only:
+            llama_runs.append(measured(llama_cmd, "llama.cpp", r))
     foreign = [x["foreign_cpu_pct"] for x in graft_runs + llama_runs
                if x.get("foreign_cpu_pct") is not None]
     elapsed = time.time() - t0
 
-    g, l = summarize(graft_runs), summarize(llama_runs)
-    l0 = llama_runs[0]
+    g = summarize(graft_runs)
+    l = summarize(llama_runs) if llama_runs else None
+    l0 = llama_runs[0] if llama_runs else {}
     machine = {
         "cpu": cpu_model(),
         "nproc": n_cpus(),
@@ -374,6 +543,8 @@ def main() -> int:
         "python": args.python,
         "llama_use_extra_bufts": l0.get("use_extra_bufts"),
         "llama_system_info": l0.get("system_info"),
+        "adapters": args.adapter,
+        "graft_only": args.graft_only,
         "rounds": args.rounds,
         "reps": args.reps,
         "elapsed_s": elapsed,
@@ -386,9 +557,14 @@ def main() -> int:
     print(f"model:    {model} ({info['model_size_mib']:.1f} MiB)")
     print(f"threads:  {args.threads}, flash_attn: {args.flash_attn}, "
           f"{args.rounds} rounds x {args.reps} reps, interleaved")
-    print(f"versions: {graft_version}; llama-cpp-python {llama_version} "
-          f"(use_extra_bufts={l0.get('use_extra_bufts')}, n_ctx {l0.get('n_ctx')}, "
-          f"n_batch {l0.get('n_batch')}, n_ubatch {l0.get('n_ubatch')})")
+    if args.graft_only:
+        print(f"versions: {graft_version} (graft only)")
+    else:
+        print(f"versions: {graft_version}; llama-cpp-python {llama_version} "
+              f"(use_extra_bufts={l0.get('use_extra_bufts')}, n_ctx {l0.get('n_ctx')}, "
+              f"n_batch {l0.get('n_batch')}, n_ubatch {l0.get('n_ubatch')})")
+    if args.adapter:
+        print(f"adapters: {', '.join(args.adapter)} (all active, scale 1)")
     if foreign:
         print(f"noise:    other processes used up to {max(foreign):.1f}% of the CPUs during a kept "
               f"run ({len(discarded)} noisy run(s) discarded and rerun)"
@@ -396,18 +572,15 @@ def main() -> int:
     if machine["env"]:
         print(f"env:      {' '.join(f'{k}={v}' for k, v in machine['env'].items())}")
     print()
-    header = ["test", "graft", "llama.cpp", "graft / llama.cpp"]
-    rows = table_rows(g, l)
-    if args.markdown:
-        print_markdown(header, rows)
-        print()
-        for n in FOOTNOTES:
-            print(f"{n}  ")
+    if l is None:
+        header = ["test", "graft"]
+        rows = graft_only_rows(g, graft_runs)
+        notes = FOOTNOTES[:1]
     else:
-        print_plain(header, rows)
-        print()
-        for n in FOOTNOTES:
-            print(n)
+        header = ["test", "graft", "llama.cpp", "graft / llama.cpp"]
+        rows = table_rows(g, l) + adapter_rows(graft_runs, llama_runs)
+        notes = FOOTNOTES
+    emit_table(args.markdown, header, rows, notes)
 
     if args.json:
         args.json.write_text(json.dumps({"info": info, "summary": {"graft": g, "llama.cpp": l},

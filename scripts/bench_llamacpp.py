@@ -12,6 +12,9 @@ Measures the same things, the same way, and prints one JSON line of the same sha
   model_load_ms  the llama_model_load_from_file part of it alone (closest to graft's load_ms)
   base_rss_mb    VmRSS of this interpreter after `import llama_cpp`, before loading the model
   peak_rss_mb    VmHWM of the process at the end
+  adapters       per LoRA adapter (--lora / --lora-scaled, all active during the runs):
+                 file, scale and load_ms (time of llama_adapter_lora_init); they are activated
+                 with llama_set_adapters_lora before the warm-up
 
 On machines with AMX, llama.cpp's default use_extra_bufts=True moves quantized weights into AMX
 (and CPU_REPACK) buffers, which segfaults here; it is switched off by default (recorded as
@@ -19,6 +22,7 @@ On machines with AMX, llama.cpp's default use_extra_bufts=True moves quantized w
 
 Usage: python scripts/bench_llamacpp.py --model M [--threads N] [--pp 128,512] [--tg 64]
                                         [--reps 3] [--flash-attn] [--extra-bufts]
+                                        [--lora A.gguf]... [--lora-scaled A.gguf S]...
 Needs llama-cpp-python (pip install llama-cpp-python==0.3.36).
 """
 from __future__ import annotations
@@ -64,7 +68,12 @@ def main() -> int:
     ap.add_argument("--flash-attn", action="store_true")
     ap.add_argument("--extra-bufts", action="store_true",
                     help="keep llama.cpp's default use_extra_bufts=True (AMX/repack weight buffers)")
+    ap.add_argument("--lora", action="append", default=[], metavar="A.gguf",
+                    help="LoRA adapter active (scale 1) during the runs (repeatable)")
+    ap.add_argument("--lora-scaled", action="append", nargs=2, default=[],
+                    metavar=("A.gguf", "S"), help="LoRA adapter and scale (repeatable)")
     args = ap.parse_args()
+    loras = [(p, 1.0) for p in args.lora] + [(p, float(s)) for p, s in args.lora_scaled]
 
     try:
         import importlib.metadata
@@ -117,6 +126,27 @@ def main() -> int:
         C.llama_model_load_from_file = orig_load
 
     ctx = llm.ctx
+    adapters_out = []
+    if loras:
+        ptrs = []
+        for path, scale in loras:
+            t = time.perf_counter()
+            ad = C.llama_adapter_lora_init(llm.model, path.encode())
+            ms = (time.perf_counter() - t) * 1e3
+            if not ad:
+                print(f"bench_llamacpp.py: llama_adapter_lora_init failed for {path}",
+                      file=sys.stderr)
+                return 4
+            ptrs.append(ad)
+            adapters_out.append({"file": path, "scale": scale, "load_ms": ms,
+                                 "file_bytes": os.path.getsize(path)})
+        n = len(ptrs)
+        arr = (C.llama_adapter_lora_p_ctypes * n)(*ptrs)
+        scales = (ctypes.c_float * n)(*[s for _, s in loras])
+        rc = C.llama_set_adapters_lora(ctx, arr, n, scales)
+        if rc != 0:
+            print(f"bench_llamacpp.py: llama_set_adapters_lora returned {rc}", file=sys.stderr)
+            return 4
     mem = C.llama_get_memory(ctx)
     n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(llm.model))
     batch = C.llama_batch_init(n_batch, 0, 1)
@@ -197,6 +227,7 @@ def main() -> int:
         "model_load_ms": model_load_s[0] * 1e3 if model_load_s else None,
         "base_rss_mb": base_rss_mb,
         "peak_rss_mb": status_mb("VmHWM"),
+        "adapters": adapters_out,
         "llama_cpp_python": version,
         "system_info": C.llama_print_system_info().decode(errors="replace").strip(),
         "python": sys.executable,

@@ -25,6 +25,7 @@ pub mod perplexity;
 pub mod sampler;
 pub mod session;
 pub mod tokenizer;
+pub mod train;
 
 pub use adapter::{ActiveAdapters, Adapter, AdapterKind};
 pub use engine::{Engine, GenerateRequest, Generation, Timings};

@@ -366,7 +366,7 @@ impl Session {
         self.graph_ctx.reset();
         let (graph, inp) = llama::build(
             &self.model,
-            &self.kv,
+            Some(&self.kv),
             &self.adapters,
             &self.graph_ctx,
             shape,
@@ -450,8 +450,10 @@ fn set_inputs(inp: &GraphInputs<'_>, s: &Scratch, embeddings: bool, v_trans: boo
         inp.tokens.write_i32(0, &s.tokens)?;
     }
     inp.attn.pos.write_i32(0, &s.pos)?;
-    inp.attn.k_idx.write_i64(0, &s.k_idx)?;
-    inp.attn.v_idx.write_i64(0, &s.v_idx)?;
+    if let (Some(k), Some(v)) = (inp.attn.k_idx, inp.attn.v_idx) {
+        k.write_i64(0, &s.k_idx)?;
+        v.write_i64(0, &s.v_idx)?;
+    }
     if v_trans {
         inp.attn.mask.write_f32(0, &s.mask_f32)?;
     } else {

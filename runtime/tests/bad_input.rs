@@ -282,12 +282,31 @@ fn cli_chat_swaps_adapters_between_turns() {
     w.add_kv("general.architecture", "qwen2");
     w.add_kv("adapter.type", "lora");
     w.add_kv("adapter.lora.alpha", Value::F32(4.0));
-    w.add_tensor_f32("blk.0.attn_q.weight.lora_a", &[n_in, 2], &vec![0.01; (n_in * 2) as usize]).unwrap();
-    w.add_tensor_f32("blk.0.attn_q.weight.lora_b", &[2, n_out], &vec![0.02; (2 * n_out) as usize]).unwrap();
+    w.add_tensor_f32(
+        "blk.0.attn_q.weight.lora_a",
+        &[n_in, 2],
+        &vec![0.01; (n_in * 2) as usize],
+    )
+    .unwrap();
+    w.add_tensor_f32(
+        "blk.0.attn_q.weight.lora_b",
+        &[2, n_out],
+        &vec![0.02; (2 * n_out) as usize],
+    )
+    .unwrap();
     let lora = tmp("chat-lora.gguf");
     w.write_atomic(&lora).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(["chat", "--temperature", "0", "--max-tokens", "4", "--threads", "1", "--model"])
+        .args([
+            "chat",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+            "--threads",
+            "1",
+            "--model",
+        ])
         .arg(&src)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -298,13 +317,24 @@ fn cli_chat_swaps_adapters_between_turns() {
         "hello\n/adapter load {} style\n/adapter use style 0.5\n/adapter list\nhello again\n/adapter scale style 1\n/adapter off\n/adapter use nope\nbye\n/quit\n",
         lora.display()
     );
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("[loaded style: lora"), "{err}");
-    assert!(err.contains("switch") && err.contains("will be recomputed"), "{err}");
-    assert!(err.contains("* style"), "list marks the active adapter: {err}");
+    assert!(
+        err.contains("switch") && err.contains("will be recomputed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("* style"),
+        "list marks the active adapter: {err}"
+    );
     assert!(err.contains("no adapter named \"nope\""), "{err}");
     assert_eq!(err.matches("tok/s").count(), 3, "three replies: {err}");
 }

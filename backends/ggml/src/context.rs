@@ -43,11 +43,16 @@ impl Context {
     /// A metadata-only context with room for `max_tensors` tensors and graphs of up to
     /// `graph_nodes` nodes (0 for none).
     pub fn new(max_tensors: usize, graph_nodes: usize) -> Result<Self> {
+        Self::with_graph(max_tensors, graph_nodes, false)
+    }
+
+    /// Like [`Context::new`], with room for a graph that holds gradients (`grads`).
+    pub fn with_graph(max_tensors: usize, graph_nodes: usize, grads: bool) -> Result<Self> {
         // SAFETY: pure size queries.
         let size = unsafe {
             max_tensors * sys::ggml_tensor_overhead()
                 + if graph_nodes > 0 {
-                    sys::ggml_graph_overhead_custom(graph_nodes, false)
+                    sys::ggml_graph_overhead_custom(graph_nodes, grads)
                 } else {
                     0
                 }
@@ -222,6 +227,13 @@ impl<'ctx> Tensor<'ctx> {
         self
     }
 
+    /// Marks the tensor as the training loss (a scalar).
+    pub fn set_loss(self) -> Self {
+        // SAFETY: valid tensor.
+        unsafe { sys::ggml_set_loss(self.raw()) };
+        self
+    }
+
     /// Whether the tensor has backing memory.
     pub fn is_allocated(&self) -> bool {
         !self.t().data.is_null() || !self.t().buffer.is_null()
@@ -327,6 +339,33 @@ impl<'ctx> Graph<'ctx> {
     pub fn build_forward_expand(&mut self, t: Tensor<'ctx>) {
         // SAFETY: valid graph and tensor from a context that outlives the graph.
         unsafe { sys::ggml_build_forward_expand(self.ptr.as_ptr(), t.raw()) }
+    }
+
+    /// Adds the backward pass for every parameter (`set_param`) reachable from the loss
+    /// (`set_loss`); the graph must have been made with `grads = true`. Gradient tensors are
+    /// created in `ctx`.
+    pub fn build_backward_expand(&mut self, ctx: &'ctx Context) {
+        // SAFETY: valid context and graph with gradient slots; ggml asserts a loss and
+        // parameters exist (callers set both).
+        unsafe {
+            sys::ggml_build_backward_expand(ctx.raw(), self.ptr.as_ptr(), std::ptr::null_mut())
+        }
+    }
+
+    /// Zeroes the gradients and sets the loss gradient to 1 (after allocation, before compute).
+    pub fn reset_grads(&mut self) {
+        // SAFETY: valid, allocated graph.
+        unsafe { sys::ggml_graph_reset(self.ptr.as_ptr()) }
+    }
+
+    /// The gradient of `t` in this graph, if it has one.
+    pub fn grad(&self, t: Tensor<'ctx>) -> Option<Tensor<'ctx>> {
+        // SAFETY: valid graph and tensor.
+        let p = unsafe { sys::ggml_graph_get_grad(self.ptr.as_ptr(), t.raw()) };
+        NonNull::new(p).map(|ptr| Tensor {
+            ptr,
+            _ctx: PhantomData,
+        })
     }
 
     /// Number of nodes.

@@ -12,12 +12,12 @@ use super::{Builder, Delta, Target};
 use crate::error::{Error, Result};
 
 pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
-    if g.tensors().is_empty() {
+    if super::model_tensors(g).next().is_none() {
         return Err(Error::InvalidAdapter(
             "the DiaBlo file has no tensors".into(),
         ));
     }
-    for t in g.tensors() {
+    for t in super::model_tensors(g) {
         let (target, rest) =
             Target::parse_prefix(&t.name).ok_or_else(|| unknown_tensor(&t.name))?;
         if rest != ".diablo" {

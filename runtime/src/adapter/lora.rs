@@ -25,7 +25,7 @@ pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
     }
     let mut pairs: BTreeMap<String, (Target, Option<&TensorInfo>, Option<&TensorInfo>)> =
         BTreeMap::new();
-    for t in g.tensors() {
+    for t in super::model_tensors(g) {
         let (target, rest) =
             Target::parse_prefix(&t.name).ok_or_else(|| unknown_tensor(&t.name))?;
         let e = pairs

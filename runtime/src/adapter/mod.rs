@@ -347,6 +347,12 @@ impl Adapter {
     }
 }
 
+/// The adapter's tensors, without the `train.*` training state (optimizer moments...) that
+/// inference ignores.
+pub(crate) fn model_tensors(g: &Gguf) -> impl Iterator<Item = &TensorInfo> {
+    g.tensors().iter().filter(|t| !t.name.starts_with("train."))
+}
+
 /// The metadata every adapter file carries.
 pub(crate) struct Header {
     pub kind: AdapterKind,

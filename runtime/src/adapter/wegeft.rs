@@ -27,7 +27,7 @@ pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
     // Per-layer pairs keyed by (layer, kind); shared ones by kind.
     let mut own: BTreeMap<(usize, usize), (Target, Pair<'_>)> = BTreeMap::new();
     let mut shared: BTreeMap<usize, (TargetKind, Pair<'_>)> = BTreeMap::new();
-    for t in g.tensors() {
+    for t in super::model_tensors(g) {
         let (slot, rest) = if let Some((target, rest)) = Target::parse_prefix(&t.name) {
             let e = own
                 .entry((target.layer, target.kind as usize))

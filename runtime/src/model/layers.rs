@@ -15,11 +15,11 @@ pub(crate) struct AttnInputs<'a> {
     pub pos: Tensor<'a>,
     /// `[n_kv, n_tokens]` additive mask (F32; F16 for flash attention).
     pub mask: Tensor<'a>,
-    /// I64 `[n_tokens]` cache rows the new keys go to.
-    pub k_idx: Tensor<'a>,
+    /// I64 `[n_tokens]` cache rows the new keys go to (cached attention only).
+    pub k_idx: Option<Tensor<'a>>,
     /// I64 value destinations: `[n_tokens * n_embd_kv]` element indices when values are
-    /// stored transposed, else `[n_tokens]` rows.
-    pub v_idx: Tensor<'a>,
+    /// stored transposed, else `[n_tokens]` rows (cached attention only).
+    pub v_idx: Option<Tensor<'a>>,
     /// Cache positions the batch attends over.
     pub n_kv: usize,
 }
@@ -75,21 +75,32 @@ pub(crate) fn ffn_swiglu<'a>(
     )
 }
 
-/// Stores this batch's roped keys and values in the cache, then attends over the first
-/// `n_kv` cache positions. `q [hd, n_head, n]`, `k`/`v [hd, n_head_kv, n]` → `[n_embd_q, n]`.
+/// Attention of layer `il`: over the KV cache when `kv` is given (the batch's roped keys
+/// and values are stored first), else within the batch only (training: no cache, every op
+/// differentiable). `q [hd, n_head, n]`, `k`/`v [hd, n_head_kv, n]` → `[n_embd_q, n]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention<'a>(
     ctx: &'a Context,
     graph: &mut graft_ggml::Graph<'a>,
     cfg: &ModelConfig,
-    kv: &'a KvCache,
+    kv: Option<&'a KvCache>,
     il: usize,
     inp: &AttnInputs<'a>,
     q: Tensor<'a>,
     k: Tensor<'a>,
     v: Tensor<'a>,
 ) -> Tensor<'a> {
+    let scale = 1.0 / (cfg.head_dim as f32).sqrt();
     let n = q.ne()[2];
+    let q = ctx.permute(q, [0, 2, 1, 3]); // [hd, n, n_head]
+    let Some(kv) = kv else {
+        let k = ctx.cont(ctx.permute(k, [0, 2, 1, 3])); // [hd, n, n_head_kv]
+        let kq = ctx.mul_mat(k, q).accumulate_f32(); // [n, n, n_head]
+        let kq = ctx.soft_max_ext(kq, Some(inp.mask), scale);
+        let vt = ctx.cont(ctx.permute(v, [1, 2, 0, 3])); // [n, hd, n_head_kv]
+        let kqv = ctx.mul_mat(vt, kq); // [hd, n, n_head]
+        return ctx.cont_2d(ctx.permute(kqv, [0, 2, 1, 3]), cfg.n_embd_q() as i64, n);
+    };
     let hd = cfg.head_dim as i64;
     let n_head_kv = cfg.n_head_kv as i64;
     let n_embd_kv = cfg.n_embd_kv() as i64;
@@ -98,20 +109,22 @@ pub(crate) fn attention<'a>(
     let kc = kv.k(il);
     let vc = kv.v(il);
     let esz = kv.elem_size();
+    let (k_idx, v_idx) = (
+        inp.k_idx.expect("cached attention has k_idx"),
+        inp.v_idx.expect("cached attention has v_idx"),
+    );
 
     // Store K and V (their nodes run before the reads below: graph order is build order).
-    let k_store = ctx.set_rows(kc, ctx.reshape(k, &[n_embd_kv, n]), inp.k_idx);
+    let k_store = ctx.set_rows(kc, ctx.reshape(k, &[n_embd_kv, n]), k_idx);
     graph.build_forward_expand(k_store);
     let v_store = if kv.v_trans() {
         let flat = ctx.view(vc, &[1, n_ctx * n_embd_kv], &[esz], 0);
-        ctx.set_rows(flat, ctx.reshape(v, &[1, n * n_embd_kv]), inp.v_idx)
+        ctx.set_rows(flat, ctx.reshape(v, &[1, n * n_embd_kv]), v_idx)
     } else {
-        ctx.set_rows(vc, ctx.reshape(v, &[n_embd_kv, n]), inp.v_idx)
+        ctx.set_rows(vc, ctx.reshape(v, &[n_embd_kv, n]), v_idx)
     };
     graph.build_forward_expand(v_store);
 
-    let scale = 1.0 / (cfg.head_dim as f32).sqrt();
-    let q = ctx.permute(q, [0, 2, 1, 3]); // [hd, n, n_head]
     let k = ctx.view(
         kc,
         &[hd, n_kv, n_head_kv],

@@ -34,22 +34,30 @@ pub(crate) struct GraphInputs<'a> {
     pub logits: Tensor<'a>,
 }
 
+/// A training graph (forward + backward + gradient accumulation) holds at most this many
+/// times the nodes of a forward graph.
+pub(crate) const TRAIN_GRAPH_FACTOR: usize = 4;
+
 /// Most graph nodes one batch can need with `n_adapters` active adapters (generous).
 pub(crate) fn max_nodes(model: &Model, n_adapters: usize) -> usize {
     (model.layers.len() * (64 + 7 * 16 * n_adapters) + 256).max(2048)
 }
 
-/// Builds the forward graph for one batch.
+/// Builds the forward graph for one batch: over the KV cache `kv` (inference), or with no
+/// cache (`kv: None`, training: attention within the batch, every op differentiable, the graph
+/// made with room for gradients).
 pub(crate) fn build<'a>(
     model: &'a Model,
-    kv: &'a KvCache,
+    kv: Option<&'a KvCache>,
     adapters: &'a ActiveAdapters,
     ctx: &'a Context,
     shape: BatchShape,
 ) -> (Graph<'a>, GraphInputs<'a>) {
     let cfg = model.config();
     let n = shape.n_tokens as i64;
-    let mut gf = ctx.new_graph(max_nodes(model, adapters.len()), false);
+    let nodes =
+        max_nodes(model, adapters.len()) * if kv.is_none() { TRAIN_GRAPH_FACTOR } else { 1 };
+    let mut gf = ctx.new_graph(nodes, kv.is_none());
 
     let tokens = if shape.embeddings {
         ctx.new_tensor(Type::F32, &[cfg.n_embd as i64, n])
@@ -62,24 +70,30 @@ pub(crate) fn build<'a>(
         .new_tensor(Type::I32, &[n])
         .set_name("inp_pos")
         .set_input();
-    let mask_ty = if kv.v_trans() { Type::F32 } else { Type::F16 };
+    let mask_ty = if kv.is_none_or(|kv| kv.v_trans()) {
+        Type::F32
+    } else {
+        Type::F16
+    };
     let mask = ctx
         .new_tensor(mask_ty, &[shape.n_kv as i64, n])
         .set_name("kq_mask")
         .set_input();
-    let k_idx = ctx
-        .new_tensor(Type::I64, &[n])
-        .set_name("k_idxs")
-        .set_input();
-    let n_v_idx = if kv.v_trans() {
-        n * cfg.n_embd_kv() as i64
-    } else {
-        n
-    };
-    let v_idx = ctx
-        .new_tensor(Type::I64, &[n_v_idx])
-        .set_name("v_idxs")
-        .set_input();
+    let k_idx = kv.map(|_| {
+        ctx.new_tensor(Type::I64, &[n])
+            .set_name("k_idxs")
+            .set_input()
+    });
+    let v_idx = kv.map(|kv| {
+        let n_v_idx = if kv.v_trans() {
+            n * cfg.n_embd_kv() as i64
+        } else {
+            n
+        };
+        ctx.new_tensor(Type::I64, &[n_v_idx])
+            .set_name("v_idxs")
+            .set_input()
+    });
     let out_ids = (shape.n_out < shape.n_tokens).then(|| {
         ctx.new_tensor(Type::I32, &[shape.n_out as i64])
             .set_name("inp_out_ids")

@@ -1,0 +1,48 @@
+//! The `train.*` keys of an adapter file: what `--resume` needs to continue exactly.
+
+use graft_formats::{Gguf, GgufWriter, Value};
+
+use super::TrainConfig;
+use crate::error::{Error, Result};
+
+/// Step count and data cursor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Examples consumed from the data stream (across epochs).
+    pub cursor: u64,
+}
+
+impl TrainState {
+    pub(crate) fn read(g: &Gguf) -> Result<Self> {
+        Ok(Self {
+            step: g.get_u64_or("train.step", 0)? as usize,
+            cursor: g.get_u64_or("train.cursor", 0)?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut GgufWriter<'_>, cfg: &TrainConfig) {
+        w.add_kv("train.step", Value::U64(self.step as u64));
+        w.add_kv("train.cursor", Value::U64(self.cursor));
+        w.add_kv("train.lr", Value::F32(cfg.lr));
+        w.add_kv("train.seed", Value::U64(cfg.seed));
+        w.add_kv("train.ctx", Value::U64(cfg.ctx as u64));
+        w.add_kv("train.batch", Value::U64(cfg.batch as u64));
+    }
+}
+
+/// An Adam moment tensor `train.<which>.<name>` (zeros when absent: a fresh adapter).
+pub(crate) fn moment(g: &Gguf, which: &str, name: &str, n: usize) -> Result<Vec<f32>> {
+    let key = format!("train.{which}.{name}");
+    match g.tensor(&key) {
+        None => Ok(vec![0.0; n]),
+        Some(t) if t.n_elements() as usize == n && t.dtype == graft_formats::GgmlType::F32 => Ok(
+            graft_ggml::dequantize(graft_ggml::Type::F32, g.tensor_data(t), n)?,
+        ),
+        Some(t) => Err(Error::InvalidAdapter(format!(
+            "{key} has shape {:?}, expected {n} f32 values",
+            t.dims
+        ))),
+    }
+}

@@ -16,6 +16,7 @@ use serde_json::json;
 mod adapters_cli;
 mod bench;
 mod inspect;
+mod train_cli;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +62,8 @@ enum Cmd {
         #[arg(long = "adapter-scaled", num_args = 2, value_names = ["A.gguf", "S"])]
         adapters_scaled: Vec<String>,
     },
+    /// Fine-tune an adapter on the device (adapter parameters only; the base stays frozen).
+    Train(train_cli::TrainArgs),
     /// Interactive chat; `/adapter load|use|scale|off|list` swaps adapters between turns.
     Chat(adapters_cli::ChatArgs),
     /// Fold adapters into the base weights and write a full model.
@@ -162,6 +165,7 @@ fn main() {
         Cmd::Perplexity(a) => run_perplexity(a),
         Cmd::Inspect { file, json } => inspect::run(&file, json),
         Cmd::Chat(a) => adapters_cli::chat(a),
+        Cmd::Train(a) => train_cli::train(a),
         Cmd::Merge(a) => adapters_cli::merge(a),
         Cmd::ImportPeft(a) => adapters_cli::import_peft(a),
         Cmd::ExportPeft(a) => adapters_cli::export_peft(a),

@@ -1,0 +1,287 @@
+//! `graft train`: fine-tune an adapter on the device over the frozen base.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use graft::adapter::TargetKind;
+use graft::perplexity::perplexity;
+use graft::train::{Example, Method, Schedule, TrainConfig, TrainData, Trainer};
+use graft::{ActiveAdapters, Model, Session, SessionConfig};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The base model.
+    #[arg(long)]
+    model: PathBuf,
+    /// lora | diablo | wegeft | lopa.
+    #[arg(long, default_value = "lora")]
+    method: String,
+    /// Training data: plain text, or .jsonl with {"text"}, {"prompt","completion"} or {"messages"}.
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out text for periodic perplexity.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Output adapter (written atomically at every checkpoint).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from this adapter's optimizer state, step and data cursor.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Optimizer steps (default: one epoch, or --epochs).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Epochs over the data (when --steps is not given).
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    ctx: usize,
+    /// Sequences per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Adapter rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// LoRA alpha (default: 2 x rank).
+    #[arg(long)]
+    alpha: Option<f32>,
+    /// DiaBlo blocks.
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// Targets, comma-separated: q,k,v,o,gate,up,down.
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
+    targets: Vec<String>,
+    /// RNG seed (initialisation and data order).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// cosine | linear | constant.
+    #[arg(long, default_value = "cosine")]
+    schedule: String,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Checkpoint every K steps.
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// Evaluate every K steps (with --eval).
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    /// Tokens of the eval file to score.
+    #[arg(long, default_value_t = 2048)]
+    eval_tokens: usize,
+    /// Fail on a bad JSONL line instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print JSON lines (one per step, then a summary) instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let method = Method::parse(&a.method)?;
+    if a.blocks.is_some() {
+        bail!("--blocks applies to DiaBlo, whose training is not implemented yet");
+    }
+    let schedule = match a.schedule.as_str() {
+        "cosine" => Schedule::Cosine,
+        "linear" => Schedule::Linear,
+        "constant" => Schedule::Constant,
+        other => bail!("--schedule {other}: cosine, linear or constant"),
+    };
+    let targets = a
+        .targets
+        .iter()
+        .map(|t| {
+            TargetKind::parse(t)
+                .with_context(|| format!("--targets: unknown target {t:?} (q,k,v,o,gate,up,down)"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let threads = a.threads.unwrap_or_else(graft::session::default_threads);
+    let model = Arc::new(
+        Model::load(&a.model).with_context(|| format!("loading model {}", a.model.display()))?,
+    );
+    let data = TrainData::load(&a.data, model.tokenizer(), a.ctx, a.strict)
+        .with_context(|| format!("loading {}", a.data.display()))?;
+    for (line, why) in &data.skipped {
+        eprintln!("warning: {}:{line}: skipped: {why}", a.data.display());
+    }
+    if data.examples.is_empty() {
+        bail!("{}: no usable training example", a.data.display());
+    }
+    let n = data.examples.len();
+    let steps = a.steps.unwrap_or_else(|| (a.epochs * n).div_ceil(a.batch));
+    let cfg = TrainConfig {
+        method,
+        rank: a.rank,
+        alpha: a.alpha.unwrap_or(2.0 * a.rank as f32),
+        targets,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup: a.warmup,
+        schedule,
+        clip: a.clip,
+        batch: a.batch,
+        total_steps: steps,
+        ctx: a.ctx,
+        seed: a.seed,
+        threads,
+        ..TrainConfig::default()
+    };
+    let mut trainer = match &a.resume {
+        Some(p) => Trainer::resume(model.clone(), cfg, p)
+            .with_context(|| format!("resuming from {}", p.display()))?,
+        None => Trainer::new(model.clone(), cfg)?,
+    };
+    let eval_tokens = match &a.eval {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let mut t = model.tokenizer().encode(&text, false, false);
+            t.truncate(a.eval_tokens);
+            Some(t)
+        }
+        None => None,
+    };
+    let eval = |trainer: &Trainer| -> Result<Option<f64>> {
+        let Some(tokens) = &eval_tokens else {
+            return Ok(None);
+        };
+        let mut s = Session::new(
+            model.clone(),
+            SessionConfig {
+                n_ctx: a.ctx,
+                n_threads: threads,
+                ..SessionConfig::default()
+            },
+        )?;
+        s.set_adapters(ActiveAdapters::none().with(trainer.adapter().clone(), 1.0))?;
+        Ok(Some(
+            perplexity(&mut s, tokens, a.ctx, |_, _| {})?.perplexity,
+        ))
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let ppl_start = eval(&trainer)?;
+    if !a.json {
+        eprintln!(
+            "training {} {} parameters ({} examples, {} steps, batch {}, ctx {}){}",
+            trainer.n_params(),
+            a.method,
+            n,
+            steps,
+            a.batch,
+            a.ctx,
+            ppl_start
+                .map(|p| format!("; eval perplexity {p:.3}"))
+                .unwrap_or_default()
+        );
+    }
+    let bar = if a.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(steps as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
+            )
+            .expect("static template"),
+        );
+        b.set_position(trainer.state().step as u64);
+        b
+    };
+    let t0 = Instant::now();
+    let mut tokens_done = 0usize;
+    let mut last = None;
+    let mut ppl = ppl_start;
+    while trainer.state().step < steps {
+        let batch = next_batch(&data.examples, trainer.state().cursor, a.batch, a.seed);
+        trainer.state_mut().cursor += a.batch as u64;
+        let st = trainer.step(&batch)?;
+        tokens_done += batch.iter().map(|e| e.tokens.len()).sum::<usize>();
+        let tps = tokens_done as f64 / t0.elapsed().as_secs_f64();
+        if st.step % a.eval_every == 0 || st.step == steps {
+            ppl = eval(&trainer)?.or(ppl);
+        }
+        if st.step % a.save_every == 0 {
+            trainer.save(&a.out)?;
+        }
+        if a.json {
+            println!(
+                "{}",
+                json!({"step": st.step, "loss": st.loss, "lr": st.lr, "grad_norm": st.grad_norm, "tokens_per_s": tps, "eval_perplexity": ppl})
+            );
+        } else {
+            bar.set_position(st.step as u64);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s{}",
+                st.loss,
+                st.lr,
+                tps,
+                ppl.map(|p| format!(" ppl {p:.2}")).unwrap_or_default()
+            ));
+        }
+        last = Some(st);
+        if interrupted.load(Ordering::SeqCst) {
+            bar.abandon_with_message("interrupted: checkpoint saved");
+            break;
+        }
+    }
+    trainer.save(&a.out)?;
+    bar.finish_and_clear();
+    let summary = json!({
+        "out": a.out.display().to_string(),
+        "steps": trainer.state().step,
+        "final_loss": last.map(|s| s.loss),
+        "eval_perplexity_start": ppl_start,
+        "eval_perplexity_end": ppl,
+        "tokens_per_s": tokens_done as f64 / t0.elapsed().as_secs_f64(),
+        "seconds": t0.elapsed().as_secs_f64(),
+        "peak_rss_mb": crate::bench::peak_rss_mb(),
+        "interrupted": interrupted.load(Ordering::SeqCst),
+    });
+    if a.json {
+        println!("{summary}");
+    } else {
+        eprintln!("{summary:#}");
+    }
+    Ok(())
+}
+
+/// The `batch` examples at stream position `cursor`: each epoch visits every example once, in
+/// an order fixed by the seed and the epoch number (so a resumed run sees the same stream).
+fn next_batch(examples: &[Example], cursor: u64, batch: usize, seed: u64) -> Vec<Example> {
+    let n = examples.len() as u64;
+    (cursor..cursor + batch as u64)
+        .map(|c| {
+            let epoch = c / n;
+            let mut order: Vec<usize> = (0..examples.len()).collect();
+            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ));
+            examples[order[(c % n) as usize]].clone()
+        })
+        .collect()
+}

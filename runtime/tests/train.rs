@@ -196,3 +196,85 @@ fn loss_goes_down_and_resume_reproduces_the_run() {
     graft::Adapter::load(&m, &path).unwrap();
     let _ = std::fs::remove_file(&path);
 }
+
+fn graft_train(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+        .arg("train")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_trains_resumes_and_survives_kill_9() {
+    let Some(model) = common::model("qwen2-tiny.gguf") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("graft-train-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"question {i}\", \"completion\": \" answer number {i} is here\"}}"
+            )
+        })
+        .chain(["not json".to_string(), "{\"foo\": 1}".to_string()])
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.join("a.gguf");
+    let m = model.to_str().unwrap();
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let common_args = [
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        o,
+        "--ctx",
+        "16",
+        "--rank",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+    ];
+    let r = graft_train(&[&common_args[..], &["--steps", "3"]].concat());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(
+        err.contains(":7: skipped: not JSON") && err.contains(":8: skipped"),
+        "bad lines are reported: {err}"
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&r.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["steps"], 3);
+    // Strict mode fails on the bad line, naming it.
+    let r = graft_train(&[&common_args[..], &["--steps", "1", "--strict"]].concat());
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("data.jsonl:7"));
+    // Resume to step 5.
+    let r = graft_train(&[&common_args[..], &["--steps", "5", "--resume", o]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let g = graft_formats::Gguf::open(&out).unwrap();
+    assert_eq!(g.get_u64("train.step").unwrap(), 5);
+    // kill -9 at arbitrary moments of a run that checkpoints every step: the file on disk is
+    // always a complete, loadable adapter.
+    let mm = Arc::new(Model::load(&model).unwrap());
+    for delay_ms in [30u64, 80, 150] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+            .arg("train")
+            .args(common_args)
+            .args(["--steps", "200", "--save-every", "1", "--resume", o])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        graft::Adapter::load(&mm, &out).expect("the checkpoint survives kill -9");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

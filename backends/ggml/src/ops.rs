@@ -101,6 +101,21 @@ impl Context {
         self.wrap(unsafe { sys::ggml_rms_norm(self.raw(), a.raw(), eps) })
     }
 
+    /// `a` with `b` added into the view of `a` given by strides `nb1..nb3` and byte `offset`
+    /// (differentiable in both).
+    pub fn acc<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        b: Tensor<'a>,
+        nb: [usize; 3],
+        offset: usize,
+    ) -> Tensor<'a> {
+        // SAFETY: valid context and tensors; ggml asserts the view fits in `a`.
+        self.wrap(unsafe {
+            sys::ggml_acc(self.raw(), a.raw(), b.raw(), nb[0], nb[1], nb[2], offset)
+        })
+    }
+
     /// Pads `a` with zeros at the end of each dimension.
     pub fn pad<'a>(&'a self, a: Tensor<'a>, p: [i32; 4]) -> Tensor<'a> {
         // SAFETY: valid context and tensor.

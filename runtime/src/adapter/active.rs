@@ -94,6 +94,7 @@ impl ActiveAdapters {
     ) -> Tensor<'a> {
         let mut xin = x;
         let mut post: Vec<Tensor<'a>> = Vec::new();
+        let mut blocks = Vec::new();
         for (adapter, s_user) in &self.items {
             for d in adapter.deltas(target) {
                 match *d {
@@ -117,9 +118,7 @@ impl ActiveAdapters {
                         bs_out,
                         nb,
                     } => {
-                        let n_out = w.ne()[1] as usize;
-                        let y = diablo::delta(ctx, adapter.t(d), x, (bs_in, bs_out, nb), n_out);
-                        post.push(ctx.scale(y, *s_user));
+                        blocks.push((adapter.t(d), (bs_in, bs_out, nb), *s_user));
                     }
                 }
             }
@@ -127,6 +126,9 @@ impl ActiveAdapters {
         let mut y = ctx.mul_mat(w, xin);
         for p in post {
             y = ctx.add(y, p);
+        }
+        for (d, geom, s) in blocks {
+            y = diablo::apply(ctx, d, x, y, geom, s);
         }
         match bias {
             Some(b) => ctx.add(y, b),

@@ -53,30 +53,45 @@ pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
     Ok(())
 }
 
-/// The block-diagonal product for `x [n_in, n]` → `[n_out, n]` (unscaled).
-pub(crate) fn delta<'a>(
+/// `y + s · blockdiag(D) x` for `x [n_in, n]`, `y [n_out, n]`: the blocks that lie inside
+/// both dimensions in one batched matmul, each edge block (where N does not divide a size) as
+/// a small matmul on its in-range part, added into `y` with `acc` (differentiable, so the same
+/// code trains the blocks).
+pub(crate) fn apply<'a>(
     ctx: &'a Context,
     d: Tensor<'a>,
     x: Tensor<'a>,
+    y: Tensor<'a>,
     (bs_in, bs_out, nb): (usize, usize, usize),
-    n_out: usize,
+    s: f32,
 ) -> Tensor<'a> {
     let [n_in, n, _, _] = x.ne();
-    let (bs_in, bs_out, nb) = (bs_in as i64, bs_out as i64, nb as i64);
-    let pad = nb * bs_in - n_in;
-    let xp = if pad > 0 {
-        ctx.pad(x, [pad as i32, 0, 0, 0])
-    } else {
-        ctx.cont(x)
-    };
-    // [bs_in, Nb, n] -> [bs_in, n, Nb]: block i's inputs for every token.
-    let xr = ctx.cont(ctx.permute(ctx.reshape(xp, &[bs_in, nb, n]), [0, 2, 1, 3]));
-    // [bs_out, n, Nb] -> [bs_out, Nb, n] -> [Nb*bs_out, n]
-    let y = ctx.mul_mat(d, xr);
-    let y = ctx.reshape(ctx.cont(ctx.permute(y, [0, 2, 1, 3])), &[nb * bs_out, n]);
-    if nb * bs_out == n_out as i64 {
-        y
-    } else {
-        ctx.cont(ctx.view(y, &[n_out as i64, n], &[y.nb()[1]], 0))
+    let n_out = y.ne()[0];
+    let x = ctx.cont(x);
+    let (bi, bo) = (bs_in as i64, bs_out as i64);
+    let full = (n_in / bi).min(n_out / bo).min(nb as i64);
+    let ynb = y.nb();
+    let yb = [ynb[1], ynb[2], ynb[3]];
+    let mut y = y;
+    if full > 0 {
+        let xs = x.nb()[1];
+        let xv = ctx.view(x, &[bi, full, n], &[bi as usize * 4, xs], 0);
+        let xr = ctx.cont(ctx.permute(xv, [0, 2, 1, 3])); // [bs_in, n, full]
+        let dv = ctx.view(d, &[bi, bo, full], &[d.nb()[1], d.nb()[2]], 0);
+        let out = ctx.mul_mat(dv, xr); // [bs_out, n, full]
+        let out = ctx.reshape(ctx.cont(ctx.permute(out, [0, 2, 1, 3])), &[bo * full, n]);
+        y = ctx.acc(y, ctx.scale(out, s), yb, 0);
     }
+    for b in full..nb as i64 {
+        let (in_lo, out_lo) = (b * bi, b * bo);
+        if in_lo >= n_in || out_lo >= n_out {
+            continue; // this block only meets the padding
+        }
+        let (in_len, out_len) = ((n_in - in_lo).min(bi), (n_out - out_lo).min(bo));
+        let xv = ctx.cont(ctx.view(x, &[in_len, n], &[x.nb()[1]], in_lo as usize * 4));
+        let dv = ctx.cont(ctx.view(d, &[in_len, out_len], &[d.nb()[1]], b as usize * d.nb()[2]));
+        let out = ctx.scale(ctx.mul_mat(dv, xv), s); // [out_len, n]
+        y = ctx.acc(y, out, yb, out_lo as usize * 4);
+    }
+    y
 }

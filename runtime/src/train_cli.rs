@@ -56,7 +56,7 @@ pub struct TrainArgs {
     /// LoRA alpha (default: 2 x rank).
     #[arg(long)]
     alpha: Option<f32>,
-    /// DiaBlo blocks.
+    /// DiaBlo blocks N (default 64).
     #[arg(long)]
     blocks: Option<usize>,
     /// Targets, comma-separated: q,k,v,o,gate,up,down.
@@ -99,8 +99,8 @@ pub struct TrainArgs {
 
 pub fn train(a: TrainArgs) -> Result<()> {
     let method = Method::parse(&a.method)?;
-    if a.blocks.is_some() {
-        bail!("--blocks applies to DiaBlo, whose training is not implemented yet");
+    if a.blocks.is_some() && method != Method::Diablo {
+        bail!("--blocks applies to --method diablo");
     }
     let schedule = match a.schedule.as_str() {
         "cosine" => Schedule::Cosine,
@@ -134,6 +134,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         method,
         rank: a.rank,
         alpha: a.alpha.unwrap_or(2.0 * a.rank as f32),
+        blocks: a.blocks.unwrap_or(64),
         targets,
         lr: a.lr,
         weight_decay: a.weight_decay,

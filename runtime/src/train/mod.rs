@@ -7,11 +7,12 @@
 //! clipping, gradient accumulation) runs on the host over the few adapter parameters. The
 //! loss is the causal-LM cross entropy over unmasked target tokens.
 //!
-//! Methods implemented so far: LoRA (A Kaiming-uniform, B zero).
+//! Methods: LoRA, DiaBlo, WeGeFT (LoPA training is not implemented yet).
 
 pub mod data;
 mod state;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use graft_formats::{Gguf, GgufWriter, Value};
@@ -30,18 +31,25 @@ pub use state::TrainState;
 /// What kind of adapter to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
-    /// LoRA.
+    /// LoRA: A Kaiming-uniform, B zero.
     Lora,
+    /// DiaBlo: zero blocks.
+    Diablo,
+    /// WeGeFT: ψ Kaiming-uniform, φ zero.
+    Wegeft,
 }
 
 impl Method {
-    /// Parses `lora` (DiaBlo, WeGeFT and LoPA training are not implemented yet).
+    /// Parses `lora`, `diablo` or `wegeft` (LoPA training is not implemented yet).
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "lora" => Ok(Method::Lora),
-            "diablo" | "wegeft" | "lopa" => Err(Error::InvalidRequest(format!(
-                "training {s} adapters is not implemented yet (lora is)"
-            ))),
+            "diablo" => Ok(Method::Diablo),
+            "wegeft" => Ok(Method::Wegeft),
+            "lopa" => Err(Error::InvalidRequest(
+                "training lopa adapters is not implemented yet (lora, diablo and wegeft are)"
+                    .into(),
+            )),
             other => Err(Error::InvalidRequest(format!(
                 "unknown method {other:?} (lora, diablo, wegeft, lopa)"
             ))),
@@ -65,10 +73,12 @@ pub enum Schedule {
 pub struct TrainConfig {
     /// Method.
     pub method: Method,
-    /// Rank (LoRA).
+    /// Rank (LoRA, WeGeFT).
     pub rank: usize,
-    /// LoRA alpha (scale = alpha / rank).
+    /// LoRA / WeGeFT alpha (scale = alpha / rank).
     pub alpha: f32,
+    /// DiaBlo's requested number of blocks N.
+    pub blocks: usize,
     /// Targeted kinds.
     pub targets: Vec<TargetKind>,
     /// Peak learning rate.
@@ -103,6 +113,7 @@ impl Default for TrainConfig {
             method: Method::Lora,
             rank: 8,
             alpha: 16.0,
+            blocks: 64,
             targets: TargetKind::ALL.to_vec(),
             lr: 1e-3,
             weight_decay: 0.0,
@@ -120,15 +131,33 @@ impl Default for TrainConfig {
     }
 }
 
-/// One trainable tensor: host copy, gradient accumulator and Adam moments.
+/// One trainable tensor: host copy (in graph layout), gradient accumulator and Adam moments.
 struct Param {
+    /// The file tensor name.
     name: String,
     id: graft_ggml::TensorId,
     value: Vec<f32>,
     grad: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
-    ne: [u64; 2],
+    /// Dims in the file.
+    ne: Vec<u64>,
+    /// Stored transposed in the graph (WeGeFT φ is used as φᵀ): `(rows, cols)` of the file
+    /// layout.
+    transposed: Option<(usize, usize)>,
+}
+
+/// A file tensor: name, ggml dims, values.
+type FileTensor = (String, Vec<u64>, Vec<f32>);
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
 }
 
 /// What one optimizer step did.
@@ -159,41 +188,79 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A new adapter initialised per method (LoRA: A Kaiming-uniform, B zero).
+    /// A new adapter initialised per method (LoRA: A Kaiming-uniform, B zero; DiaBlo: zero
+    /// blocks; WeGeFT: ψ Kaiming-uniform, φ zero).
     pub fn new(model: Arc<Model>, cfg: TrainConfig) -> Result<Self> {
         validate(&cfg)?;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let mut tensors = Vec::new();
+        let mut tensors: Vec<FileTensor> = Vec::new();
+        let r = cfg.rank;
         for layer in 0..model.config().n_layer {
             for &kind in &cfg.targets {
                 let (n_in, n_out) = kind.dims(&model);
-                let r = cfg.rank;
+                let base = Target { layer, kind }.tensor_name();
                 // Kaiming-uniform with a = sqrt(5) (PEFT's LoRA A init): bound = 1/sqrt(n_in).
                 let bound = 1.0 / (n_in as f32).sqrt();
-                let a: Vec<f32> = (0..n_in * r)
-                    .map(|_| rng.random_range(-bound..bound))
-                    .collect();
-                let base = Target { layer, kind }.tensor_name();
-                tensors.push((format!("{base}.lora_a"), [n_in as u64, r as u64], a));
-                tensors.push((
-                    format!("{base}.lora_b"),
-                    [r as u64, n_out as u64],
-                    vec![0.0; r * n_out],
-                ));
+                let mut kaiming = || -> Vec<f32> {
+                    (0..n_in * r)
+                        .map(|_| rng.random_range(-bound..bound))
+                        .collect()
+                };
+                match cfg.method {
+                    Method::Lora => {
+                        tensors.push((
+                            format!("{base}.lora_a"),
+                            vec![n_in as u64, r as u64],
+                            kaiming(),
+                        ));
+                        tensors.push((
+                            format!("{base}.lora_b"),
+                            vec![r as u64, n_out as u64],
+                            vec![0.0; r * n_out],
+                        ));
+                    }
+                    Method::Wegeft => {
+                        tensors.push((
+                            format!("{base}.wegeft_phi"),
+                            vec![n_in as u64, r as u64],
+                            vec![0.0; n_in * r],
+                        ));
+                        tensors.push((
+                            format!("{base}.wegeft_psi"),
+                            vec![n_in as u64, r as u64],
+                            kaiming(),
+                        ));
+                    }
+                    Method::Diablo => {
+                        let n = cfg.blocks;
+                        let (bi, bo) = (n_in.div_ceil(n), n_out.div_ceil(n));
+                        let nb = n_in.div_ceil(bi).max(n_out.div_ceil(bo));
+                        tensors.push((
+                            format!("{base}.diablo"),
+                            vec![bi as u64, bo as u64, nb as u64],
+                            vec![0.0; bi * bo * nb],
+                        ));
+                    }
+                }
             }
         }
         Self::from_tensors(model, cfg, tensors, TrainState::default(), None)
     }
 
     /// Continues training the adapter at `path` from its stored optimizer state, step and
-    /// data cursor. Hyper-parameters in `cfg` that define the adapter (rank, targets, alpha)
-    /// are taken from the file.
+    /// data cursor. What defines the adapter (method, rank, blocks, targets, alpha) is taken
+    /// from the file.
     pub fn resume(model: Arc<Model>, mut cfg: TrainConfig, path: &std::path::Path) -> Result<Self> {
         let g = Gguf::open(path)?;
         let state = TrainState::read(&g)?;
-        cfg.alpha = g.get_f32_or("adapter.lora.alpha", cfg.alpha)?;
+        cfg.method = Method::parse(g.get_str("adapter.type")?)?;
+        cfg.alpha = g.get_f32_or(
+            "adapter.lora.alpha",
+            g.get_f32_or("adapter.wegeft.alpha", cfg.alpha)?,
+        )?;
+        cfg.blocks = g.get_u32_or("adapter.diablo.blocks", cfg.blocks as u32)? as usize;
         let mut tensors = Vec::new();
-        let mut moments = Vec::new();
+        let mut moments = HashMap::new();
         let mut kinds = Vec::new();
         for t in crate::adapter::model_tensors(&g) {
             let values = graft_ggml::dequantize(
@@ -201,19 +268,22 @@ impl Trainer {
                 g.tensor_data(t),
                 t.n_elements() as usize,
             )?;
-            if t.dims.len() != 2 {
-                return Err(Error::InvalidAdapter(format!("{} is not 2-D", t.name)));
-            }
-            if let Some((target, ".lora_a")) = Target::parse_prefix(&t.name) {
+            let Some((target, rest)) = Target::parse_prefix(&t.name) else {
+                return Err(Error::InvalidAdapter(format!(
+                    "{}: resume needs per-layer tensors",
+                    t.name
+                )));
+            };
+            if matches!(rest, ".lora_a" | ".wegeft_phi") {
                 cfg.rank = t.dims[1] as usize;
-                if !kinds.contains(&target.kind) {
-                    kinds.push(target.kind);
-                }
+            }
+            if !kinds.contains(&target.kind) {
+                kinds.push(target.kind);
             }
             let m = state::moment(&g, "adam_m", &t.name, values.len())?;
             let v = state::moment(&g, "adam_v", &t.name, values.len())?;
-            moments.push((m, v));
-            tensors.push((t.name.clone(), [t.dims[0], t.dims[1]], values));
+            moments.insert(t.name.clone(), (m, v));
+            tensors.push((t.name.clone(), t.dims.clone(), values));
         }
         cfg.targets = TargetKind::ALL
             .into_iter()
@@ -226,56 +296,64 @@ impl Trainer {
     fn from_tensors(
         model: Arc<Model>,
         cfg: TrainConfig,
-        tensors: Vec<(String, [u64; 2], Vec<f32>)>,
+        tensors: Vec<FileTensor>,
         state: TrainState,
-        moments: Option<Vec<(Vec<f32>, Vec<f32>)>>,
+        mut moments: Option<HashMap<String, (Vec<f32>, Vec<f32>)>>,
     ) -> Result<Self> {
-        let bytes = lora_file(
+        let file = adapter_file(
             &model,
             &cfg,
             tensors
                 .iter()
-                .map(|(n, ne, v)| (n.as_str(), *ne, v.as_slice())),
+                .map(|(n, ne, v)| (n.as_str(), ne.as_slice(), v.as_slice())),
             None,
-        )?
-        .to_bytes()?;
+        )?;
         let adapter = Arc::new(Adapter::from_gguf(
             &model,
-            Arc::new(Gguf::from_bytes(bytes)?),
+            Arc::new(Gguf::from_bytes(file.to_bytes()?)?),
             "training".into(),
         )?);
         let mut params = Vec::new();
-        let mut moments = moments.map(|m| m.into_iter());
         for t in adapter.targets() {
             for d in adapter.deltas(t) {
-                if let Delta::Lora { a, b, .. } = *d {
-                    for (id, suffix) in [(a, "lora_a"), (b, "lora_b")] {
-                        let name = format!("{}.{suffix}", t.tensor_name());
-                        let (ne, value) = tensors
-                            .iter()
-                            .find(|(n, _, _)| *n == name)
-                            .map(|(_, ne, v)| (*ne, v.clone()))
-                            .expect("tensor written above");
-                        adapter.t(id).set_param();
-                        let n = value.len();
-                        let (m, v) = match &mut moments {
-                            Some(it) => it.next().unwrap_or_else(|| (vec![0.0; n], vec![0.0; n])),
-                            None => (vec![0.0; n], vec![0.0; n]),
-                        };
-                        params.push(Param {
-                            name,
-                            id,
-                            value,
-                            grad: vec![0.0; n],
-                            m,
-                            v,
-                            ne,
-                        });
+                let ids: Vec<(graft_ggml::TensorId, &str, bool)> = match *d {
+                    Delta::Lora { a, b, .. } => vec![(a, "lora_a", false), (b, "lora_b", false)],
+                    Delta::Diablo { d, .. } => vec![(d, "diablo", false)],
+                    Delta::Wegeft { phi_t, psi, .. } => {
+                        vec![(phi_t, "wegeft_phi", true), (psi, "wegeft_psi", false)]
                     }
+                };
+                for (id, suffix, tr) in ids {
+                    let name = format!("{}.{suffix}", t.tensor_name());
+                    let (ne, file_value) = tensors
+                        .iter()
+                        .find(|(n, _, _)| *n == name)
+                        .map(|(_, ne, v)| (ne.clone(), v.clone()))
+                        .expect("every delta tensor comes from the file written above");
+                    let transposed = tr.then(|| (ne[1] as usize, ne[0] as usize));
+                    let value = match transposed {
+                        Some((rows, cols)) => transpose(&file_value, rows, cols),
+                        None => file_value,
+                    };
+                    adapter.t(id).set_param();
+                    let n = value.len();
+                    let (m, v) = moments
+                        .as_mut()
+                        .and_then(|mm| mm.remove(&name))
+                        .unwrap_or_else(|| (vec![0.0; n], vec![0.0; n]));
+                    params.push(Param {
+                        name,
+                        id,
+                        value,
+                        grad: vec![0.0; n],
+                        m,
+                        v,
+                        ne,
+                        transposed,
+                    });
                 }
             }
         }
-        // Moments were read in file order; re-read them by name to be safe.
         let backend = Backend::cpu(cfg.threads)?;
         let alloc = GraphAllocator::new(&backend)?;
         let nodes = llama::max_nodes(&model, 1) * llama::TRAIN_GRAPH_FACTOR;
@@ -517,14 +595,25 @@ impl Trainer {
     /// Writes the adapter with its training state (atomically: an interrupted save leaves the
     /// previous file intact).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let file_values: Vec<Vec<f32>> = self
+            .params
+            .iter()
+            .map(|p| match p.transposed {
+                // Graph layout is (cols x rows) of the file layout.
+                Some((rows, cols)) => transpose(&p.value, cols, rows),
+                None => p.value.clone(),
+            })
+            .collect();
         let tensors = self
             .params
             .iter()
-            .map(|p| (p.name.as_str(), p.ne, p.value.as_slice()));
-        let mut w = lora_file(&self.model, &self.cfg, tensors, Some(&self.state))?;
+            .zip(&file_values)
+            .map(|(p, v)| (p.name.as_str(), p.ne.as_slice(), v.as_slice()));
+        let mut w = adapter_file(&self.model, &self.cfg, tensors, Some(&self.state))?;
         for p in &self.params {
-            w.add_tensor_f32(format!("train.adam_m.{}", p.name), &p.ne, &p.m)?;
-            w.add_tensor_f32(format!("train.adam_v.{}", p.name), &p.ne, &p.v)?;
+            let n = p.value.len() as u64;
+            w.add_tensor_f32(format!("train.adam_m.{}", p.name), &[n], &p.m)?;
+            w.add_tensor_f32(format!("train.adam_v.{}", p.name), &[n], &p.v)?;
         }
         w.write_atomic(path)?;
         Ok(())
@@ -533,6 +622,9 @@ impl Trainer {
 
 fn validate(cfg: &TrainConfig) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidRequest(m));
+    if cfg.method == Method::Diablo && (cfg.blocks == 0 || cfg.blocks > 4096) {
+        return bad(format!("blocks {} must be 1..=4096", cfg.blocks));
+    }
     if cfg.rank == 0 || cfg.rank > 1024 {
         return bad(format!("rank {} must be 1..=1024", cfg.rank));
     }
@@ -548,21 +640,33 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// A LoRA adapter file holding `tensors` (and the training state, when given).
-fn lora_file<'a>(
+/// An adapter file of `cfg.method` holding `tensors` (and the training state, when given).
+fn adapter_file<'a>(
     model: &Model,
     cfg: &TrainConfig,
-    tensors: impl Iterator<Item = (&'a str, [u64; 2], &'a [f32])>,
+    tensors: impl Iterator<Item = (&'a str, &'a [u64], &'a [f32])>,
     state: Option<&TrainState>,
 ) -> Result<GgufWriter<'static>> {
     let mut w = GgufWriter::new();
     w.add_kv("general.type", "adapter");
     w.add_kv("general.architecture", model.config().arch.name());
-    w.add_kv("adapter.type", "lora");
-    w.add_kv("adapter.lora.alpha", Value::F32(cfg.alpha));
+    match cfg.method {
+        Method::Lora => {
+            w.add_kv("adapter.type", "lora");
+            w.add_kv("adapter.lora.alpha", Value::F32(cfg.alpha));
+        }
+        Method::Wegeft => {
+            w.add_kv("adapter.type", "wegeft");
+            w.add_kv("adapter.wegeft.alpha", Value::F32(cfg.alpha));
+        }
+        Method::Diablo => {
+            w.add_kv("adapter.type", "diablo");
+            w.add_kv("adapter.diablo.blocks", Value::U32(cfg.blocks as u32));
+        }
+    }
     w.add_kv("adapter.base.fingerprint", model.fingerprint());
     for (name, ne, v) in tensors {
-        w.add_tensor_f32(name, &ne, v)?;
+        w.add_tensor_f32(name, ne, v)?;
     }
     if let Some(s) = state {
         s.write(&mut w, cfg);

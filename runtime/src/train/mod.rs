@@ -150,6 +150,9 @@ struct Param {
 /// A file tensor: name, ggml dims, values.
 type FileTensor = (String, Vec<u64>, Vec<f32>);
 
+/// Adam moments `(m, v)` by tensor name.
+type Moments = HashMap<String, (Vec<f32>, Vec<f32>)>;
+
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; v.len()];
     for r in 0..rows {
@@ -298,7 +301,7 @@ impl Trainer {
         cfg: TrainConfig,
         tensors: Vec<FileTensor>,
         state: TrainState,
-        mut moments: Option<HashMap<String, (Vec<f32>, Vec<f32>)>>,
+        mut moments: Option<Moments>,
     ) -> Result<Self> {
         let file = adapter_file(
             &model,

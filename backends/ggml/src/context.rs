@@ -170,6 +170,12 @@ impl<'ctx> Tensor<'ctx> {
         Type(self.t().type_)
     }
 
+    /// Whether the data is laid out contiguously (no view strides).
+    pub fn is_contiguous(&self) -> bool {
+        // SAFETY: valid tensor.
+        unsafe { sys::ggml_is_contiguous(self.raw()) }
+    }
+
     /// Number of elements.
     pub fn nelements(&self) -> i64 {
         self.ne().iter().product()

@@ -67,20 +67,27 @@ pub(crate) fn apply<'a>(
 ) -> Tensor<'a> {
     let [n_in, n, _, _] = x.ne();
     let n_out = y.ne()[0];
-    let x = ctx.cont(x);
+    let x = if x.is_contiguous() { x } else { ctx.cont(x) };
+    let scaled = |t: Tensor<'a>| if s == 1.0 { t } else { ctx.scale(t, s) };
     let (bi, bo) = (bs_in as i64, bs_out as i64);
     let full = (n_in / bi).min(n_out / bo).min(nb as i64);
     let ynb = y.nb();
     let yb = [ynb[1], ynb[2], ynb[3]];
     let mut y = y;
     if full > 0 {
-        let xs = x.nb()[1];
-        let xv = ctx.view(x, &[bi, full, n], &[bi as usize * 4, xs], 0);
-        let xr = ctx.cont(ctx.permute(xv, [0, 2, 1, 3])); // [bs_in, n, full]
         let dv = ctx.view(d, &[bi, bo, full], &[d.nb()[1], d.nb()[2]], 0);
-        let out = ctx.mul_mat(dv, xr); // [bs_out, n, full]
-        let out = ctx.reshape(ctx.cont(ctx.permute(out, [0, 2, 1, 3])), &[bo * full, n]);
-        y = ctx.acc(y, ctx.scale(out, s), yb, 0);
+        let out = if n == 1 {
+            // One token (decode): x is already [bs_in, 1, full] and the result [bs_out*full].
+            let xr = ctx.view(x, &[bi, 1, full], &[bi as usize * 4, bi as usize * 4], 0);
+            ctx.reshape(ctx.mul_mat(dv, xr), &[bo * full, 1])
+        } else {
+            let xs = x.nb()[1];
+            let xv = ctx.view(x, &[bi, full, n], &[bi as usize * 4, xs], 0);
+            let xr = ctx.cont(ctx.permute(xv, [0, 2, 1, 3])); // [bs_in, n, full]
+            let out = ctx.mul_mat(dv, xr); // [bs_out, n, full]
+            ctx.reshape(ctx.cont(ctx.permute(out, [0, 2, 1, 3])), &[bo * full, n])
+        };
+        y = ctx.acc(y, scaled(out), yb, 0);
     }
     for b in full..nb as i64 {
         let (in_lo, out_lo) = (b * bi, b * bo);
@@ -90,7 +97,7 @@ pub(crate) fn apply<'a>(
         let (in_len, out_len) = ((n_in - in_lo).min(bi), (n_out - out_lo).min(bo));
         let xv = ctx.cont(ctx.view(x, &[in_len, n], &[x.nb()[1]], in_lo as usize * 4));
         let dv = ctx.cont(ctx.view(d, &[in_len, out_len], &[d.nb()[1]], b as usize * d.nb()[2]));
-        let out = ctx.scale(ctx.mul_mat(dv, xv), s); // [out_len, n]
+        let out = scaled(ctx.mul_mat(dv, xv)); // [out_len, n]
         y = ctx.acc(y, out, yb, out_lo as usize * 4);
     }
     y

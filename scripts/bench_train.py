@@ -224,25 +224,31 @@ def main() -> None:
          rows("peft", lambda m: True)),
     ]
     groups = [g for g in groups if g[1]]
+    def clean(rs):  # runs that shared the CPUs with another process (> 0.1 core) are left out
+        return [r for r in rs if r["foreign_cores"] < 0.1] or rs
+
+    def fmt(rs, key, nd):
+        return ", ".join(f"{r[key]:.{nd}f}{'*' if r['foreign_cores'] >= 0.1 else ''}" for r in rs)
+
     peft = groups[-1][1]
-    peft_tps = statistics.median(r["tokens_per_s"] for r in peft)
-    peft_rss = statistics.median(r["peak_rss_mb"] for r in peft)
+    peft_tps = statistics.median(r["tokens_per_s"] for r in clean(peft))
+    peft_rss = statistics.median(r["peak_rss_mb"] for r in clean(peft))
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"\nLoRA training, SmolLM2-135M-Instruct, r={args.rank} alpha={args.alpha:g}, targets {TARGETS}, "
           f"ctx {args.ctx}, batch 1, {args.threads} threads, {args.steps} timed steps after {args.warmup_steps} "
-          f"warm-up steps, {args.rounds} interleaved rounds (median; per-round values in brackets). "
+          f"warm-up steps, {args.rounds} interleaved rounds (median; per-round values in brackets; "
+          f"* = another process used > 0.1 core during that run, left out of the median). "
           f"CPU: {cpu}. graft {graft_sha} ({datetime.datetime.fromtimestamp(st.st_mtime):%Y-%m-%d %H:%M}).\n")
     print("| trainer | base weights | tokens/s | peak RSS (MB) | tokens/s vs PEFT | peak RSS vs PEFT | final loss |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, rs in groups:
-        tps = [r["tokens_per_s"] for r in rs]
-        rss = [r["peak_rss_mb"] for r in rs]
-        mt, mr = statistics.median(tps), statistics.median(rss)
+        mt = statistics.median(r["tokens_per_s"] for r in clean(rs))
+        mr = statistics.median(r["peak_rss_mb"] for r in clean(rs))
         base = name.split(", ")[1].split(" ")[0] if name.startswith("graft") else "F32 (HF float32)"
         who = "graft" if name.startswith("graft") else name.split(", ")[0]
-        print(f"| {who} | {base} | {mt:.1f} [{', '.join(f'{v:.1f}' for v in tps)}] | "
-              f"{mr:.0f} [{', '.join(f'{v:.0f}' for v in rss)}] | {mt / peft_tps:.2f}x | {mr / peft_rss:.2f}x | "
+        print(f"| {who} | {base} | {mt:.1f} [{fmt(rs, 'tokens_per_s', 1)}] | "
+              f"{mr:.0f} [{fmt(rs, 'peak_rss_mb', 0)}] | {mt / peft_tps:.2f}x | {mr / peft_rss:.2f}x | "
               f"{statistics.median(r['loss_last'] for r in rs):.3f} |")
     p0 = peft[0]
     print(f"\nPEFT memory detail (median): bare interpreter after imports "

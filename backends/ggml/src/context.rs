@@ -30,7 +30,7 @@ pub struct Tensor<'ctx> {
 
 /// A lifetime-free handle to a tensor, resolved against its owning context with
 /// [`Context::get`]. Used by owners (model weights, KV cache) that keep their context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TensorId(NonNull<sys::ggml_tensor>);
 
 // SAFETY: the handle is an address; it is only dereferenced after `Context::get` checks it
@@ -372,6 +372,59 @@ impl<'ctx> Graph<'ctx> {
             ptr,
             _ctx: PhantomData,
         })
+    }
+
+    /// Rewrites the backward pass's `out_prod(W, transpose(g))` nodes — the input gradient
+    /// `Wᵀ g` of `mul_mat(W, x)` — into `mul_mat(W_T, g)` for every frozen `W` that `lookup`
+    /// maps to a pre-transposed copy `W_T` (ne=[n_out, n_in]). ggml's `out_prod` dequantizes a
+    /// quantized `W` once per token; the matmul uses the quantized dot-product kernels.
+    /// Returns how many nodes were rewritten. Call after `build_backward_expand`, before
+    /// allocation.
+    pub fn use_transposed_weights<'w>(
+        &mut self,
+        mut lookup: impl FnMut(TensorId) -> Option<Tensor<'w>>,
+    ) -> usize
+    where
+        'w: 'ctx,
+    {
+        let mut n = 0;
+        for i in 0..self.n_nodes() {
+            // SAFETY: i < n_nodes; nodes are valid tensors of this graph, and we only rewrite
+            // op/src of an out_prod node into an equivalent mul_mat of the same shape and type.
+            unsafe {
+                let node = sys::ggml_graph_node(self.ptr.as_ptr(), i);
+                let t = &mut *node;
+                if t.op != sys::GGML_OP_OUT_PROD || t.src[0].is_null() || t.src[1].is_null() {
+                    continue;
+                }
+                let w = t.src[0];
+                let tr = &*t.src[1];
+                if tr.op != sys::GGML_OP_TRANSPOSE
+                    || tr.src[0].is_null()
+                    || !sys::ggml_is_contiguous(tr.src[0])
+                {
+                    continue;
+                }
+                let Some(wt) = lookup(TensorId(NonNull::new_unchecked(w))) else {
+                    continue;
+                };
+                let g = tr.src[0];
+                let wt_ne = wt.ne();
+                if wt_ne[0] != (*g).ne[0]
+                    || wt_ne[1] != t.ne[0]
+                    || (*g).ne[1] != t.ne[1]
+                    || (*g).ne[2] != 1
+                    || (*g).ne[3] != 1
+                {
+                    continue;
+                }
+                t.op = sys::GGML_OP_MUL_MAT;
+                t.src[0] = wt.raw();
+                t.src[1] = g;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Number of nodes.

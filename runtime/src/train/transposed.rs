@@ -1,0 +1,90 @@
+//! Pre-transposed Q8_0 copies of the frozen quantized base weights, for the backward pass.
+//!
+//! The input gradient of `y = W x` is `Wᵀ g`. ggml's automatic backward computes it as
+//! `out_prod(W, gᵀ)`, which for a quantized `W` dequantizes the whole matrix once per token.
+//! With `W_T` (ne=[n_out, n_in], Q8_0) the same product is a `mul_mat` on the quantized
+//! dot-product kernels (about 5x faster training on a Q4_1 base), at the memory cost of one
+//! Q8_0 copy of the targeted weights (~1.06 bytes per weight).
+
+use std::collections::HashMap;
+
+use graft_ggml::{Backend, Buffer, Context, FrozenContext, Tensor, TensorId, Type};
+
+use crate::error::Result;
+use crate::model::Model;
+
+/// The transposed copies and which base weight each stands for.
+pub(crate) struct TransposedWeights {
+    ctx: FrozenContext,
+    _buf: Option<Buffer>,
+    map: HashMap<TensorId, TensorId>,
+    bytes: usize,
+}
+
+impl TransposedWeights {
+    /// Copies for every quantized linear weight of `model` whose output size is a multiple of
+    /// 32 (Q8_0 rows); others keep ggml's `out_prod` path.
+    pub(crate) fn build(model: &Model) -> Result<Self> {
+        let mut ids: Vec<TensorId> = Vec::new();
+        for l in &model.layers {
+            ids.extend([l.wq, l.wk, l.wv, l.wo, l.ffn_gate, l.ffn_up, l.ffn_down]);
+        }
+        ids.push(model.output);
+        let picked: Vec<TensorId> = ids
+            .into_iter()
+            .filter(|&id| {
+                let w = model.w(id);
+                let ty = w.ty();
+                ty != Type::F32 && ty != Type::F16 && ty != Type::BF16 && w.ne()[1] % 32 == 0
+            })
+            .collect();
+        let ctx = Context::new(picked.len() + 1, 0)?;
+        let mut map = HashMap::new();
+        let mut data = Vec::new();
+        for id in picked {
+            let w = model.w(id);
+            let [n_in, n_out, _, _] = w.ne();
+            let (n_in, n_out) = (n_in as usize, n_out as usize);
+            let mut raw = vec![0u8; w.nbytes()];
+            w.read_bytes(0, &mut raw)?;
+            let f = graft_ggml::dequantize(w.ty(), &raw, n_in * n_out)?;
+            let mut t = vec![0f32; n_in * n_out];
+            for o in 0..n_out {
+                for i in 0..n_in {
+                    t[i * n_out + o] = f[o * n_in + i];
+                }
+            }
+            let q = graft_ggml::quantize(Type::Q8_0, &t, n_in, n_out)?;
+            let wt = ctx.new_tensor(Type::Q8_0, &[n_out as i64, n_in as i64]);
+            map.insert(id, wt.id());
+            data.push((wt.id(), q));
+        }
+        let (buf, bytes) = if data.is_empty() {
+            (None, 0)
+        } else {
+            let buf = Backend::cpu(1)?.alloc_ctx_tensors(&ctx)?;
+            let mut bytes = 0;
+            for (id, q) in &data {
+                ctx.get(*id).expect("own tensor").write_bytes(0, q)?;
+                bytes += q.len();
+            }
+            (Some(buf), bytes)
+        };
+        Ok(Self {
+            ctx: FrozenContext::new(ctx),
+            _buf: buf,
+            map,
+            bytes,
+        })
+    }
+
+    /// The copy standing for base weight `w`.
+    pub(crate) fn get(&self, w: TensorId) -> Option<Tensor<'_>> {
+        self.map.get(&w).and_then(|id| self.ctx.get(*id))
+    }
+
+    /// Bytes held by the copies.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}

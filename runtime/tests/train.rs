@@ -305,8 +305,8 @@ fn cli_trains_resumes_and_survives_kill_9() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The backward pass through pre-transposed Q8_0 weight copies (`mul_mat`) gives the gradient
-/// of ggml's own `out_prod` path up to the Q8_0 rounding of the copies (measured 9.9e-3).
+/// The backward pass through pre-transposed F16 weight copies (`mul_mat`) gives the gradient of
+/// ggml's own `out_prod` path up to F16 rounding.
 #[test]
 fn transposed_backward_matches_out_prod_backward() {
     let Some(p) = common::model("qwen2-tiny.Q4_1.gguf") else {
@@ -349,6 +349,5 @@ fn transposed_backward_matches_out_prod_backward() {
         .sqrt();
     let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     eprintln!("relative L2 difference {:.2e}", diff / norm);
-    // Q8_0 rounds the copies (and the incoming gradient) to ~0.4 % per element.
-    assert!(diff / norm < 2e-2, "relative L2 difference {}", diff / norm);
+    assert!(diff / norm < 5e-3, "relative L2 difference {}", diff / norm);
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::max_diff;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -153,13 +155,6 @@ fn logits(m: &Arc<Model>, set: ActiveAdapters, toks: &[u32]) -> Vec<f32> {
 /// f32 rounding of two summation orders: relative to the logits' magnitude.
 fn tolerance(logits: &[f32]) -> f32 {
     1e-3 * logits.iter().fold(1f32, |m, x| m.max(x.abs()))
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 const PROMPT: [u32; 12] = [5, 77, 130, 200, 9, 41, 280, 33, 101, 250, 17, 64];

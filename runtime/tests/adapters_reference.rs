@@ -8,49 +8,19 @@
 
 mod common;
 
+use common::{check_greedy, ids, max_diff, read_f32, sha256};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use graft::sampler::argmax;
 use graft::{ActiveAdapters, Adapter, LogitsFor, Model, Session, SessionConfig};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const LOGIT_TOL: f32 = 1e-2;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn read_f32(p: &Path) -> Vec<f32> {
-    std::fs::read(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn sha256(path: &Path) -> String {
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
-    format!("{:x}", h.finalize())
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn adapter_path(file: &str, sha: &str) -> Option<PathBuf> {
@@ -132,33 +102,7 @@ fn check_prompt(
         eprintln!("{case}/{name}: max |logit diff| {d:.2e} (tolerance {tol:.0e})");
         assert!(d <= tol, "{case}/{name}: max |logit diff| {d} > {tol}");
     }
-    let greedy = ids(&p["greedy"]);
-    let margins: Vec<f64> = p["greedy_margins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let mut next = argmax(&logits);
-    let mut matched = 0;
-    for (i, &want) in greedy.iter().enumerate() {
-        if next != want {
-            assert!(
-                margins[i] < 2.0 * tol as f64,
-                "{case}/{name}: greedy token {i} is {next}, reference {want} (margin {})",
-                margins[i]
-            );
-            break;
-        }
-        matched += 1;
-        if i + 1 < greedy.len() {
-            next = argmax(&s.decode(&[next], LogitsFor::Last).unwrap());
-        }
-    }
-    eprintln!(
-        "{case}/{name}: {matched}/{} greedy tokens identical",
-        greedy.len()
-    );
+    check_greedy(&format!("{case}/{name}"), &mut s, &logits, p, tol);
 }
 
 fn load_set(m: &Model, case: &Value) -> Option<ActiveAdapters> {

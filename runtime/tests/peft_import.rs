@@ -6,11 +6,12 @@
 
 mod common;
 
+use common::{check_greedy, ids, max_diff, read_f32};
+
 use std::path::Path;
 use std::sync::Arc;
 
 use graft::adapter::{export_peft, import_peft};
-use graft::sampler::argmax;
 use graft::{ActiveAdapters, Adapter, LogitsFor, Model, Session, SessionConfig};
 use serde_json::Value;
 
@@ -18,29 +19,6 @@ const TOL: f32 = 1e-2;
 
 fn dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft")
-}
-
-fn read_f32(p: &Path) -> Vec<f32> {
-    std::fs::read(p)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn check(model: &Arc<Model>, adapter: Arc<Adapter>, fx: &Value, label: &str) {
@@ -67,26 +45,7 @@ fn check(model: &Arc<Model>, adapter: Arc<Adapter>, fx: &Value, label: &str) {
         );
         eprintln!("{label}/{name}: max |logit diff| vs PEFT {d:.2e}");
         assert!(d <= TOL, "{label}/{name}: {d} > {TOL}");
-        let greedy = ids(&p["greedy"]);
-        let margins: Vec<f64> = p["greedy_margins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
-        let mut next = argmax(&logits);
-        for (i, &want) in greedy.iter().enumerate() {
-            if next != want {
-                assert!(
-                    margins[i] < 2.0 * TOL as f64,
-                    "{label}/{name}: greedy token {i}: {next} vs {want}"
-                );
-                break;
-            }
-            if i + 1 < greedy.len() {
-                next = argmax(&s.decode(&[next], LogitsFor::Last).unwrap());
-            }
-        }
+        check_greedy(&format!("{label}/{name}"), &mut s, &logits, p, TOL);
     }
 }
 

@@ -6,14 +6,14 @@
 
 mod common;
 
+use common::{check_greedy, ids, read_f32, sha256};
+
 use std::path::Path;
 use std::sync::Arc;
 
 use graft::perplexity::perplexity;
-use graft::sampler::argmax;
 use graft::{LogitsFor, Model, Session, SessionConfig};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const LOGIT_TOL: f32 = 1e-2;
 const PPL_REL_TOL: f64 = 0.005;
@@ -25,29 +25,11 @@ fn fixture(variant: &str) -> Value {
 }
 
 fn read_logits(name: &str) -> Vec<f32> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/reference")
-        .join(name);
-    std::fs::read(p)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn sha256(path: &Path) -> String {
-    let mut h = Sha256::new();
-    let mut f = std::fs::File::open(path).unwrap();
-    std::io::copy(&mut f, &mut h).unwrap();
-    format!("{:x}", h.finalize())
+    read_f32(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/reference")
+            .join(name),
+    )
 }
 
 fn session(model: &Arc<Model>, fx: &Value) -> Session {
@@ -109,35 +91,14 @@ fn check_variant(variant: &str) {
             "{variant}/{name}: max |logit diff| {max_abs} > {LOGIT_TOL}"
         );
 
-        // Greedy continuation: identical while llama.cpp's top-2 margin exceeds the logit
-        // tolerance (a near-tie may legitimately flip; after a flip the texts diverge).
-        let greedy = ids(&p["greedy"]);
+        let matched = check_greedy(&format!("{variant}/{name}"), &mut s, &logits, p, LOGIT_TOL);
         let margins: Vec<f64> = p["greedy_margins"]
             .as_array()
             .unwrap()
             .iter()
             .map(|m| m.as_f64().unwrap())
             .collect();
-        let mut next = argmax(&logits);
-        let mut matched = 0;
-        for (i, &want) in greedy.iter().enumerate() {
-            if next != want {
-                assert!(
-                    margins[i] < 2.0 * LOGIT_TOL as f64,
-                    "{variant}/{name}: greedy token {i} is {next}, llama.cpp has {want} (margin {})",
-                    margins[i]
-                );
-                break;
-            }
-            matched += 1;
-            if i + 1 < greedy.len() {
-                next = argmax(&s.decode(&[next], LogitsFor::Last).unwrap());
-            }
-        }
-        eprintln!(
-            "{variant}/{name}: {matched}/{} greedy tokens identical",
-            greedy.len()
-        );
+        let greedy = ids(&p["greedy"]);
         if margins.iter().all(|&m| m >= 2.0 * LOGIT_TOL as f64) {
             assert_eq!(matched, greedy.len());
         }

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::max_diff;
+
 use std::sync::Arc;
 
 use graft::{LogitsFor, Model, Session, SessionConfig};
@@ -22,14 +24,6 @@ fn session(m: &Arc<Model>, n_batch: usize) -> Session {
         },
     )
     .unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn prompt(n: usize, n_vocab: usize) -> Vec<u32> {

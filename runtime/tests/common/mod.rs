@@ -40,3 +40,80 @@ pub fn model(name: &str) -> Option<PathBuf> {
 pub fn sotu_dir() -> PathBuf {
     repo_root().join(".cache/data/sotu")
 }
+
+/// Little-endian f32 values of a raw fixture file.
+pub fn read_f32(p: &std::path::Path) -> Vec<f32> {
+    std::fs::read(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Hex sha256 of a file.
+pub fn sha256(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
+    format!("{:x}", h.finalize())
+}
+
+/// Largest element-wise difference.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Continues greedily from `logits` in `s` and compares with the reference tokens `p["greedy"]`:
+/// they must be identical until a step where the reference's top-2 margin
+/// (`p["greedy_margins"]`) is below `2 * tol` (a near-tie may legitimately flip; after a flip
+/// the texts diverge). Returns how many matched.
+pub fn check_greedy(
+    label: &str,
+    s: &mut graft::Session,
+    logits: &[f32],
+    p: &serde_json::Value,
+    tol: f32,
+) -> usize {
+    use graft::sampler::argmax;
+    let greedy = ids(&p["greedy"]);
+    let margins: Vec<f64> = p["greedy_margins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_f64().unwrap())
+        .collect();
+    let mut next = argmax(logits);
+    let mut matched = 0;
+    for (i, &want) in greedy.iter().enumerate() {
+        if next != want {
+            assert!(
+                margins[i] < 2.0 * tol as f64,
+                "{label}: greedy token {i} is {next}, reference {want} (margin {})",
+                margins[i]
+            );
+            break;
+        }
+        matched += 1;
+        if i + 1 < greedy.len() {
+            next = argmax(&s.decode(&[next], graft::LogitsFor::Last).unwrap());
+        }
+    }
+    eprintln!(
+        "{label}: {matched}/{} greedy tokens identical",
+        greedy.len()
+    );
+    matched
+}

@@ -32,7 +32,7 @@ if have_nightly && have_cargo_fuzz; then
     fi
     cd fuzz
     cargo +nightly fuzz run gguf_reader "../$corpus" -- \
-        -max_total_time="$secs" -max_len=262144 -rss_limit_mb=2048 -timeout=10
+        -max_total_time="$secs" -seed=1 -max_len=262144 -rss_limit_mb=2048 -timeout=10
 else
     why=""
     have_nightly || why="no nightly toolchain"

@@ -683,3 +683,24 @@ fn open_errors_name_the_path() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Found by the fuzzer: `general.alignment` = 2^31 (an i64 power of two) made the writer pad
+/// 2 GiB when round-tripping an otherwise empty file.
+#[test]
+fn huge_alignment_is_refused() {
+    let bytes: [u8; 63] = [
+        71, 71, 85, 70, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0, 0,
+        0, 0, 0, 103, 101, 110, 101, 114, 97, 108, 46, 97, 108, 105, 103, 110, 109, 101, 110, 116,
+        11, 0, 0, 0, 0, 0, 0, 128, 0, 0, 0, 0, 97, 0,
+    ];
+    assert!(matches!(
+        graft_formats::Gguf::from_bytes(bytes.to_vec()),
+        Err(graft_formats::FormatError::BadAlignment { value: 2147483648 })
+    ));
+    assert!(graft_formats::GgufWriter::new()
+        .set_alignment(1 << 21)
+        .is_err());
+    assert!(graft_formats::GgufWriter::new()
+        .set_alignment(1 << 20)
+        .is_ok());
+}

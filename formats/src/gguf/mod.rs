@@ -34,6 +34,9 @@ pub mod limits {
     pub const MAX_DIMS: usize = 4;
     /// Alignment of tensor data when `general.alignment` is absent.
     pub const DEFAULT_ALIGNMENT: u64 = 32;
+    /// Largest accepted `general.alignment` (1 MiB): a power of two like 2^31 is valid in
+    /// principle but would make a writer pad gigabytes (found by the fuzzer).
+    pub const MAX_ALIGNMENT: u64 = 1 << 20;
     /// The key that sets the alignment.
     pub const ALIGNMENT_KEY: &str = "general.alignment";
 }

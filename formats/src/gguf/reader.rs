@@ -161,7 +161,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
     })
 }
 
-/// Validates `general.alignment`: an integer that fits u32, a nonzero power of two.
+/// Validates `general.alignment`: a nonzero power of two, at most
+/// [`limits::MAX_ALIGNMENT`].
 pub(crate) fn alignment_from_value(v: &Value) -> Result<u64> {
     let Some(n) = v.as_i128() else {
         return Err(FormatError::WrongType {
@@ -171,7 +172,7 @@ pub(crate) fn alignment_from_value(v: &Value) -> Result<u64> {
         });
     };
     match u32::try_from(n) {
-        Ok(a) if a.is_power_of_two() => Ok(u64::from(a)),
+        Ok(a) if a.is_power_of_two() && u64::from(a) <= limits::MAX_ALIGNMENT => Ok(u64::from(a)),
         _ => Err(FormatError::BadAlignment {
             value: u64::try_from(n).unwrap_or(u64::MAX),
         }),

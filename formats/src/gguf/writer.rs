@@ -78,13 +78,14 @@ impl<'a> GgufWriter<'a> {
         self.alignment.unwrap_or(limits::DEFAULT_ALIGNMENT)
     }
 
-    /// Sets the alignment of tensor data: a nonzero power of two that fits in u32.
+    /// Sets the alignment of tensor data: a nonzero power of two, at most
+    /// [`limits::MAX_ALIGNMENT`].
     ///
     /// A non-default alignment is recorded as `general.alignment` (u32), so readers find it.
     pub fn set_alignment(&mut self, alignment: u64) -> Result<&mut Self> {
         let value = u32::try_from(alignment)
             .ok()
-            .filter(|a| a.is_power_of_two())
+            .filter(|a| a.is_power_of_two() && u64::from(*a) <= limits::MAX_ALIGNMENT)
             .ok_or(FormatError::BadAlignment { value: alignment })?;
         if alignment != limits::DEFAULT_ALIGNMENT
             || self.key_index.contains_key(limits::ALIGNMENT_KEY)

@@ -247,19 +247,7 @@ pub(crate) fn load(
         .with_context(|| format!("loading model {}", m.model.display()))?;
     let registry = AdapterRegistry::new(engine.model().clone());
     let mut specs: Vec<(PathBuf, f32)> = m.adapters.iter().map(|p| (p.clone(), 1.0)).collect();
-    for pair in m.adapters_scaled.chunks(2) {
-        let s: f32 = pair[1]
-            .parse()
-            .ok()
-            .filter(|s: &f32| s.is_finite())
-            .with_context(|| {
-                format!(
-                    "--adapter-scaled {} {}: the scale must be a number",
-                    pair[0], pair[1]
-                )
-            })?;
-        specs.push((PathBuf::from(&pair[0]), s));
-    }
+    specs.extend(parse_scaled(&m.adapters_scaled)?);
     let mut active = ActiveAdapters::none();
     for (i, (path, scale)) in specs.iter().enumerate() {
         let name = format!(

@@ -33,6 +33,22 @@ fn cfg(rank: usize) -> TrainConfig {
     }
 }
 
+/// Moves every trainable tensor by a seeded amount (off LoRA's B = 0, where A's gradient
+/// vanishes) and zeroes the gradient accumulators.
+fn perturb(t: &mut Trainer) {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for name in t.param_names() {
+        let v: Vec<f32> = t
+            .param(&name)
+            .unwrap()
+            .iter()
+            .map(|x| x + rng.random_range(-0.05..0.05))
+            .collect();
+        t.set_param(&name, &v).unwrap();
+    }
+    t.zero_grads();
+}
+
 fn cfg_for(method: Method) -> TrainConfig {
     // blocks 3: DiaBlo edge blocks on the 128-, 64- and 352-wide layers.
     TrainConfig {
@@ -52,18 +68,8 @@ fn grad_check(model_file: &str, method: Method) {
     let nv = m.config().n_vocab;
     let mut t = Trainer::new(m, cfg_for(method)).unwrap();
     // Move B off zero (at B = 0 the gradient of A vanishes).
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for name in t.param_names() {
-        let v: Vec<f32> = t
-            .param(&name)
-            .unwrap()
-            .iter()
-            .map(|x| x + rng.random_range(-0.05..0.05))
-            .collect();
-        t.set_param(&name, &v).unwrap();
-    }
+    perturb(&mut t);
     let ex = example(12, 1, nv);
-    t.zero_grads();
     let (_, scored) = t.forward_backward(&ex, true).unwrap();
     let names = t.param_names();
     let picks = [
@@ -135,17 +141,7 @@ fn lora_gradients_through_quantized_weights_follow_the_f32_gradient() {
         let m = Arc::new(Model::load(common::model(file)?).unwrap());
         let nv = m.config().n_vocab;
         let mut t = Trainer::new(m, cfg_for(Method::Lora)).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        for name in t.param_names() {
-            let v: Vec<f32> = t
-                .param(&name)
-                .unwrap()
-                .iter()
-                .map(|x| x + rng.random_range(-0.05..0.05))
-                .collect();
-            t.set_param(&name, &v).unwrap();
-        }
-        t.zero_grads();
+        perturb(&mut t);
         t.forward_backward(&example(12, 1, nv), true).unwrap();
         Some(
             t.param_names()
@@ -323,17 +319,7 @@ fn transposed_backward_matches_out_prod_backward() {
             },
         )
         .unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        for name in t.param_names() {
-            let v: Vec<f32> = t
-                .param(&name)
-                .unwrap()
-                .iter()
-                .map(|x| x + rng.random_range(-0.05..0.05))
-                .collect();
-            t.set_param(&name, &v).unwrap();
-        }
-        t.zero_grads();
+        perturb(&mut t);
         t.forward_backward(&example(12, 1, nv), true).unwrap();
         t.param_names()
             .iter()

@@ -4,10 +4,10 @@
 //!
 //! The delta is one batched matmul over the reshaped input (never a dense matrix).
 
-use graft_formats::{GgmlType, Gguf};
+use graft_formats::Gguf;
 use graft_ggml::{Context, Tensor};
 
-use super::lora::{shape, unknown_tensor};
+use super::lora::{check_type, shape, unknown_tensor, FLOAT_TYPES};
 use super::{Builder, Delta, Target};
 use crate::error::{Error, Result};
 
@@ -23,12 +23,7 @@ pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
         if rest != ".diablo" {
             return Err(unknown_tensor(&t.name));
         }
-        if ![GgmlType::F32, GgmlType::F16, GgmlType::BF16].contains(&t.dtype) {
-            return Err(Error::InvalidAdapter(format!(
-                "{} has type {}; DiaBlo blocks must be f32, f16 or bf16",
-                t.name, t.dtype
-            )));
-        }
+        check_type(t, &FLOAT_TYPES, "DiaBlo blocks")?;
         let (n_in, n_out) = target.kind.dims(b.model);
         let ne = t.ne();
         let (bs_in, bs_out, nb) = (ne[0] as usize, ne[1] as usize, ne[2] as usize);

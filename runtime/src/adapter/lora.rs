@@ -12,6 +12,9 @@ use graft_ggml::{Context, Tensor};
 use super::{Builder, Delta, Target};
 use crate::error::{Error, Result};
 
+/// Types DiaBlo, WeGeFT and LoPA tensors may have.
+pub(crate) const FLOAT_TYPES: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16];
+
 /// Types a LoRA tensor may have.
 pub const ALLOWED_TYPES: [GgmlType; 4] =
     [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0];
@@ -47,8 +50,8 @@ pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
             )));
         };
         let (n_in, n_out) = target.kind.dims(b.model);
-        check_type(a)?;
-        check_type(bt)?;
+        check_type(a, &ALLOWED_TYPES, "LoRA tensors")?;
+        check_type(bt, &ALLOWED_TYPES, "LoRA tensors")?;
         if a.dims.len() != 2 || bt.dims.len() != 2 {
             return Err(shape(a, "2-D lora_a and lora_b"));
         }
@@ -89,15 +92,21 @@ pub(crate) fn delta<'a>(
     ctx.scale(ctx.mul_mat(b, ax), scale)
 }
 
-fn check_type(t: &TensorInfo) -> Result<()> {
-    if ALLOWED_TYPES.contains(&t.dtype) {
-        Ok(())
-    } else {
-        Err(Error::InvalidAdapter(format!(
-            "{} has type {}; LoRA tensors must be f32, f16, bf16 or q8_0",
-            t.name, t.dtype
-        )))
+/// Refuses a tensor whose type is not in `allowed`, naming it: "`{name}` has type q4_0;
+/// `{what}` must be f32, f16, bf16 or q8_0".
+pub(crate) fn check_type(t: &TensorInfo, allowed: &[GgmlType], what: &str) -> Result<()> {
+    if allowed.contains(&t.dtype) {
+        return Ok(());
     }
+    let names: Vec<&str> = allowed.iter().map(|t| t.name()).collect();
+    let list = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    };
+    Err(Error::InvalidAdapter(format!(
+        "{} has type {}; {what} must be {list}",
+        t.name, t.dtype
+    )))
 }
 
 pub(crate) fn unknown_tensor(name: &str) -> Error {

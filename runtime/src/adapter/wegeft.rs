@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use graft_formats::{GgmlType, Gguf, TensorInfo};
+use graft_formats::{Gguf, TensorInfo};
 use graft_ggml::{Context, Tensor};
 
-use super::lora::{shape, unknown_tensor};
+use super::lora::{check_type, shape, unknown_tensor, FLOAT_TYPES};
 use super::{Builder, Delta, Target, TargetKind};
 use crate::error::{Error, Result};
 
@@ -101,12 +101,7 @@ fn declare(
     };
     let (n_in, _) = kind.dims(b.model);
     for t in [phi, psi] {
-        if ![GgmlType::F32, GgmlType::F16, GgmlType::BF16].contains(&t.dtype) {
-            return Err(Error::InvalidAdapter(format!(
-                "{} has type {}; WeGeFT tensors must be f32, f16 or bf16",
-                t.name, t.dtype
-            )));
-        }
+        check_type(t, &FLOAT_TYPES, "WeGeFT tensors")?;
     }
     let r = phi.dims.get(1).copied().unwrap_or(0) as usize;
     if phi.dims.len() != 2 || phi.dims[0] as usize != n_in || r == 0 || r > n_in {

@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use graft::adapter::registry::{AdapterRegistry, LoadPolicy};
-use graft::perplexity::perplexity;
-use graft::{ActiveAdapters, Engine, GenerateRequest, SamplerConfig, SessionConfig};
+use graft::perplexity::perplexity_with_prompt;
+use graft::{ActiveAdapters, Engine, GenerateRequest, SamplerConfig, Session, SessionConfig};
 use serde_json::json;
 
 mod adapters_cli;
@@ -153,6 +153,10 @@ struct PerplexityArgs {
     /// Score at most this many tokens of the file.
     #[arg(long, default_value_t = 1024)]
     max_tokens: usize,
+    /// The first N tokens of each window are an unscored prompt (a LoPA adapter's soft
+    /// prompt is made from them; with the default 1 it would see only the first token).
+    #[arg(long, default_value_t = 1)]
+    prompt_tokens: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -343,11 +347,19 @@ fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     let (engine, _registry, adapters) = load(&a.m, a.ctx)?;
     let mut tokens = engine.model().tokenizer().encode(&text, false, false);
     tokens.truncate(a.max_tokens);
-    let mut session = engine.new_session()?;
+    if a.prompt_tokens == 0 || a.prompt_tokens >= a.ctx {
+        bail!("--prompt-tokens must be 1..ctx ({})", a.ctx);
+    }
+    // Room for LoPA virtual tokens before each window.
+    let cfg = SessionConfig {
+        n_ctx: a.ctx + adapters.soft_prompt_len(),
+        ..engine.session_config().clone()
+    };
+    let mut session = Session::new(engine.model().clone(), cfg)?;
     session.set_adapters(adapters)?;
     let t = Instant::now();
     let quiet = a.json;
-    let p = perplexity(&mut session, &tokens, a.ctx, |done, total| {
+    let p = perplexity_with_prompt(&mut session, &tokens, a.ctx, a.prompt_tokens, |done, total| {
         if !quiet {
             eprint!("\rwindow {done}/{total}");
         }
@@ -355,7 +367,7 @@ fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            json!({"perplexity": p.perplexity, "tokens": p.tokens, "nll_mean": p.nll_mean, "ctx": a.ctx,
+            json!({"perplexity": p.perplexity, "tokens": p.tokens, "nll_mean": p.nll_mean, "ctx": a.ctx, "prompt_tokens": a.prompt_tokens,
                    "seconds": t.elapsed().as_secs_f64()})
         );
     } else {

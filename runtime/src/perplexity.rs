@@ -1,7 +1,8 @@
 //! Perplexity over a token sequence, with the window definition of `graft perplexity`:
 //! windows start at 0, ctx-1, 2(ctx-1), ... (consecutive windows share one token); each is
 //! evaluated from an empty cache; every window token after its first is scored, so each
-//! token but the very first is predicted exactly once.
+//! token but the very first is predicted exactly once. [`perplexity_with_prompt`] makes the
+//! first tokens of each window an unscored prompt (what a LoPA soft prompt is made from).
 
 use serde::Serialize;
 
@@ -26,10 +27,30 @@ pub fn perplexity(
     session: &mut Session,
     tokens: &[u32],
     ctx: usize,
+    progress: impl FnMut(usize, usize),
+) -> Result<Perplexity> {
+    perplexity_with_prompt(session, tokens, ctx, 1, progress)
+}
+
+/// [`perplexity`] where the first `prompt` tokens of each window are a prompt, decoded first
+/// and not scored (windows then start at 0, ctx-prompt, 2(ctx-prompt), ..., so every token
+/// after the first `prompt` is scored exactly once). With a LoPA adapter active, the soft
+/// prompt is made from those tokens only, as in generation, and `n_ctx` must also hold its
+/// virtual tokens. `prompt` = 1 is [`perplexity`].
+pub fn perplexity_with_prompt(
+    session: &mut Session,
+    tokens: &[u32],
+    ctx: usize,
+    prompt: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Perplexity> {
     if ctx < 2 {
         return Err(Error::InvalidRequest(format!("ctx {ctx}: need at least 2")));
+    }
+    if prompt == 0 || prompt >= ctx {
+        return Err(Error::InvalidRequest(format!(
+            "prompt {prompt}: need 1..ctx ({ctx}) tokens"
+        )));
     }
     if session.config().n_ctx < ctx {
         return Err(Error::InvalidRequest(format!(
@@ -37,23 +58,31 @@ pub fn perplexity(
             session.config().n_ctx
         )));
     }
-    if tokens.len() < 2 {
+    if tokens.len() <= prompt {
         return Err(Error::InvalidRequest(format!(
-            "{} tokens: need at least 2 to score",
+            "{} tokens: need more than the {prompt}-token prompt to score",
             tokens.len()
         )));
     }
     let n_vocab = session.model().config().n_vocab;
-    let step = ctx - 1;
-    let starts: Vec<usize> = (0..tokens.len() - 1).step_by(step).collect();
+    let step = ctx - prompt;
+    let starts: Vec<usize> = (0..tokens.len() - prompt).step_by(step).collect();
     let mut nll = 0f64;
     let mut count = 0usize;
     for (i, &start) in starts.iter().enumerate() {
         let window = &tokens[start..(start + ctx).min(tokens.len())];
         session.clear();
-        let logits = session.decode(window, LogitsFor::All)?;
-        for t in 1..window.len() {
-            let row = &logits[(t - 1) * n_vocab..t * n_vocab];
+        let logits = if prompt == 1 {
+            session.decode(window, LogitsFor::All)?
+        } else {
+            // Row t - 1 of the logits predicts token t: the prompt's last row, then the rest.
+            let mut l = session.decode(&window[..prompt], LogitsFor::Last)?;
+            l.extend(session.decode(&window[prompt..], LogitsFor::All)?);
+            l
+        };
+        let first = prompt - 1;
+        for t in prompt..window.len() {
+            let row = &logits[(t - 1 - first) * n_vocab..(t - first) * n_vocab];
             nll -= log_softmax_at(row, window[t] as usize);
             count += 1;
         }

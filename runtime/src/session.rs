@@ -360,6 +360,7 @@ impl Session {
             // Even when no logits are wanted, the graph computes one row (cheap).
             n_out: n_out.max(1),
             embeddings: matches!(batch, Batch::Embeddings(_)),
+            input_grad: false,
         };
         self.fill_scratch(&batch, p0, shape);
 

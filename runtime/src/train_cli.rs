@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use graft::adapter::TargetKind;
-use graft::perplexity::perplexity;
+use graft::perplexity::perplexity_with_prompt;
 use graft::train::{Example, Method, Schedule, TrainConfig, TrainData, Trainer};
 use graft::{ActiveAdapters, Model, Session, SessionConfig};
 use rand::seq::SliceRandom;
@@ -59,6 +59,13 @@ pub struct TrainArgs {
     /// DiaBlo blocks N (default 64).
     #[arg(long)]
     blocks: Option<usize>,
+    /// LoPA virtual tokens m (default 16).
+    #[arg(long)]
+    virtual_tokens: Option<usize>,
+    /// LoPA: a plain-text example's first N tokens are the prompt its soft prompt is made
+    /// from (not scored); eval perplexity uses the same split.
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
     /// Targets, comma-separated: q,k,v,o,gate,up,down.
     #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
     targets: Vec<String>,
@@ -102,6 +109,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if a.blocks.is_some() && method != Method::Diablo {
         bail!("--blocks applies to --method diablo");
     }
+    if a.virtual_tokens.is_some() && method != Method::Lopa {
+        bail!("--virtual-tokens applies to --method lopa");
+    }
+    if a.prompt_tokens == 0 {
+        bail!("--prompt-tokens must be at least 1");
+    }
     let schedule = match a.schedule.as_str() {
         "cosine" => Schedule::Cosine,
         "linear" => Schedule::Linear,
@@ -135,6 +148,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         rank: a.rank,
         alpha: a.alpha.unwrap_or(2.0 * a.rank as f32),
         blocks: a.blocks.unwrap_or(64),
+        virtual_tokens: a.virtual_tokens.unwrap_or(16),
+        prompt_tokens: a.prompt_tokens,
         targets,
         lr: a.lr,
         weight_decay: a.weight_decay,
@@ -167,17 +182,24 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let Some(tokens) = &eval_tokens else {
             return Ok(None);
         };
+        let adapters = ActiveAdapters::none().with(trainer.adapter().clone(), 1.0);
         let mut s = Session::new(
             model.clone(),
             SessionConfig {
-                n_ctx: a.ctx,
+                n_ctx: a.ctx + adapters.soft_prompt_len(),
                 n_threads: threads,
                 ..SessionConfig::default()
             },
         )?;
-        s.set_adapters(ActiveAdapters::none().with(trainer.adapter().clone(), 1.0))?;
+        s.set_adapters(adapters)?;
+        // LoPA: each window's first tokens are the prompt (as in training), not scored.
+        let prompt = if trainer.config().method == Method::Lopa {
+            a.prompt_tokens.clamp(1, a.ctx / 2)
+        } else {
+            1
+        };
         Ok(Some(
-            perplexity(&mut s, tokens, a.ctx, |_, _| {})?.perplexity,
+            perplexity_with_prompt(&mut s, tokens, a.ctx, prompt, |_, _| {})?.perplexity,
         ))
     };
     let interrupted = Arc::new(AtomicBool::new(false));

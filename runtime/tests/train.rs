@@ -92,7 +92,7 @@ fn grad_check(model_file: &str, method: Method) {
             let eps: f32 = std::env::var("GRAFT_FD_EPS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(5e-3);
+                .unwrap_or(if method == Method::Lopa { 2e-2 } else { 5e-3 });
             let mut v = base.clone();
             v[i] = base[i] + eps;
             t.set_param(name, &v).unwrap();
@@ -129,6 +129,14 @@ fn diablo_gradients_match_finite_differences_f32() {
 #[test]
 fn wegeft_gradients_match_finite_differences_f32() {
     grad_check("qwen2-tiny.gguf", Method::Wegeft);
+}
+
+/// LoPA: ggml's dL/d(soft prompt) backpropagated through the host encoder. The loss is a
+/// small change of f32 through the encoder's gates, so a wider step (2e-2) keeps the finite
+/// difference above f32 rounding (at 5e-3 one coordinate is off by 9e-3, at 2e-2 by 8e-4).
+#[test]
+fn lopa_gradients_match_finite_differences_f32() {
+    grad_check("qwen2-tiny.gguf", Method::Lopa);
 }
 
 /// Through quantized weights the loss is piecewise constant in the finest directions

@@ -82,6 +82,14 @@ impl ActiveAdapters {
         self.items.iter().any(|(a, _)| a.lopa().is_some())
     }
 
+    /// Virtual tokens the active LoPA adapters place before a prompt, all together.
+    pub fn soft_prompt_len(&self) -> usize {
+        self.items
+            .iter()
+            .filter_map(|(a, _)| a.lopa().map(|l| l.virtual_tokens()))
+            .sum()
+    }
+
     /// `W x (+ b)` plus every active delta for `target`: WeGeFT terms on the input, LoRA and
     /// DiaBlo terms on the output.
     pub(crate) fn linear<'a>(

@@ -22,6 +22,9 @@ pub(crate) struct BatchShape {
     pub n_out: usize,
     /// The batch is given as input embeddings (soft prompts) rather than token ids.
     pub embeddings: bool,
+    /// Training: the input embeddings are a parameter, so the backward pass yields dL/d input
+    /// (LoPA trains its soft-prompt encoder from it). Needs `embeddings`.
+    pub input_grad: bool,
 }
 
 /// The graph's input tensors, to be filled before computing.
@@ -66,6 +69,11 @@ pub(crate) fn build<'a>(
     }
     .set_name("inp_tokens")
     .set_input();
+    if shape.input_grad {
+        // Before any forward expansion: ggml records a parameter leaf as a graph node.
+        debug_assert!(shape.embeddings && kv.is_none());
+        tokens.set_param();
+    }
     let pos = ctx
         .new_tensor(Type::I32, &[n])
         .set_name("inp_pos")

@@ -7,7 +7,10 @@
 //! clipping, gradient accumulation) runs on the host over the few adapter parameters. The
 //! loss is the causal-LM cross entropy over unmasked target tokens.
 //!
-//! Methods: LoRA, DiaBlo, WeGeFT (LoPA training is not implemented yet).
+//! Methods: LoRA, DiaBlo and WeGeFT train tensors of the graph. LoPA's parameters are its
+//! soft-prompt encoder, which runs on the host: the graph takes the soft prompt as trainable
+//! input embeddings, ggml's backward pass yields dL/dZ, and [`crate::adapter::lopa`]
+//! backpropagates it through the encoder.
 
 pub mod data;
 mod state;
@@ -38,19 +41,19 @@ pub enum Method {
     Diablo,
     /// WeGeFT: ψ Kaiming-uniform, φ zero.
     Wegeft,
+    /// LoPA: Z_S from the embeddings of random vocabulary tokens, encoder layers with
+    /// PyTorch's `nn.Linear` initialisation (Kaiming-uniform weights, uniform biases).
+    Lopa,
 }
 
 impl Method {
-    /// Parses `lora`, `diablo` or `wegeft` (LoPA training is not implemented yet).
+    /// Parses `lora`, `diablo`, `wegeft` or `lopa`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "lora" => Ok(Method::Lora),
             "diablo" => Ok(Method::Diablo),
             "wegeft" => Ok(Method::Wegeft),
-            "lopa" => Err(Error::InvalidRequest(
-                "training lopa adapters is not implemented yet (lora, diablo and wegeft are)"
-                    .into(),
-            )),
+            "lopa" => Ok(Method::Lopa),
             other => Err(Error::InvalidRequest(format!(
                 "unknown method {other:?} (lora, diablo, wegeft, lopa)"
             ))),
@@ -74,12 +77,17 @@ pub enum Schedule {
 pub struct TrainConfig {
     /// Method.
     pub method: Method,
-    /// Rank (LoRA, WeGeFT).
+    /// Rank (LoRA, WeGeFT, LoPA).
     pub rank: usize,
     /// LoRA / WeGeFT alpha (scale = alpha / rank).
     pub alpha: f32,
     /// DiaBlo's requested number of blocks N.
     pub blocks: usize,
+    /// LoPA's number of virtual tokens m.
+    pub virtual_tokens: usize,
+    /// LoPA: an example with no prompt (plain text) uses its first this many tokens (at most
+    /// half of it) as the prompt the encoder sees; they are not scored.
+    pub prompt_tokens: usize,
     /// Targeted kinds.
     pub targets: Vec<TargetKind>,
     /// Peak learning rate.
@@ -118,6 +126,8 @@ impl Default for TrainConfig {
             rank: 8,
             alpha: 16.0,
             blocks: 64,
+            virtual_tokens: 16,
+            prompt_tokens: 32,
             targets: TargetKind::ALL.to_vec(),
             lr: 1e-3,
             weight_decay: 0.0,
@@ -140,7 +150,8 @@ impl Default for TrainConfig {
 struct Param {
     /// The file tensor name.
     name: String,
-    id: graft_ggml::TensorId,
+    /// The adapter tensor in the graph (None: LoPA's host-side encoder).
+    id: Option<graft_ggml::TensorId>,
     value: Vec<f32>,
     grad: Vec<f32>,
     m: Vec<f32>,
@@ -202,6 +213,10 @@ impl Trainer {
     pub fn new(model: Arc<Model>, cfg: TrainConfig) -> Result<Self> {
         validate(&cfg)?;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        if cfg.method == Method::Lopa {
+            let tensors = lopa_init(&model, &cfg, &mut rng)?;
+            return Self::from_tensors(model, cfg, tensors, TrainState::default(), None);
+        }
         let mut tensors: Vec<FileTensor> = Vec::new();
         let r = cfg.rank;
         for layer in 0..model.config().n_layer {
@@ -240,6 +255,7 @@ impl Trainer {
                             kaiming(),
                         ));
                     }
+                    Method::Lopa => unreachable!("LoPA is initialised above"),
                     Method::Diablo => {
                         let n = cfg.blocks;
                         let (bi, bo) = (n_in.div_ceil(n), n_out.div_ceil(n));
@@ -268,6 +284,10 @@ impl Trainer {
             g.get_f32_or("adapter.wegeft.alpha", cfg.alpha)?,
         )?;
         cfg.blocks = g.get_u32_or("adapter.diablo.blocks", cfg.blocks as u32)? as usize;
+        if cfg.method == Method::Lopa {
+            cfg.virtual_tokens = g.get_u32("adapter.lopa.virtual_tokens")? as usize;
+            cfg.rank = g.get_u32("adapter.lopa.rank")? as usize;
+        }
         let mut tensors = Vec::new();
         let mut moments = HashMap::new();
         let mut kinds = Vec::new();
@@ -277,6 +297,13 @@ impl Trainer {
                 g.tensor_data(t),
                 t.n_elements() as usize,
             )?;
+            let m = state::moment(&g, "adam_m", &t.name, values.len())?;
+            let v = state::moment(&g, "adam_v", &t.name, values.len())?;
+            moments.insert(t.name.clone(), (m, v));
+            if cfg.method == Method::Lopa {
+                tensors.push((t.name.clone(), t.dims.clone(), values));
+                continue;
+            }
             let Some((target, rest)) = Target::parse_prefix(&t.name) else {
                 return Err(Error::InvalidAdapter(format!(
                     "{}: resume needs per-layer tensors",
@@ -289,15 +316,14 @@ impl Trainer {
             if !kinds.contains(&target.kind) {
                 kinds.push(target.kind);
             }
-            let m = state::moment(&g, "adam_m", &t.name, values.len())?;
-            let v = state::moment(&g, "adam_v", &t.name, values.len())?;
-            moments.insert(t.name.clone(), (m, v));
             tensors.push((t.name.clone(), t.dims.clone(), values));
         }
-        cfg.targets = TargetKind::ALL
-            .into_iter()
-            .filter(|k| kinds.contains(k))
-            .collect();
+        if cfg.method != Method::Lopa {
+            cfg.targets = TargetKind::ALL
+                .into_iter()
+                .filter(|k| kinds.contains(k))
+                .collect();
+        }
         validate(&cfg)?;
         Self::from_tensors(model, cfg, tensors, state, Some(moments))
     }
@@ -323,6 +349,29 @@ impl Trainer {
             "training".into(),
         )?);
         let mut params = Vec::new();
+        if cfg.method == Method::Lopa {
+            for name in crate::adapter::lopa::TENSORS {
+                let (_, ne, value) = tensors
+                    .iter()
+                    .find(|(n, _, _)| n == name)
+                    .expect("the adapter loaded, so it has every LoPA tensor");
+                let n = value.len();
+                let (m, v) = moments
+                    .as_mut()
+                    .and_then(|mm| mm.remove(name))
+                    .unwrap_or_else(|| (vec![0.0; n], vec![0.0; n]));
+                params.push(Param {
+                    name: name.to_string(),
+                    id: None,
+                    value: value.clone(),
+                    grad: vec![0.0; n],
+                    m,
+                    v,
+                    ne: ne.clone(),
+                    transposed: None,
+                });
+            }
+        }
         for t in adapter.targets() {
             for d in adapter.deltas(t) {
                 let ids: Vec<(graft_ggml::TensorId, &str, bool)> = match *d {
@@ -352,7 +401,7 @@ impl Trainer {
                         .unwrap_or_else(|| (vec![0.0; n], vec![0.0; n]));
                     params.push(Param {
                         name,
-                        id,
+                        id: Some(id),
                         value,
                         grad: vec![0.0; n],
                         m,
@@ -450,7 +499,29 @@ impl Trainer {
             )));
         }
         p.value.copy_from_slice(values);
-        self.adapter.t(p.id).write_f32(0, values)?;
+        match p.id {
+            Some(id) => self.adapter.t(id).write_f32(0, values)?,
+            None => self.rebuild_adapter()?,
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the adapter from the host parameters (LoPA: its encoder lives on the host, so
+    /// a new immutable adapter replaces the old one; sessions holding the old one keep it).
+    fn rebuild_adapter(&mut self) -> Result<()> {
+        let file = adapter_file(
+            &self.model,
+            &self.cfg,
+            self.params
+                .iter()
+                .map(|p| (p.name.as_str(), p.ne.as_slice(), p.value.as_slice())),
+            None,
+        )?;
+        self.adapter = Arc::new(Adapter::from_gguf(
+            &self.model,
+            Arc::new(Gguf::from_bytes(file.to_bytes()?)?),
+            "training".into(),
+        )?);
         Ok(())
     }
 
@@ -474,18 +545,37 @@ impl Trainer {
             ));
         }
         let n_vocab = self.model.config().n_vocab;
-        let scored = (1..n).filter(|&t| ex.mask[t]).count();
+        let n_embd = self.model.config().n_embd;
+        // LoPA: the soft prompt made from the example's prompt comes first, as input
+        // embeddings; the prompt's tokens are never scored.
+        let mut scored_mask = ex.mask.clone();
+        let soft = match self.adapter.lopa() {
+            Some(l) => {
+                let p = lopa_prompt_len(ex, self.cfg.prompt_tokens);
+                scored_mask[..p].fill(false);
+                let e = crate::adapter::lopa::mean_embedding(&self.model, &ex.tokens[..p])?;
+                Some(l.forward(&e))
+            }
+            None => None,
+        };
+        let n_soft = soft.as_ref().map_or(0, |f| f.z.len() / n_embd);
+        let scored = (1..n).filter(|&t| scored_mask[t]).count();
         if scored == 0 {
             return Ok((0.0, 0));
         }
-        let set = ActiveAdapters::none().with(self.adapter.clone(), 1.0);
+        let n_seq = n_soft + n;
+        let set = match soft {
+            Some(_) => ActiveAdapters::none(),
+            None => ActiveAdapters::none().with(self.adapter.clone(), 1.0),
+        };
         self.ctx.reset();
         let ctx = &self.ctx;
         let shape = BatchShape {
-            n_tokens: n,
-            n_kv: n,
-            n_out: n,
-            embeddings: false,
+            n_tokens: n_seq,
+            n_kv: n_seq,
+            n_out: n_seq,
+            embeddings: soft.is_some(),
+            input_grad: soft.is_some() && grads,
         };
         let (mut gf, inp) = llama::build(&self.model, None, &set, ctx, shape);
         // Only the rows that predict a scored token enter the loss (ggml's cross-entropy
@@ -506,24 +596,34 @@ impl Trainer {
             }
         }
         self.alloc.alloc(&gf)?;
-        let toks: Vec<i32> = ex.tokens.iter().map(|&t| t as i32).collect();
-        inp.tokens.write_i32(0, &toks)?;
+        match &soft {
+            Some(f) => {
+                let mut x = f.z.clone();
+                for &t in &ex.tokens {
+                    x.extend(self.model.embedding_row(t)?);
+                }
+                inp.tokens.write_f32(0, &x)?;
+            }
+            None => {
+                let toks: Vec<i32> = ex.tokens.iter().map(|&t| t as i32).collect();
+                inp.tokens.write_i32(0, &toks)?;
+            }
+        }
         inp.attn
             .pos
-            .write_i32(0, &(0..n as i32).collect::<Vec<_>>())?;
-        let mut mask = vec![f32::NEG_INFINITY; n * n];
-        for t in 0..n {
-            mask[t * n..t * n + t + 1].fill(0.0);
+            .write_i32(0, &(0..n_seq as i32).collect::<Vec<_>>())?;
+        let mut mask = vec![f32::NEG_INFINITY; n_seq * n_seq];
+        for t in 0..n_seq {
+            mask[t * n_seq..t * n_seq + t + 1].fill(0.0);
         }
         inp.attn.mask.write_f32(0, &mask)?;
-        let picked: Vec<i32> = (0..n - 1)
-            .filter(|&t| ex.mask[t + 1])
-            .map(|t| t as i32)
-            .collect();
-        rows.write_i32(0, &picked)?;
+        // Logit row n_soft + t predicts token t + 1.
+        let picked: Vec<usize> = (0..n - 1).filter(|&t| scored_mask[t + 1]).collect();
+        let rows_i32: Vec<i32> = picked.iter().map(|&t| (n_soft + t) as i32).collect();
+        rows.write_i32(0, &rows_i32)?;
         let mut lab = vec![0f32; n_vocab * scored];
         for (r, &t) in picked.iter().enumerate() {
-            lab[r * n_vocab + ex.tokens[t as usize + 1] as usize] = 1.0;
+            lab[r * n_vocab + ex.tokens[t + 1] as usize] = 1.0;
         }
         labels.write_f32(0, &lab)?;
         if grads {
@@ -531,16 +631,30 @@ impl Trainer {
         }
         self.backend.compute(&gf)?;
         let l = loss.to_vec_f32()?[0];
-        if grads {
-            for p in &mut self.params {
-                let t = self.adapter.t(p.id);
-                let g = gf
-                    .grad(t)
-                    .ok_or_else(|| Error::InvalidRequest(format!("no gradient for {}", p.name)))?;
-                let gv = g.to_vec_f32()?;
+        if !grads {
+            return Ok((l, scored));
+        }
+        let w = scored as f32;
+        if let (Some(f), Some(lopa)) = (&soft, self.adapter.lopa()) {
+            let g = gf
+                .grad(inp.tokens)
+                .ok_or_else(|| Error::InvalidRequest("no gradient for the soft prompt".into()))?;
+            let gx = g.to_vec_f32()?;
+            let gz = &gx[..n_soft * n_embd];
+            for (p, gv) in self.params.iter_mut().zip(lopa.backward(f, gz)) {
                 for (acc, x) in p.grad.iter_mut().zip(gv) {
-                    *acc += x * scored as f32;
+                    *acc += x * w;
                 }
+            }
+            return Ok((l, scored));
+        }
+        for p in &mut self.params {
+            let id = p.id.expect("graph parameter");
+            let g = gf
+                .grad(self.adapter.t(id))
+                .ok_or_else(|| Error::InvalidRequest(format!("no gradient for {}", p.name)))?;
+            for (acc, x) in p.grad.iter_mut().zip(g.to_vec_f32()?) {
+                *acc += x * w;
             }
         }
         Ok((l, scored))
@@ -588,7 +702,12 @@ impl Trainer {
                 let update = (p.m[i] / bc1) / ((p.v[i] / bc2).sqrt() + self.cfg.eps);
                 p.value[i] -= lr * (update + self.cfg.weight_decay * p.value[i]);
             }
-            self.adapter.t(p.id).write_f32(0, &p.value)?;
+            if let Some(id) = p.id {
+                self.adapter.t(id).write_f32(0, &p.value)?;
+            }
+        }
+        if self.cfg.method == Method::Lopa {
+            self.rebuild_adapter()?;
         }
         Ok(StepStats {
             step: t,
@@ -651,6 +770,12 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     if cfg.rank == 0 || cfg.rank > 1024 {
         return bad(format!("rank {} must be 1..=1024", cfg.rank));
     }
+    if cfg.method == Method::Lopa && !(1..=1024).contains(&cfg.virtual_tokens) {
+        return bad(format!(
+            "virtual tokens {} must be 1..=1024",
+            cfg.virtual_tokens
+        ));
+    }
     if cfg.targets.is_empty() {
         return bad("no target layers".into());
     }
@@ -686,6 +811,15 @@ fn adapter_file<'a>(
             w.add_kv("adapter.type", "diablo");
             w.add_kv("adapter.diablo.blocks", Value::U32(cfg.blocks as u32));
         }
+        Method::Lopa => {
+            w.add_kv("adapter.type", "lopa");
+            w.add_kv(
+                "adapter.lopa.virtual_tokens",
+                Value::U32(cfg.virtual_tokens as u32),
+            );
+            w.add_kv("adapter.lopa.rank", Value::U32(cfg.rank as u32));
+            w.add_kv("adapter.lopa.encoder", "mean_embed");
+        }
     }
     w.add_kv("adapter.base.fingerprint", model.fingerprint());
     for (name, ne, v) in tensors {
@@ -695,4 +829,53 @@ fn adapter_file<'a>(
         s.write(&mut w, cfg);
     }
     Ok(w)
+}
+
+/// How many leading tokens of `ex` are the prompt LoPA's encoder sees: the tokens before the
+/// first scored one, or, when nothing precedes it (plain text), the first `fallback` tokens
+/// (at most half of the example).
+fn lopa_prompt_len(ex: &Example, fallback: usize) -> usize {
+    let first = (1..ex.tokens.len())
+        .find(|&t| ex.mask[t])
+        .unwrap_or(ex.tokens.len());
+    if first > 1 {
+        first
+    } else {
+        fallback.clamp(1, (ex.tokens.len() / 2).max(1))
+    }
+}
+
+/// LoPA's initial tensors: Z_S rows are the embeddings of `m` random vocabulary tokens (the
+/// usual prompt-tuning start), encoder layers as PyTorch's `nn.Linear` (weights and biases
+/// uniform in ±1/sqrt(fan_in)).
+fn lopa_init(model: &Model, cfg: &TrainConfig, rng: &mut ChaCha8Rng) -> Result<Vec<FileTensor>> {
+    let (d, m, r) = (model.config().n_embd, cfg.virtual_tokens, cfg.rank);
+    if r > d {
+        return Err(Error::InvalidRequest(format!(
+            "LoPA rank {r} must be at most n_embd {d}"
+        )));
+    }
+    let mut z = Vec::with_capacity(m * d);
+    for _ in 0..m {
+        let tok = rng.random_range(0..model.config().n_vocab as u32);
+        z.extend(model.embedding_row(tok)?);
+    }
+    let mut out = vec![("lopa.z_shared".to_string(), vec![d as u64, m as u64], z)];
+    for (enc, n_out) in [("u", m * r), ("v", d * r)] {
+        for (layer, n_in, n_o) in [("fc1", d, d), ("fc2", d, n_out)] {
+            let bound = 1.0 / (n_in as f32).sqrt();
+            let mut uniform = |n: usize| -> Vec<f32> {
+                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+            };
+            let w = uniform(n_in * n_o);
+            let b = uniform(n_o);
+            out.push((
+                format!("lopa.{enc}.{layer}.weight"),
+                vec![n_in as u64, n_o as u64],
+                w,
+            ));
+            out.push((format!("lopa.{enc}.{layer}.bias"), vec![n_o as u64], b));
+        }
+    }
+    Ok(out)
 }

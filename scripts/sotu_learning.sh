@@ -31,7 +31,7 @@ for m in "${METHODS[@]}"; do
     extra=()
     case "$m" in
         diablo) extra=(--blocks 64 --lr 1e-3) ;;
-        lopa) extra=(--rank 4 --virtual-tokens 16 --lr 3e-3) ;;
+        lopa) extra=(--rank 4 --virtual-tokens 16 --lr ${LOPA_LR:-3e-3}) ;;
         wegeft) extra=(--rank 8 --lr 2e-3) ;;
         *) extra=(--rank 8 --lr 1e-3) ;;
     esac

@@ -66,6 +66,9 @@ pub struct TrainArgs {
     /// from (not scored); eval perplexity uses the same split.
     #[arg(long, default_value_t = 32)]
     prompt_tokens: usize,
+    /// Dropout probability on the adapter input (lora, diablo).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
     /// Targets, comma-separated: q,k,v,o,gate,up,down.
     #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
     targets: Vec<String>,
@@ -150,6 +153,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         blocks: a.blocks.unwrap_or(64),
         virtual_tokens: a.virtual_tokens.unwrap_or(16),
         prompt_tokens: a.prompt_tokens,
+        dropout: a.dropout,
         targets,
         lr: a.lr,
         weight_decay: a.weight_decay,

@@ -345,3 +345,52 @@ fn transposed_backward_matches_out_prod_backward() {
     eprintln!("relative L2 difference {:.2e}", diff / norm);
     assert!(diff / norm < 5e-3, "relative L2 difference {}", diff / norm);
 }
+
+/// Adapter-input dropout, checked exactly: a zero-initialised DiaBlo adapter leaves the
+/// forward pass unchanged whatever the mask, and with one scored row (position 0's logits)
+/// only position 0's input reaches the gradient, so each block column's gradient must be
+/// either 0 (input dropped) or exactly 1/(1-p) = 2 times the gradient without dropout.
+#[test]
+fn dropout_masks_the_adapter_input() {
+    let Some(p) = common::model("qwen2-tiny.gguf") else {
+        return;
+    };
+    let m = Arc::new(Model::load(p).unwrap());
+    let ex = Example {
+        tokens: vec![17, 42],
+        mask: vec![false, true],
+    };
+    let grads = |dropout: f32| {
+        let mut t = Trainer::new(
+            m.clone(),
+            TrainConfig {
+                dropout,
+                ..cfg_for(Method::Diablo)
+            },
+        )
+        .unwrap();
+        t.forward_backward(&ex, true).unwrap();
+        t.param_names()
+            .into_iter()
+            .map(|n| (n.clone(), t.accumulated_grad(&n).unwrap().to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let plain = grads(0.0);
+    let dropped = grads(0.5);
+    let (mut zero, mut kept) = (0usize, 0usize);
+    for ((name, g0), (_, g1)) in plain.iter().zip(&dropped) {
+        for (a, b) in g0.iter().zip(g1) {
+            if *a == 0.0 {
+                assert_eq!(*b, 0.0, "{name}");
+            } else if *b == 0.0 {
+                zero += 1;
+            } else {
+                assert_eq!(*b, 2.0 * a, "{name}: kept inputs are scaled by 1/(1-p)");
+                kept += 1;
+            }
+        }
+    }
+    let frac = zero as f64 / (zero + kept) as f64;
+    eprintln!("dropout 0.5: {zero} of {} gradient entries dropped ({frac:.3})", zero + kept);
+    assert!((0.4..0.6).contains(&frac), "dropped fraction {frac}");
+}

@@ -11,6 +11,14 @@ use super::{diablo, lora, wegeft, Adapter, Delta, Target};
 #[derive(Clone, Default)]
 pub struct ActiveAdapters {
     items: Vec<(Arc<Adapter>, f32)>,
+    /// Training only: LoRA and DiaBlo see their input through a dropout mask, a graph input
+    /// named by [`dropout_mask_name`] that the trainer fills each step.
+    input_dropout: bool,
+}
+
+/// The name of the dropout-mask input of `target` in a training graph.
+pub(crate) fn dropout_mask_name(target: Target) -> String {
+    format!("dropout-{}-{}", target.layer, target.kind.index())
 }
 
 impl std::fmt::Debug for ActiveAdapters {
@@ -30,6 +38,12 @@ impl ActiveAdapters {
     /// Adds `adapter` at scale `s_user` (replacing its scale if it is already in the set).
     pub fn with(mut self, adapter: Arc<Adapter>, s_user: f32) -> Self {
         self.set(adapter, s_user);
+        self
+    }
+
+    /// Training: apply a dropout mask to the input of LoRA and DiaBlo deltas.
+    pub(crate) fn with_input_dropout(mut self) -> Self {
+        self.input_dropout = true;
         self
     }
 
@@ -70,6 +84,7 @@ impl ActiveAdapters {
     /// Whether `other` computes exactly the same function (same adapters, same scales).
     pub fn same_as(&self, other: &ActiveAdapters) -> bool {
         self.items.len() == other.items.len()
+            && self.input_dropout == other.input_dropout
             && self
                 .items
                 .iter()
@@ -101,6 +116,23 @@ impl ActiveAdapters {
         bias: Option<Tensor<'a>>,
     ) -> Tensor<'a> {
         let mut xin = x;
+        let needs_mask = self.input_dropout
+            && self.items.iter().any(|(a, _)| {
+                a.deltas(target)
+                    .iter()
+                    .any(|d| matches!(d, Delta::Lora { .. } | Delta::Diablo { .. }))
+            });
+        // LoRA and DiaBlo read `xd`: x, or x through the dropout mask when training with it.
+        let xd = if needs_mask {
+            let [n0, n1, n2, n3] = x.ne();
+            let mask = ctx
+                .new_tensor(graft_ggml::Type::F32, &[n0, n1, n2, n3])
+                .set_name(&dropout_mask_name(target))
+                .set_input();
+            ctx.mul(x, mask)
+        } else {
+            x
+        };
         let mut post: Vec<Tensor<'a>> = Vec::new();
         let mut blocks = Vec::new();
         for (adapter, s_user) in &self.items {
@@ -116,7 +148,7 @@ impl ActiveAdapters {
                             ctx,
                             adapter.t(a),
                             adapter.t(b),
-                            x,
+                            xd,
                             scale * s_user,
                         ));
                     }
@@ -136,7 +168,7 @@ impl ActiveAdapters {
             y = ctx.add(y, p);
         }
         for (d, geom, s) in blocks {
-            y = diablo::apply(ctx, d, x, y, geom, s);
+            y = diablo::apply(ctx, d, xd, y, geom, s);
         }
         match bias {
             Some(b) => ctx.add(y, b),

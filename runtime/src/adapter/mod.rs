@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 
 pub use active::ActiveAdapters;
+pub(crate) use active::dropout_mask_name;
 pub use peft::{export_peft, import_peft};
 
 /// The linear layers an adapter can target, by the base tensor they modify.

@@ -90,6 +90,9 @@ pub struct TrainConfig {
     pub prompt_tokens: usize,
     /// Targeted kinds.
     pub targets: Vec<TargetKind>,
+    /// Dropout probability on the adapter input (LoRA, DiaBlo; 0 = off): each training
+    /// forward pass multiplies the input of every delta by its own mask of 0 and 1/(1-p).
+    pub dropout: f32,
     /// Peak learning rate.
     pub lr: f32,
     /// Decoupled weight decay.
@@ -129,6 +132,7 @@ impl Default for TrainConfig {
             virtual_tokens: 16,
             prompt_tokens: 32,
             targets: TargetKind::ALL.to_vec(),
+            dropout: 0.0,
             lr: 1e-3,
             weight_decay: 0.0,
             betas: (0.9, 0.999),
@@ -205,6 +209,8 @@ pub struct Trainer {
     ctx: Context,
     state: TrainState,
     transposed: Option<transposed::TransposedWeights>,
+    /// Which sequence of the current optimizer step is being processed (seeds dropout).
+    micro: usize,
 }
 
 impl Trainer {
@@ -431,6 +437,7 @@ impl Trainer {
             ctx,
             state,
             transposed,
+            micro: 0,
         })
     }
 
@@ -564,8 +571,12 @@ impl Trainer {
             return Ok((0.0, 0));
         }
         let n_seq = n_soft + n;
+        let dropout = grads && self.cfg.dropout > 0.0;
         let set = match soft {
             Some(_) => ActiveAdapters::none(),
+            None if dropout => ActiveAdapters::none()
+                .with(self.adapter.clone(), 1.0)
+                .with_input_dropout(),
             None => ActiveAdapters::none().with(self.adapter.clone(), 1.0),
         };
         self.ctx.reset();
@@ -626,6 +637,9 @@ impl Trainer {
             lab[r * n_vocab + ex.tokens[t + 1] as usize] = 1.0;
         }
         labels.write_f32(0, &lab)?;
+        if dropout {
+            self.fill_dropout_masks()?;
+        }
         if grads {
             gf.reset_grads();
         }
@@ -660,12 +674,37 @@ impl Trainer {
         Ok((l, scored))
     }
 
+    /// Draws the dropout masks of the graph just allocated, seeded by (seed, step, sequence)
+    /// so that a resumed run draws the same masks as an uninterrupted one.
+    fn fill_dropout_masks(&self) -> Result<()> {
+        let p = self.cfg.dropout;
+        let keep = 1.0 / (1.0 - p);
+        let seed = self.cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ ((self.state.step as u64 + 1) << 24)
+            ^ self.micro as u64;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for t in self.adapter.targets() {
+            let Some(mask) = self
+                .ctx
+                .get_by_name(&crate::adapter::dropout_mask_name(t))
+            else {
+                continue;
+            };
+            let values: Vec<f32> = (0..mask.nelements())
+                .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+                .collect();
+            mask.write_f32(0, &values)?;
+        }
+        Ok(())
+    }
+
     /// One optimizer step over `examples` (gradient accumulation): loss, clipping, AdamW.
     pub fn step(&mut self, examples: &[Example]) -> Result<StepStats> {
         self.zero_grads();
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
-        for ex in examples {
+        for (i, ex) in examples.iter().enumerate() {
+            self.micro = i;
             let (l, n) = self.forward_backward(ex, true)?;
             loss_sum += l as f64 * n as f64;
             tokens += n;
@@ -775,6 +814,12 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
             "virtual tokens {} must be 1..=1024",
             cfg.virtual_tokens
         ));
+    }
+    if !(0.0..1.0).contains(&cfg.dropout) {
+        return bad(format!("dropout {} must be in [0, 1)", cfg.dropout));
+    }
+    if cfg.dropout > 0.0 && !matches!(cfg.method, Method::Lora | Method::Diablo) {
+        return bad("dropout on the adapter input applies to lora and diablo".into());
     }
     if cfg.targets.is_empty() {
         return bad("no target layers".into());

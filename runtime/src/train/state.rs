@@ -29,6 +29,7 @@ impl TrainState {
         w.add_kv("train.seed", Value::U64(cfg.seed));
         w.add_kv("train.ctx", Value::U64(cfg.ctx as u64));
         w.add_kv("train.batch", Value::U64(cfg.batch as u64));
+        w.add_kv("train.dropout", Value::F32(cfg.dropout));
     }
 }
 

@@ -63,7 +63,7 @@ enum Cmd {
         adapters_scaled: Vec<String>,
     },
     /// Fine-tune an adapter on the device (adapter parameters only; the base stays frozen).
-    Train(train_cli::TrainArgs),
+    Train(Box<train_cli::TrainArgs>),
     /// Interactive chat; `/adapter load|use|scale|off|list` swaps adapters between turns.
     Chat(adapters_cli::ChatArgs),
     /// Fold adapters into the base weights and write a full model.
@@ -169,7 +169,7 @@ fn main() {
         Cmd::Perplexity(a) => run_perplexity(a),
         Cmd::Inspect { file, json } => inspect::run(&file, json),
         Cmd::Chat(a) => adapters_cli::chat(a),
-        Cmd::Train(a) => train_cli::train(a),
+        Cmd::Train(a) => train_cli::train(*a),
         Cmd::Merge(a) => adapters_cli::merge(a),
         Cmd::ImportPeft(a) => adapters_cli::import_peft(a),
         Cmd::ExportPeft(a) => adapters_cli::export_peft(a),
@@ -359,11 +359,17 @@ fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     session.set_adapters(adapters)?;
     let t = Instant::now();
     let quiet = a.json;
-    let p = perplexity_with_prompt(&mut session, &tokens, a.ctx, a.prompt_tokens, |done, total| {
-        if !quiet {
-            eprint!("\rwindow {done}/{total}");
-        }
-    })?;
+    let p = perplexity_with_prompt(
+        &mut session,
+        &tokens,
+        a.ctx,
+        a.prompt_tokens,
+        |done, total| {
+            if !quiet {
+                eprint!("\rwindow {done}/{total}");
+            }
+        },
+    )?;
     if a.json {
         println!(
             "{}",

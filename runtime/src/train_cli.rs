@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use graft::adapter::TargetKind;
 use graft::perplexity::perplexity_with_prompt;
-use graft::train::{Example, Method, Schedule, TrainConfig, TrainData, Trainer};
+use graft::train::{Example, GaloreConfig, Method, Schedule, TrainConfig, TrainData, Trainer};
 use graft::{ActiveAdapters, Model, Session, SessionConfig};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -69,6 +69,15 @@ pub struct TrainArgs {
     /// Dropout probability on the adapter input (lora, diablo).
     #[arg(long, default_value_t = 0.0)]
     dropout: f32,
+    /// DiaBlo: GaLore projection rank for the optimizer state (0 = plain Adam).
+    #[arg(long, default_value_t = 0)]
+    galore_rank: usize,
+    /// GaLore: refresh each block's projection every K steps.
+    #[arg(long, default_value_t = 200)]
+    galore_every: usize,
+    /// GaLore: update scale.
+    #[arg(long, default_value_t = 0.25)]
+    galore_scale: f32,
     /// Targets, comma-separated: q,k,v,o,gate,up,down.
     #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
     targets: Vec<String>,
@@ -154,6 +163,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
         virtual_tokens: a.virtual_tokens.unwrap_or(16),
         prompt_tokens: a.prompt_tokens,
         dropout: a.dropout,
+        galore: (a.galore_rank > 0).then_some(GaloreConfig {
+            rank: a.galore_rank,
+            every: a.galore_every,
+            scale: a.galore_scale,
+        }),
         targets,
         lr: a.lr,
         weight_decay: a.weight_decay,
@@ -287,6 +301,16 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "tokens_per_s": tokens_done as f64 / t0.elapsed().as_secs_f64(),
         "seconds": t0.elapsed().as_secs_f64(),
         "peak_rss_mb": crate::bench::peak_rss_mb(),
+        "trainable_params": trainer.n_params(),
+        "memory_mb": {
+            "base_file": mb(std::fs::metadata(&a.model).map(|m| m.len() as usize).unwrap_or(0)),
+            "transposed_weights": mb(trainer.transposed_bytes()),
+            "compute_buffer": mb(trainer.compute_bytes()),
+            "adapter": mb(4 * trainer.n_params()),
+            "gradients": mb(4 * trainer.n_params()),
+            "optimizer": mb(trainer.optimizer_bytes()),
+            "optimizer_plain_adam": mb(trainer.adam_bytes()),
+        },
         "interrupted": interrupted.load(Ordering::SeqCst),
     });
     if a.json {
@@ -295,6 +319,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
         eprintln!("{summary:#}");
     }
     Ok(())
+}
+
+fn mb(bytes: usize) -> f64 {
+    (bytes as f64 / (1 << 20) as f64 * 100.0).round() / 100.0
 }
 
 /// The `batch` examples at stream position `cursor`: each epoch visits every example once, in

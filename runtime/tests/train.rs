@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use graft::adapter::TargetKind;
-use graft::train::{Example, Method, TrainConfig, Trainer};
+use graft::train::{Example, GaloreConfig, Method, TrainConfig, Trainer};
 use graft::Model;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -174,12 +174,31 @@ fn lora_gradients_through_quantized_weights_follow_the_f32_gradient() {
 
 #[test]
 fn loss_goes_down_and_resume_reproduces_the_run() {
-    for method in [Method::Lora, Method::Diablo, Method::Wegeft] {
-        train_and_resume(method);
+    for method in [Method::Lora, Method::Diablo, Method::Wegeft, Method::Lopa] {
+        train_and_resume(cfg_for(method));
     }
 }
 
-fn train_and_resume(method: Method) {
+/// GaLore (projections refreshed at steps 1, 4, 7: the resumed run uses the saved one) and
+/// adapter-input dropout (masks drawn per step) resume exactly too.
+#[test]
+fn galore_and_dropout_runs_resume_exactly() {
+    train_and_resume(TrainConfig {
+        galore: Some(GaloreConfig {
+            rank: 4,
+            every: 3,
+            scale: 1.0,
+        }),
+        ..cfg_for(Method::Diablo)
+    });
+    train_and_resume(TrainConfig {
+        dropout: 0.1,
+        ..cfg_for(Method::Lora)
+    });
+}
+
+fn train_and_resume(c: TrainConfig) {
+    let method = c.method;
     let Some(p) = common::model("qwen2-tiny.gguf") else {
         return;
     };
@@ -189,7 +208,7 @@ fn train_and_resume(method: Method) {
     let c = TrainConfig {
         targets: vec![TargetKind::AttnQ, TargetKind::AttnV, TargetKind::FfnDown],
         total_steps: 8,
-        ..cfg_for(method)
+        ..c
     };
     let mut full = Trainer::new(m.clone(), c.clone()).unwrap();
     let mut losses = Vec::new();
@@ -391,6 +410,9 @@ fn dropout_masks_the_adapter_input() {
         }
     }
     let frac = zero as f64 / (zero + kept) as f64;
-    eprintln!("dropout 0.5: {zero} of {} gradient entries dropped ({frac:.3})", zero + kept);
+    eprintln!(
+        "dropout 0.5: {zero} of {} gradient entries dropped ({frac:.3})",
+        zero + kept
+    );
     assert!((0.4..0.6).contains(&frac), "dropped fraction {frac}");
 }

@@ -63,9 +63,7 @@ impl Lopa {
                 "LoPA with {m} virtual tokens and rank {r}: need 1..=1024 tokens and 1..={d} rank"
             )));
         }
-        if let Some(t) =
-            super::model_tensors(g).find(|t| !TENSORS.contains(&t.name.as_str()))
-        {
+        if let Some(t) = super::model_tensors(g).find(|t| !TENSORS.contains(&t.name.as_str())) {
             return Err(Error::InvalidAdapter(format!(
                 "unknown tensor {} in a LoPA adapter",
                 t.name
@@ -173,9 +171,7 @@ impl Lopa {
         }
         let [g_u1w, g_u1b, g_u2w, g_u2b] = mlp_backward(&self.u1, &self.u2, &f.e, &f.au, &du);
         let [g_v1w, g_v1b, g_v2w, g_v2b] = mlp_backward(&self.v1, &self.v2, &f.e, &f.av, &dv);
-        vec![
-            d_zs, g_u1w, g_u1b, g_u2w, g_u2b, g_v1w, g_v1b, g_v2w, g_v2b,
-        ]
+        vec![d_zs, g_u1w, g_u1b, g_u2w, g_u2b, g_v1w, g_v1b, g_v2w, g_v2b]
     }
 }
 

@@ -24,8 +24,8 @@ use graft_ggml::{Backend, Buffer, Context, FrozenContext, HostMemory, Tensor, Te
 use crate::error::{Error, Result};
 use crate::model::Model;
 
-pub use active::ActiveAdapters;
 pub(crate) use active::dropout_mask_name;
+pub use active::ActiveAdapters;
 pub use peft::{export_peft, import_peft};
 
 /// The linear layers an adapter can target, by the base tensor they modify.

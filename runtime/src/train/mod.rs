@@ -13,6 +13,7 @@
 //! backpropagates it through the encoder.
 
 pub mod data;
+mod galore;
 mod state;
 mod transposed;
 
@@ -30,6 +31,7 @@ use crate::model::llama::{self, BatchShape};
 use crate::model::Model;
 
 pub use data::{Example, TrainData};
+pub use galore::GaloreConfig;
 pub use state::TrainState;
 
 /// What kind of adapter to train.
@@ -93,6 +95,8 @@ pub struct TrainConfig {
     /// Dropout probability on the adapter input (LoRA, DiaBlo; 0 = off): each training
     /// forward pass multiplies the input of every delta by its own mask of 0 and 1/(1-p).
     pub dropout: f32,
+    /// DiaBlo: keep Adam's moments in a GaLore projection of each block's gradient.
+    pub galore: Option<GaloreConfig>,
     /// Peak learning rate.
     pub lr: f32,
     /// Decoupled weight decay.
@@ -133,6 +137,7 @@ impl Default for TrainConfig {
             prompt_tokens: 32,
             targets: TargetKind::ALL.to_vec(),
             dropout: 0.0,
+            galore: None,
             lr: 1e-3,
             weight_decay: 0.0,
             betas: (0.9, 0.999),
@@ -165,6 +170,8 @@ struct Param {
     /// Stored transposed in the graph (WeGeFT φ is used as φᵀ): `(rows, cols)` of the file
     /// layout.
     transposed: Option<(usize, usize)>,
+    /// GaLore state (DiaBlo with GaLore; then `m` and `v` are empty).
+    galore: Option<galore::GaloreState>,
 }
 
 /// A file tensor: name, ggml dims, values.
@@ -221,7 +228,7 @@ impl Trainer {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         if cfg.method == Method::Lopa {
             let tensors = lopa_init(&model, &cfg, &mut rng)?;
-            return Self::from_tensors(model, cfg, tensors, TrainState::default(), None);
+            return Self::from_tensors(model, cfg, tensors, TrainState::default(), None, None);
         }
         let mut tensors: Vec<FileTensor> = Vec::new();
         let r = cfg.rank;
@@ -275,7 +282,7 @@ impl Trainer {
                 }
             }
         }
-        Self::from_tensors(model, cfg, tensors, TrainState::default(), None)
+        Self::from_tensors(model, cfg, tensors, TrainState::default(), None, None)
     }
 
     /// Continues training the adapter at `path` from its stored optimizer state, step and
@@ -294,8 +301,18 @@ impl Trainer {
             cfg.virtual_tokens = g.get_u32("adapter.lopa.virtual_tokens")? as usize;
             cfg.rank = g.get_u32("adapter.lopa.rank")? as usize;
         }
+        // GaLore settings travel with the state they shaped.
+        cfg.galore = match g.get_u32_or("train.galore.rank", 0)? {
+            0 => None,
+            rank => Some(GaloreConfig {
+                rank: rank as usize,
+                every: g.get_u32("train.galore.every")? as usize,
+                scale: g.get_f32("train.galore.scale")?,
+            }),
+        };
         let mut tensors = Vec::new();
         let mut moments = HashMap::new();
+        let mut galore_saved = HashMap::new();
         let mut kinds = Vec::new();
         for t in crate::adapter::model_tensors(&g) {
             let values = graft_ggml::dequantize(
@@ -303,9 +320,13 @@ impl Trainer {
                 g.tensor_data(t),
                 t.n_elements() as usize,
             )?;
-            let m = state::moment(&g, "adam_m", &t.name, values.len())?;
-            let v = state::moment(&g, "adam_v", &t.name, values.len())?;
-            moments.insert(t.name.clone(), (m, v));
+            if let Some(saved) = galore::SavedGalore::read(&g, &t.name)? {
+                galore_saved.insert(t.name.clone(), saved);
+            } else {
+                let m = state::moment(&g, "adam_m", &t.name, values.len())?;
+                let v = state::moment(&g, "adam_v", &t.name, values.len())?;
+                moments.insert(t.name.clone(), (m, v));
+            }
             if cfg.method == Method::Lopa {
                 tensors.push((t.name.clone(), t.dims.clone(), values));
                 continue;
@@ -331,7 +352,14 @@ impl Trainer {
                 .collect();
         }
         validate(&cfg)?;
-        Self::from_tensors(model, cfg, tensors, state, Some(moments))
+        Self::from_tensors(
+            model,
+            cfg,
+            tensors,
+            state,
+            Some(moments),
+            Some(galore_saved),
+        )
     }
 
     fn from_tensors(
@@ -340,6 +368,7 @@ impl Trainer {
         tensors: Vec<FileTensor>,
         state: TrainState,
         mut moments: Option<Moments>,
+        mut galore_saved: Option<HashMap<String, galore::SavedGalore>>,
     ) -> Result<Self> {
         let file = adapter_file(
             &model,
@@ -375,11 +404,12 @@ impl Trainer {
                     v,
                     ne: ne.clone(),
                     transposed: None,
+                    galore: None,
                 });
             }
         }
         for t in adapter.targets() {
-            for d in adapter.deltas(t) {
+            for d in adapter.deltas(t).iter() {
                 let ids: Vec<(graft_ggml::TensorId, &str, bool)> = match *d {
                     Delta::Lora { a, b, .. } => vec![(a, "lora_a", false), (b, "lora_b", false)],
                     Delta::Diablo { d, .. } => vec![(d, "diablo", false)],
@@ -401,10 +431,30 @@ impl Trainer {
                     };
                     adapter.t(id).set_param();
                     let n = value.len();
-                    let (m, v) = moments
-                        .as_mut()
-                        .and_then(|mm| mm.remove(&name))
-                        .unwrap_or_else(|| (vec![0.0; n], vec![0.0; n]));
+                    let galore = match (cfg.galore, d) {
+                        (
+                            Some(gc),
+                            Delta::Diablo {
+                                bs_in, bs_out, nb, ..
+                            },
+                        ) => {
+                            let mut st = galore::GaloreState::new(*nb, *bs_out, *bs_in, gc.rank)?;
+                            if let Some(saved) = galore_saved.as_mut().and_then(|s| s.remove(&name))
+                            {
+                                saved.restore_into(&mut st, &name)?;
+                            }
+                            Some(st)
+                        }
+                        _ => None,
+                    };
+                    let (m, v) = if galore.is_some() {
+                        (Vec::new(), Vec::new())
+                    } else {
+                        moments
+                            .as_mut()
+                            .and_then(|mm| mm.remove(&name))
+                            .unwrap_or_else(|| (vec![0.0; n], vec![0.0; n]))
+                    };
                     params.push(Param {
                         name,
                         id: Some(id),
@@ -414,6 +464,7 @@ impl Trainer {
                         v,
                         ne,
                         transposed,
+                        galore,
                     });
                 }
             }
@@ -535,6 +586,27 @@ impl Trainer {
     /// Bytes of the pre-transposed weight copies (0 when off or nothing is quantized).
     pub fn transposed_bytes(&self) -> usize {
         self.transposed.as_ref().map_or(0, |t| t.bytes())
+    }
+
+    /// Bytes of optimizer state held (Adam moments; with GaLore, projections and projected
+    /// moments instead).
+    pub fn optimizer_bytes(&self) -> usize {
+        4 * self
+            .params
+            .iter()
+            .map(|p| p.m.len() + p.v.len() + p.galore.as_ref().map_or(0, |g| g.n_floats()))
+            .sum::<usize>()
+    }
+
+    /// Bytes of the compute buffer (activations and their gradients for one sequence, as
+    /// large as the largest graph run so far).
+    pub fn compute_bytes(&self) -> usize {
+        self.alloc.buffer_size()
+    }
+
+    /// Bytes plain Adam would hold for these parameters (two moments each).
+    pub fn adam_bytes(&self) -> usize {
+        8 * self.n_params()
     }
 
     /// Number of trainable parameters.
@@ -684,10 +756,7 @@ impl Trainer {
             ^ self.micro as u64;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for t in self.adapter.targets() {
-            let Some(mask) = self
-                .ctx
-                .get_by_name(&crate::adapter::dropout_mask_name(t))
-            else {
+            let Some(mask) = self.ctx.get_by_name(&crate::adapter::dropout_mask_name(t)) else {
                 continue;
             };
             let values: Vec<f32> = (0..mask.nelements())
@@ -733,7 +802,33 @@ impl Trainer {
         let lr = self.lr_at(t);
         let (b1, b2) = self.cfg.betas;
         let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+        let refresh = self
+            .cfg
+            .galore
+            .is_some_and(|gc| (t - 1).is_multiple_of(gc.every.max(1)));
         for p in &mut self.params {
+            if let (Some(st), Some(gc)) = (p.galore.as_mut(), self.cfg.galore.as_ref()) {
+                if clip != 1.0 {
+                    p.grad.iter_mut().for_each(|g| *g *= clip);
+                }
+                if refresh {
+                    st.refresh(&p.grad);
+                }
+                st.step(
+                    &mut p.value,
+                    &p.grad,
+                    gc,
+                    lr,
+                    (b1, b2),
+                    (bc1, bc2),
+                    self.cfg.eps,
+                    self.cfg.weight_decay,
+                );
+                if let Some(id) = p.id {
+                    self.adapter.t(id).write_f32(0, &p.value)?;
+                }
+                continue;
+            }
             for i in 0..p.value.len() {
                 let g = p.grad[i] * clip;
                 p.m[i] = b1 * p.m[i] + (1.0 - b1) * g;
@@ -791,7 +886,16 @@ impl Trainer {
             .zip(&file_values)
             .map(|(p, v)| (p.name.as_str(), p.ne.as_slice(), v.as_slice()));
         let mut w = adapter_file(&self.model, &self.cfg, tensors, Some(&self.state))?;
+        if let Some(gc) = &self.cfg.galore {
+            w.add_kv("train.galore.rank", Value::U32(gc.rank as u32));
+            w.add_kv("train.galore.every", Value::U32(gc.every as u32));
+            w.add_kv("train.galore.scale", Value::F32(gc.scale));
+        }
         for p in &self.params {
+            if let Some(st) = &p.galore {
+                galore::write(&mut w, &p.name, st)?;
+                continue;
+            }
             let n = p.value.len() as u64;
             w.add_tensor_f32(format!("train.adam_m.{}", p.name), &[n], &p.m)?;
             w.add_tensor_f32(format!("train.adam_v.{}", p.name), &[n], &p.v)?;
@@ -820,6 +924,14 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     }
     if cfg.dropout > 0.0 && !matches!(cfg.method, Method::Lora | Method::Diablo) {
         return bad("dropout on the adapter input applies to lora and diablo".into());
+    }
+    if let Some(gc) = &cfg.galore {
+        if cfg.method != Method::Diablo {
+            return bad("GaLore applies to diablo's full-rank blocks".into());
+        }
+        if gc.every == 0 || !(gc.scale > 0.0 && gc.scale.is_finite()) {
+            return bad("GaLore needs every >= 1 and a positive scale".into());
+        }
     }
     if cfg.targets.is_empty() {
         return bad("no target layers".into());

@@ -34,6 +34,10 @@ pub use data::{Example, TrainData};
 pub use galore::GaloreConfig;
 pub use state::TrainState;
 
+/// The initial loss scale (a power of two, so scaling is exact in f32): the largest that kept
+/// SmolLM2's backward pass inside F16's range with 64x to spare (65536 overflowed).
+pub const LOSS_SCALE: f32 = 1024.0;
+
 /// What kind of adapter to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -656,22 +660,22 @@ impl Trainer {
         let shape = BatchShape {
             n_tokens: n_seq,
             n_kv: n_seq,
-            n_out: n_seq,
+            n_out: scored,
             embeddings: soft.is_some(),
             input_grad: soft.is_some() && grads,
         };
         let (mut gf, inp) = llama::build(&self.model, None, &set, ctx, shape);
-        // Only the rows that predict a scored token enter the loss (ggml's cross-entropy
-        // backward assumes every label row sums to 1, so masked rows must not be there).
-        let rows = ctx.new_tensor(Type::I32, &[scored as i64]).set_input();
+        // Only the rows that predict a scored token reach the LM head and the loss (ggml's
+        // cross-entropy backward assumes every label row sums to 1, so masked rows must not be
+        // there); `out_ids` picks them before the last layer's feed-forward.
         let labels = ctx
             .new_tensor(Type::F32, &[n_vocab as i64, scored as i64])
             .set_input();
-        let loss = ctx
-            .cross_entropy_loss(ctx.get_rows(inp.logits, rows), labels)
-            .set_output()
-            .set_loss();
-        gf.build_forward_expand(loss);
+        let loss = ctx.cross_entropy_loss(inp.logits, labels).set_output();
+        // Loss scaling keeps the backward pass's small gradients representable in the F16
+        // weight copies' products; the host divides it out.
+        let loss_scale = self.state.loss_scale;
+        gf.build_forward_expand(ctx.scale(loss, loss_scale).set_loss());
         if grads {
             gf.build_backward_expand(ctx);
             if let Some(tw) = &self.transposed {
@@ -702,8 +706,10 @@ impl Trainer {
         inp.attn.mask.write_f32(0, &mask)?;
         // Logit row n_soft + t predicts token t + 1.
         let picked: Vec<usize> = (0..n - 1).filter(|&t| scored_mask[t + 1]).collect();
-        let rows_i32: Vec<i32> = picked.iter().map(|&t| (n_soft + t) as i32).collect();
-        rows.write_i32(0, &rows_i32)?;
+        let rows: Vec<i32> = picked.iter().map(|&t| (n_soft + t) as i32).collect();
+        inp.out_ids
+            .expect("the last position is never scored, so rows are always picked")
+            .write_i32(0, &rows)?;
         let mut lab = vec![0f32; n_vocab * scored];
         for (r, &t) in picked.iter().enumerate() {
             lab[r * n_vocab + ex.tokens[t + 1] as usize] = 1.0;
@@ -720,26 +726,37 @@ impl Trainer {
         if !grads {
             return Ok((l, scored));
         }
-        let w = scored as f32;
-        if let (Some(f), Some(lopa)) = (&soft, self.adapter.lopa()) {
-            let g = gf
-                .grad(inp.tokens)
-                .ok_or_else(|| Error::InvalidRequest("no gradient for the soft prompt".into()))?;
-            let gx = g.to_vec_f32()?;
-            let gz = &gx[..n_soft * n_embd];
-            for (p, gv) in self.params.iter_mut().zip(lopa.backward(f, gz)) {
-                for (acc, x) in p.grad.iter_mut().zip(gv) {
-                    *acc += x * w;
-                }
+        let w = scored as f32 / loss_scale;
+        let grads: Vec<Vec<f32>> = match (&soft, self.adapter.lopa()) {
+            (Some(f), Some(lopa)) => {
+                let g = gf.grad(inp.tokens).ok_or_else(|| {
+                    Error::InvalidRequest("no gradient for the soft prompt".into())
+                })?;
+                let gx = g.to_vec_f32()?;
+                lopa.backward(f, &gx[..n_soft * n_embd])
             }
-            return Ok((l, scored));
+            _ => self
+                .params
+                .iter()
+                .map(|p| {
+                    let id = p.id.expect("graph parameter");
+                    gf.grad(self.adapter.t(id))
+                        .ok_or_else(|| {
+                            Error::InvalidRequest(format!("no gradient for {}", p.name))
+                        })?
+                        .to_vec_f32()
+                        .map_err(Error::from)
+                })
+                .collect::<Result<_>>()?,
+        };
+        if loss_scale > 1.0 && grads.iter().flatten().any(|g| !g.is_finite()) {
+            // The scaled backward pass overflowed F16: retry this sequence at a smaller scale
+            // (kept from now on, and saved with the training state).
+            self.state.loss_scale = (loss_scale / 8.0).max(1.0);
+            return self.forward_backward(ex, true);
         }
-        for p in &mut self.params {
-            let id = p.id.expect("graph parameter");
-            let g = gf
-                .grad(self.adapter.t(id))
-                .ok_or_else(|| Error::InvalidRequest(format!("no gradient for {}", p.name)))?;
-            for (acc, x) in p.grad.iter_mut().zip(g.to_vec_f32()?) {
+        for (p, gv) in self.params.iter_mut().zip(grads) {
+            for (acc, x) in p.grad.iter_mut().zip(gv) {
                 *acc += x * w;
             }
         }

@@ -5,13 +5,26 @@ use graft_formats::{Gguf, GgufWriter, Value};
 use super::TrainConfig;
 use crate::error::{Error, Result};
 
-/// Step count and data cursor.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Step count, data cursor and loss scale.
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrainState {
     /// Optimizer steps done.
     pub step: usize,
     /// Examples consumed from the data stream (across epochs).
     pub cursor: u64,
+    /// The loss scale of the backward pass (starts at [`super::LOSS_SCALE`], divided by 8
+    /// whenever a scaled backward pass overflows).
+    pub loss_scale: f32,
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        Self {
+            step: 0,
+            cursor: 0,
+            loss_scale: super::LOSS_SCALE,
+        }
+    }
 }
 
 impl TrainState {
@@ -19,12 +32,14 @@ impl TrainState {
         Ok(Self {
             step: g.get_u64_or("train.step", 0)? as usize,
             cursor: g.get_u64_or("train.cursor", 0)?,
+            loss_scale: g.get_f32_or("train.loss_scale", super::LOSS_SCALE)?,
         })
     }
 
     pub(crate) fn write(&self, w: &mut GgufWriter<'_>, cfg: &TrainConfig) {
         w.add_kv("train.step", Value::U64(self.step as u64));
         w.add_kv("train.cursor", Value::U64(self.cursor));
+        w.add_kv("train.loss_scale", Value::F32(self.loss_scale));
         w.add_kv("train.lr", Value::F32(cfg.lr));
         w.add_kv("train.seed", Value::U64(cfg.seed));
         w.add_kv("train.ctx", Value::U64(cfg.ctx as u64));

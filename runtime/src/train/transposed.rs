@@ -6,7 +6,13 @@
 //! (about 5x faster training on a Q4_1 base), at the memory cost of an F16 copy of the layer
 //! weights (2 bytes per weight). F16, not Q8_0: a Q8_0 product also rounds the incoming
 //! gradient to 8-bit blocks, which moved SmolLM2's LoRA gradients by 20-50 % and made training
-//! diverge; with F16 they stay within 1e-3 of the exact path. The LM head keeps the exact path.
+//! diverge; with F16 they stay within 1e-3 of the exact path.
+//!
+//! The LM head is copied too (its `out_prod` dequantized the 49152 x 576 embedding matrix
+//! once per token: 45 % of a SmolLM2 training step). Its incoming gradient, softmax minus
+//! one-hot over the vocabulary, is mostly probabilities below F16's normal range, which the
+//! F16 product rounds away (1-2 % gradient error); the trainer scales the loss by
+//! [`super::LOSS_SCALE`] so they stay representable (1e-3 again, like the block weights).
 
 use std::collections::HashMap;
 
@@ -24,15 +30,14 @@ pub(crate) struct TransposedWeights {
 }
 
 impl TransposedWeights {
-    /// Copies for every quantized linear weight of the blocks; F32/F16/BF16 weights and the LM
-    /// head keep ggml's `out_prod` path.
+    /// Copies for every quantized linear weight of the blocks and the LM head; F32/F16/BF16
+    /// weights keep ggml's `out_prod` path.
     pub(crate) fn build(model: &Model) -> Result<Self> {
         let mut ids: Vec<TensorId> = Vec::new();
         for l in &model.layers {
             ids.extend([l.wq, l.wk, l.wv, l.wo, l.ffn_gate, l.ffn_up, l.ffn_down]);
         }
-        // The LM head stays on ggml's exact out_prod path: its incoming gradient (softmax -
-        // one-hot over the vocabulary) spans too many magnitudes for a rounded copy.
+        ids.push(model.output);
         let picked: Vec<TensorId> = ids
             .into_iter()
             .filter(|&id| {

@@ -127,11 +127,27 @@ def prepare_data(src: Path, ctx: int, outdir: Path) -> tuple[Path, int]:
     return out, k
 
 
-def graft_run(model: Path, data: Path, args, outdir: Path, tag: str) -> dict:
+# The other methods, as scripts/sotu_learning.sh trains them (graft over Q4_1 only: PEFT has
+# no DiaBlo, WeGeFT or LoPA trainer to compare with).
+METHODS = {
+    "lora": ["--method", "lora"],
+    "diablo": ["--method", "diablo", "--blocks", "64"],
+    "diablo+galore": ["--method", "diablo", "--blocks", "16", "--galore-rank", "4"],
+    "wegeft": ["--method", "wegeft"],
+    "lopa": ["--method", "lopa", "--rank", "4", "--virtual-tokens", "16"],
+}
+
+
+def graft_run(model: Path, data: Path, args, outdir: Path, tag: str, method: str = "lora") -> dict:
     total = args.warmup_steps + args.steps
-    cmd = [str(GRAFT), "train", "--model", str(model), "--method", "lora", "--data", str(data),
+    margs = METHODS[method]
+    if "--rank" not in margs:
+        margs = margs + ["--rank", str(args.rank)]
+    if method in ("lora", "wegeft"):
+        margs = margs + ["--alpha", str(args.alpha)]
+    cmd = [str(GRAFT), "train", "--model", str(model), *margs, "--data", str(data),
            "--out", str(outdir / f"{tag}.gguf"), "--steps", str(total), "--ctx", str(args.ctx),
-           "--batch", "1", "--rank", str(args.rank), "--alpha", str(args.alpha), "--targets", TARGETS,
+           "--batch", "1", "--targets", TARGETS,
            "--lr", str(args.lr), "--seed", "0", "--threads", str(args.threads),
            "--save-every", str(10 * total), "--json"]
     r = run_child(cmd)
@@ -146,6 +162,8 @@ def graft_run(model: Path, data: Path, args, outdir: Path, tag: str) -> dict:
     dt = elapsed[total] - (elapsed[w] if w else 0.0)
     return {
         "tool": "graft",
+        "method": method,
+        "memory_mb": summary.get("memory_mb"),
         "model": model.name,
         "tokens_per_s": args.steps * args.ctx / dt,
         "tokens_per_s_graft_summary": summary["tokens_per_s"],
@@ -184,6 +202,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="PEFT attention kernel")
     ap.add_argument("--no-f32", action="store_true", help="skip the graft-over-F32 rows")
+    ap.add_argument("--methods", default="lora",
+                    help="comma-separated graft methods to time over Q4_1 (" + ",".join(METHODS) + ")")
     ap.add_argument("--quiet-timeout", type=float, default=600)
     ap.add_argument("--json-out", type=Path, help="write all results here")
     args = ap.parse_args()
@@ -201,11 +221,14 @@ def main() -> None:
         print(f"data: {args.data.name} cut to {n_chunks} x {args.ctx} tokens", file=sys.stderr)
         runs = []
         for rnd in range(args.rounds):
-            plan = [("graft", Q4), ("peft", None)] + ([] if args.no_f32 else [("graft", F32)])
-            for tool, model in plan:
+            others = [m for m in args.methods.split(",") if m and m != "lora"]
+            plan = ([("graft", Q4, "lora"), ("peft", None, "lora")]
+                    + ([] if args.no_f32 else [("graft", F32, "lora")])
+                    + [("graft", Q4, m) for m in others])
+            for tool, model, method in plan:
                 quiet = wait_quiet(args.quiet_timeout)
                 if tool == "graft":
-                    r = graft_run(model, data, args, outdir, f"r{rnd}-{model.stem}")
+                    r = graft_run(model, data, args, outdir, f"r{rnd}-{model.stem}-{method}", method)
                 else:
                     r = peft_run(data, args)
                 r["round"] = rnd + 1
@@ -217,9 +240,10 @@ def main() -> None:
     def rows(tool, model_pred):
         return [r for r in runs if r["tool"] == tool and model_pred(r["model"])]
 
+    lora = [r for r in runs if r.get("method", "lora") == "lora"]
     groups = [
-        ("graft, Q4_1 base", rows("graft", lambda m: m == Q4.name)),
-        ("graft, F32 base", rows("graft", lambda m: m == F32.name)),
+        ("graft, Q4_1 base", [r for r in rows("graft", lambda m: m == Q4.name) if r in lora]),
+        ("graft, F32 base", [r for r in rows("graft", lambda m: m == F32.name) if r in lora]),
         (f"PEFT {runs[1]['versions']['peft']} + torch {runs[1]['versions']['torch']}, F32 base ({args.attn})",
          rows("peft", lambda m: True)),
     ]
@@ -263,6 +287,21 @@ def main() -> None:
           + ", ".join(f"{r['model']} {r['tokens_per_s_graft_summary']:.1f}" for r in runs if r["tool"] == "graft")
           + f". Max foreign CPU during a run: {max(r['foreign_cores'] for r in runs):.2f} cores.")
     print("Goal: graft >= 2x PEFT tokens/s at <= 0.5x PEFT peak memory.")
+    methods = [m for m in METHODS if any(r.get("method") == m and r["model"] == Q4.name for r in runs)]
+    if len(methods) > 1:
+        print(f"\nEvery method over the Q4_1 base (same data, ctx {args.ctx}, {args.threads} threads; ratios "
+              f"against PEFT's LoRA run above; memory columns from graft's own accounting, MB):\n")
+        print("| method | tokens/s | peak RSS (MB) | vs PEFT LoRA tok/s | vs PEFT LoRA RSS | trainable params MB "
+              "| optimizer MB (plain Adam) | compute buffer MB | transposed copies MB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for m in methods:
+            rs = [r for r in runs if r.get("method") == m and r["model"] == Q4.name and r["tool"] == "graft"]
+            mt = statistics.median(r["tokens_per_s"] for r in clean(rs))
+            mr = statistics.median(r["peak_rss_mb"] for r in clean(rs))
+            mem = rs[0]["memory_mb"] or {}
+            print(f"| {m} | {mt:.1f} | {mr:.0f} | {mt / peft_tps:.2f}x | {mr / peft_rss:.2f}x | "
+                  f"{mem.get('adapter', 0):.2f} | {mem.get('optimizer', 0):.2f} ({mem.get('optimizer_plain_adam', 0):.2f}) | "
+                  f"{mem.get('compute_buffer', 0):.0f} | {mem.get('transposed_weights', 0):.0f} |")
     if args.json_out:
         args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                              "graft_sha256_16": graft_sha, "runs": runs}, indent=1))

@@ -2,7 +2,9 @@
 # Does on-device training really learn? Train each adapter method on Franklin D. Roosevelt's
 # State of the Union speeches 1934-1941, then measure perplexity on his held-out 1942-1945
 # speeches and on another era (Thomas Jefferson, 1801-1808), without and with the adapter.
-#   scripts/sotu_learning.sh [STEPS] [METHODS...]     (default 40 steps; lora diablo wegeft lopa)
+#   scripts/sotu_learning.sh [STEPS] [METHODS...]
+# (default 40 steps; methods lora diablo diablo16 diablo16-galore wegeft lopa: diablo is N=64
+# blocks, diablo16 N=16 with plain Adam, diablo16-galore the same with GaLore rank 4)
 # LoPA makes its soft prompt from a prompt, so its rows score each 512-token window after a
 # 32-token prompt (--prompt-tokens 32), against a base row measured the same way.
 # Prints a markdown table. Needs scripts/fetch_model.sh and a release build.
@@ -10,7 +12,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 STEPS="${1:-40}"; shift || true
-METHODS=("${@:-lora diablo wegeft lopa}")
+METHODS=("${@:-lora diablo diablo16 diablo16-galore wegeft lopa}")
 [ "${#METHODS[@]}" -eq 1 ] && read -r -a METHODS <<< "${METHODS[0]}"
 G=./target/release/graft
 M=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -29,14 +31,18 @@ echo "| base | - | - | $base_same | $base_other |"
 lopa_base_same=$(ppl "$W/same.txt" --prompt-tokens 32); lopa_base_other=$(ppl "$W/other.txt" --prompt-tokens 32)
 for m in "${METHODS[@]}"; do
     extra=()
+    method="$m"
     case "$m" in
         diablo) extra=(--blocks 64 --lr 1e-3) ;;
+        diablo16) method=diablo; extra=(--blocks 16 --lr 1e-3) ;;
+        diablo16-galore) method=diablo
+            extra=(--blocks 16 --lr 1e-3 --galore-rank 4 --galore-every 20 --galore-scale 1) ;;
         lopa) extra=(--rank 4 --virtual-tokens 16 --lr ${LOPA_LR:-3e-3}) ;;
         wegeft) extra=(--rank 8 --lr 2e-3) ;;
         *) extra=(--rank 8 --lr 1e-3) ;;
     esac
     t0=$(date +%s)
-    "$G" train --model "$M" --method "$m" --data "$W/train.txt" --out "$W/$m.gguf" --steps "$STEPS" \
+    "$G" train --model "$M" --method "$method" --data "$W/train.txt" --out "$W/$m.gguf" --steps "$STEPS" \
         --ctx 256 --warmup 4 --threads 2 --seed 1 --save-every 1000 --json "${extra[@]}" > "$W/$m.log"
     t1=$(date +%s)
     pct() { python3 -c "print('%+.1f %%' % (100*($1/$2-1)))"; }

@@ -3,16 +3,14 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use graft::adapter::TargetKind;
-use graft::perplexity::perplexity_with_prompt;
-use graft::train::{Example, GaloreConfig, Method, Schedule, TrainConfig, TrainData, Trainer};
-use graft::{ActiveAdapters, Model, Session, SessionConfig};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use graft::train::{
+    Control, FitOptions, GaloreConfig, Method, Schedule, TrainConfig, TrainData, Trainer,
+};
+use graft::Model;
 use serde_json::json;
 
 #[derive(Args)]
@@ -196,48 +194,20 @@ pub fn train(a: TrainArgs) -> Result<()> {
         }
         None => None,
     };
-    let eval = |trainer: &Trainer| -> Result<Option<f64>> {
-        let Some(tokens) = &eval_tokens else {
-            return Ok(None);
-        };
-        let adapters = ActiveAdapters::none().with(trainer.adapter().clone(), 1.0);
-        let mut s = Session::new(
-            model.clone(),
-            SessionConfig {
-                n_ctx: a.ctx + adapters.soft_prompt_len(),
-                n_threads: threads,
-                ..SessionConfig::default()
-            },
-        )?;
-        s.set_adapters(adapters)?;
-        // LoPA: each window's first tokens are the prompt (as in training), not scored.
-        let prompt = if trainer.config().method == Method::Lopa {
-            a.prompt_tokens.clamp(1, a.ctx / 2)
-        } else {
-            1
-        };
-        Ok(Some(
-            perplexity_with_prompt(&mut s, tokens, a.ctx, prompt, |_, _| {})?.perplexity,
-        ))
-    };
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let ppl_start = eval(&trainer)?;
     if !a.json {
         eprintln!(
-            "training {} {} parameters ({} examples, {} steps, batch {}, ctx {}){}",
+            "training {} {} parameters ({} examples, {} steps, batch {}, ctx {})",
             trainer.n_params(),
             a.method,
             n,
             steps,
             a.batch,
             a.ctx,
-            ppl_start
-                .map(|p| format!("; eval perplexity {p:.3}"))
-                .unwrap_or_default()
         );
     }
     let bar = if a.json {
@@ -253,53 +223,51 @@ pub fn train(a: TrainArgs) -> Result<()> {
         b.set_position(trainer.state().step as u64);
         b
     };
-    let t0 = Instant::now();
-    let mut tokens_done = 0usize;
-    let mut last = None;
-    let mut ppl = ppl_start;
-    while trainer.state().step < steps {
-        let batch = next_batch(&data.examples, trainer.state().cursor, a.batch, a.seed);
-        trainer.state_mut().cursor += a.batch as u64;
-        let st = trainer.step(&batch)?;
-        tokens_done += batch.iter().map(|e| e.tokens.len()).sum::<usize>();
-        let tps = tokens_done as f64 / t0.elapsed().as_secs_f64();
-        if st.step % a.eval_every == 0 || st.step == steps {
-            ppl = eval(&trainer)?.or(ppl);
-        }
-        if st.step % a.save_every == 0 {
-            trainer.save(&a.out)?;
-        }
+    let opts = FitOptions {
+        steps,
+        out: Some(a.out.clone()),
+        save_every: a.save_every,
+        eval_tokens,
+        eval_every: a.eval_every,
+    };
+    let report = trainer.fit(&data.examples, &opts, |p| {
         if a.json {
             println!(
                 "{}",
-                json!({"step": st.step, "loss": st.loss, "lr": st.lr, "grad_norm": st.grad_norm, "tokens_per_s": tps, "eval_perplexity": ppl})
+                json!({"step": p.step, "loss": p.loss, "lr": p.lr, "grad_norm": p.grad_norm,
+                       "tokens_per_s": p.tokens_per_s, "eval_perplexity": p.eval_perplexity})
             );
         } else {
-            bar.set_position(st.step as u64);
+            bar.set_position(p.step as u64);
             bar.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} tok/s{}",
-                st.loss,
-                st.lr,
-                tps,
-                ppl.map(|p| format!(" ppl {p:.2}")).unwrap_or_default()
+                p.loss,
+                p.lr,
+                p.tokens_per_s,
+                p.eval_perplexity
+                    .map(|x| format!(" ppl {x:.2}"))
+                    .unwrap_or_default()
             ));
         }
-        last = Some(st);
         if interrupted.load(Ordering::SeqCst) {
-            bar.abandon_with_message("interrupted: checkpoint saved");
-            break;
+            Control::Stop
+        } else {
+            Control::Continue
         }
+    })?;
+    if report.stopped {
+        bar.abandon_with_message("interrupted: checkpoint saved");
+    } else {
+        bar.finish_and_clear();
     }
-    trainer.save(&a.out)?;
-    bar.finish_and_clear();
     let summary = json!({
         "out": a.out.display().to_string(),
-        "steps": trainer.state().step,
-        "final_loss": last.map(|s| s.loss),
-        "eval_perplexity_start": ppl_start,
-        "eval_perplexity_end": ppl,
-        "tokens_per_s": tokens_done as f64 / t0.elapsed().as_secs_f64(),
-        "seconds": t0.elapsed().as_secs_f64(),
+        "steps": report.steps,
+        "final_loss": report.final_loss,
+        "eval_perplexity_start": report.eval_perplexity_start,
+        "eval_perplexity_end": report.eval_perplexity_end,
+        "tokens_per_s": report.tokens_per_s,
+        "seconds": report.seconds,
         "peak_rss_mb": crate::bench::peak_rss_mb(),
         "trainable_params": trainer.n_params(),
         "memory_mb": {
@@ -311,7 +279,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             "optimizer": mb(trainer.optimizer_bytes()),
             "optimizer_plain_adam": mb(trainer.adam_bytes()),
         },
-        "interrupted": interrupted.load(Ordering::SeqCst),
+        "interrupted": report.stopped,
     });
     if a.json {
         println!("{summary}");
@@ -323,20 +291,4 @@ pub fn train(a: TrainArgs) -> Result<()> {
 
 fn mb(bytes: usize) -> f64 {
     (bytes as f64 / (1 << 20) as f64 * 100.0).round() / 100.0
-}
-
-/// The `batch` examples at stream position `cursor`: each epoch visits every example once, in
-/// an order fixed by the seed and the epoch number (so a resumed run sees the same stream).
-fn next_batch(examples: &[Example], cursor: u64, batch: usize, seed: u64) -> Vec<Example> {
-    let n = examples.len() as u64;
-    (cursor..cursor + batch as u64)
-        .map(|c| {
-            let epoch = c / n;
-            let mut order: Vec<usize> = (0..examples.len()).collect();
-            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-                seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            ));
-            examples[order[(c % n) as usize]].clone()
-        })
-        .collect()
 }

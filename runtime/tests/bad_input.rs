@@ -338,3 +338,52 @@ fn cli_chat_swaps_adapters_between_turns() {
     assert!(err.contains("no adapter named \"nope\""), "{err}");
     assert_eq!(err.matches("tok/s").count(), 3, "three replies: {err}");
 }
+
+/// Training options that do not fit the method are refused with a message naming them.
+#[test]
+fn cli_train_rejects_options_that_do_not_fit_the_method() {
+    let Some(model) = tiny() else { return };
+    let data = tmp("train-data.txt");
+    std::fs::write(
+        &data,
+        "some training text, long enough for a few tokens.\n".repeat(20),
+    )
+    .unwrap();
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let out = tmp("train-out.gguf");
+    let o = out.to_str().unwrap();
+    for (extra, expect) in [
+        (&["--method", "lopa", "--blocks", "3"][..], "--blocks"),
+        (
+            &["--method", "lora", "--virtual-tokens", "4"][..],
+            "--virtual-tokens",
+        ),
+        (&["--method", "lora", "--galore-rank", "2"][..], "GaLore"),
+        (&["--method", "wegeft", "--dropout", "0.1"][..], "dropout"),
+        (&["--method", "lora", "--dropout", "1.5"][..], "dropout"),
+        (
+            &[
+                "--method",
+                "diablo",
+                "--blocks",
+                "3",
+                "--galore-rank",
+                "500",
+            ][..],
+            "GaLore rank",
+        ),
+        (&["--method", "prefix"][..], "unknown method"),
+    ] {
+        let args = [
+            &[
+                "train", "--model", m, "--data", d, "--out", o, "--ctx", "16", "--steps", "1",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let (code, err) = graft(&args);
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert!(err.contains(expect), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?}: no adapter is written");
+    }
+}

@@ -13,6 +13,7 @@
 //! backpropagates it through the encoder.
 
 pub mod data;
+mod fit;
 mod galore;
 mod state;
 mod transposed;
@@ -31,6 +32,7 @@ use crate::model::llama::{self, BatchShape};
 use crate::model::Model;
 
 pub use data::{Example, TrainData};
+pub use fit::{next_batch, Control, FitOptions, FitReport, Progress};
 pub use galore::GaloreConfig;
 pub use state::TrainState;
 

@@ -30,7 +30,7 @@ d = json.load(sys.stdin); m = d["memory_mb"]
 parts = ["base_file", "transposed_weights", "compute_buffer", "adapter", "gradients", "optimizer"]
 s = sum(m[k] for k in parts)
 print(f"| {sys.argv[1]} | {sys.argv[2]} | " + " | ".join(f"{m[k]:.0f}" for k in parts[:5])
-      + f" | {m[\"optimizer\"]:.1f} ({m[\"optimizer_plain_adam\"]:.1f}) | {s:.0f} | {d[\"peak_rss_mb\"]:.0f} |")
+      + " | %.1f (%.1f) | %.0f | %.0f |" % (m["optimizer"], m["optimizer_plain_adam"], s, d["peak_rss_mb"]))
 ' "$name" "$ctx"
     done
 done

@@ -48,42 +48,43 @@ impl TransposedWeights {
             .collect();
         let ctx = Context::new(picked.len() + 1, 0)?;
         let mut map = HashMap::new();
-        let mut data = Vec::new();
+        for &id in &picked {
+            let [n_in, n_out, _, _] = model.w(id).ne();
+            map.insert(id, ctx.new_tensor(Type::F16, &[n_out, n_in]).id());
+        }
+        if picked.is_empty() {
+            return Ok(Self {
+                ctx: FrozenContext::new(ctx),
+                _buf: None,
+                map,
+                bytes: 0,
+            });
+        }
+        // One buffer for all copies; each is filled from the weight a row at a time, so the
+        // only other memory held is one copy's bytes.
+        let buf = Backend::cpu(1)?.alloc_ctx_tensors(&ctx)?;
+        let mut bytes = 0;
         for id in picked {
             let w = model.w(id);
             let [n_in, n_out, _, _] = w.ne();
             let (n_in, n_out) = (n_in as usize, n_out as usize);
-            let mut raw = vec![0u8; w.nbytes()];
-            w.read_bytes(0, &mut raw)?;
-            let f = graft_ggml::dequantize(w.ty(), &raw, n_in * n_out)?;
-            let mut t = vec![0f32; n_in * n_out];
+            let row_bytes = w.ty().row_size(n_in as i64);
+            let mut raw = vec![0u8; row_bytes];
+            let mut q = vec![0u8; 2 * n_in * n_out];
             for o in 0..n_out {
-                for i in 0..n_in {
-                    t[i * n_out + o] = f[o * n_in + i];
+                w.read_bytes(o * row_bytes, &mut raw)?;
+                let row = graft_ggml::dequantize(w.ty(), &raw, n_in)?;
+                for (i, x) in row.into_iter().enumerate() {
+                    let at = 2 * (i * n_out + o);
+                    q[at..at + 2].copy_from_slice(&half::f16::from_f32(x).to_le_bytes());
                 }
             }
-            let q: Vec<u8> = t
-                .iter()
-                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                .collect();
-            let wt = ctx.new_tensor(Type::F16, &[n_out as i64, n_in as i64]);
-            map.insert(id, wt.id());
-            data.push((wt.id(), q));
+            ctx.get(map[&id]).expect("own tensor").write_bytes(0, &q)?;
+            bytes += q.len();
         }
-        let (buf, bytes) = if data.is_empty() {
-            (None, 0)
-        } else {
-            let buf = Backend::cpu(1)?.alloc_ctx_tensors(&ctx)?;
-            let mut bytes = 0;
-            for (id, q) in &data {
-                ctx.get(*id).expect("own tensor").write_bytes(0, q)?;
-                bytes += q.len();
-            }
-            (Some(buf), bytes)
-        };
         Ok(Self {
             ctx: FrozenContext::new(ctx),
-            _buf: buf,
+            _buf: Some(buf),
             map,
             bytes,
         })

@@ -16,6 +16,8 @@ with PeftModel.from_pretrained into the HF model, must behave like the GGUF adap
          printed as the noise floor);                                              [PASS/FAIL]
        * graft with the exported PEFT directory as --adapter must give the same greedy tokens
          (round trip through graft's own PEFT import).                             [PASS/FAIL]
+       * the logits at the last prompt position: `top_logits --all` (graft with the GGUF adapter,
+         f32 K/V cache) vs PEFT, max abs difference below --logit-tol (1e-2);     [PASS/FAIL]
      For scale: max |PEFT logits - HF base logits| at the last prompt position (the adapter's
      effect; the check means nothing if this is ~0), and whether the adapter changes the base's
      greedy continuation.
@@ -93,6 +95,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ppl-tokens", type=int, default=512)
     ap.add_argument("--ppl-tol", type=float, default=2e-3, help="max relative perplexity difference")
+    ap.add_argument("--logit-tol", type=float, default=1e-2, help="max abs last-position logit difference")
     ap.add_argument("--adapter", type=Path, help="use this GGUF LoRA instead of training one")
     ap.add_argument("--keep", type=Path, help="keep the adapter and the PEFT dir here")
     args = ap.parse_args()
@@ -164,6 +167,11 @@ def main() -> None:
     assert g["prompt_tokens"] == ids, ("graft tokenized the prompt differently", g["prompt_tokens"])
     g_rt = graft_greedy(peft_dir, prompt["text"], args.threads)
     g_ppl = graft_ppl(gg, args.eval, args.ppl_tokens, args.threads)
+    subprocess.run(["cargo", "build", "--release", "-q", "--example", "top_logits"], cwd=ROOT, check=True)
+    tl = sh([ROOT / "target" / "release" / "examples" / "top_logits", F32, "--adapter", gg, "--all", *ids])
+    graft_logits = np.array([float(x) for x in tl.split()], dtype=np.float64)
+    logit_diff = float(np.max(np.abs(graft_logits - peft_logits)))
+    ok_logits = logit_diff < args.logit_tol
 
     ok_greedy = g["tokens"] == peft_greedy
     ok_rt = g_rt["tokens"] == g["tokens"]
@@ -175,6 +183,7 @@ def main() -> None:
         "peft_dir": str(peft_dir),
         "prompt_tokens": ids,
         "adapter_effect_max_abs_logit_diff": effect,
+        "graft_vs_peft_max_abs_logit_diff": logit_diff,
         "adapter_changes_base_greedy": base_greedy != peft_greedy,
         "base_greedy_hf": base_greedy,
         "peft_greedy": peft_greedy,
@@ -190,10 +199,11 @@ def main() -> None:
         "graft_text": g["text"],
     }
     print(json.dumps(result, indent=1))
-    verdict = ok_greedy and ok_ppl and ok_rt and effect > 0.1
+    verdict = ok_greedy and ok_ppl and ok_rt and ok_logits and effect > 0.1
     print(f"{'PASS' if verdict else 'FAIL'}: greedy {N_GREEDY} tokens graft==PEFT: {ok_greedy}; "
           f"adapter ppl graft {g_ppl['perplexity']:.4f} vs PEFT {peft_ppl:.4f} (rel {rel:.2e}, tol {args.ppl_tol:g}; "
-          f"base rel {rel_base:.2e}); PEFT-dir round trip in graft: {ok_rt}; adapter effect max|dlogit| {effect:.3f}"
+          f"base rel {rel_base:.2e}); last-position logits max|graft - PEFT| {logit_diff:.2e} "
+          f"(tol {args.logit_tol:g}); PEFT-dir round trip in graft: {ok_rt}; adapter effect max|dlogit| {effect:.3f}"
           f"{'' if effect > 0.1 else ' (too small to mean anything)'}")
     sys.exit(0 if verdict else 1)
 

@@ -416,3 +416,48 @@ fn dropout_masks_the_adapter_input() {
     );
     assert!((0.4..0.6).contains(&frac), "dropped fraction {frac}");
 }
+
+/// The training graph computes what inference computes: the trainer's loss on an example
+/// equals the mean NLL of its scored tokens from a `Session` with the adapter (the prompt
+/// decoded first, so LoPA makes its soft prompt from the same tokens), for every method.
+#[test]
+fn training_loss_equals_the_inference_loss() {
+    let Some(p) = common::model("qwen2-tiny.gguf") else {
+        return;
+    };
+    let m = Arc::new(Model::load(p).unwrap());
+    let nv = m.config().n_vocab;
+    let ex = example(20, 3, nv); // tokens 0..3 are the prompt
+    for method in [Method::Lora, Method::Diablo, Method::Wegeft, Method::Lopa] {
+        let mut t = Trainer::new(m.clone(), cfg_for(method)).unwrap();
+        perturb(&mut t);
+        let (loss, scored) = t.forward_backward(&ex, false).unwrap();
+        assert_eq!(scored, 17);
+        let mut s = graft::Session::new(
+            m.clone(),
+            graft::SessionConfig {
+                n_ctx: 64,
+                n_threads: 1,
+                kv_f32: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.set_adapters(graft::ActiveAdapters::none().with(t.adapter().clone(), 1.0))
+            .unwrap();
+        let mut logits = s.decode(&ex.tokens[..3], graft::LogitsFor::Last).unwrap();
+        logits.extend(s.decode(&ex.tokens[3..19], graft::LogitsFor::All).unwrap());
+        let nll: f64 = (3..20)
+            .map(|t| {
+                let row = &logits[(t - 3) * nv..(t - 2) * nv];
+                -graft::perplexity::log_softmax_at(row, ex.tokens[t] as usize)
+            })
+            .sum::<f64>()
+            / 17.0;
+        eprintln!("{method:?}: trainer loss {loss:.6}, inference {nll:.6}");
+        assert!(
+            (loss as f64 - nll).abs() < 1e-4 * nll,
+            "{method:?}: trainer {loss} vs inference {nll}"
+        );
+    }
+}

@@ -278,6 +278,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
             "gradients": mb(4 * trainer.n_params()),
             "optimizer": mb(trainer.optimizer_bytes()),
             "optimizer_plain_adam": mb(trainer.adam_bytes()),
+            "optimizer_saved_by_galore": trainer.config().galore.map(|_| {
+                mb(trainer.adam_bytes().saturating_sub(trainer.optimizer_bytes()))
+            }),
         },
         "interrupted": report.stopped,
     });

@@ -19,6 +19,14 @@ use serde_json::Value;
 
 const LOGIT_TOL: f32 = 1e-2;
 
+/// The adapter fixtures' folder and its `reference.json`.
+fn reference() -> (PathBuf, Value) {
+    let dir = fixtures().join("adapters");
+    let doc = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+        .unwrap();
+    (dir, doc)
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -118,10 +126,7 @@ fn load_set(m: &Model, case: &Value) -> Option<ActiveAdapters> {
 }
 
 fn run(kind_filter: &[&str]) {
-    let dir = fixtures().join("adapters");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let (dir, doc) = reference();
     let mut bases = Bases {
         models: HashMap::new(),
     };
@@ -244,10 +249,7 @@ fn lopa_matches_llamacpp_and_numpy() {
 /// larger differences against llama.cpp's merged models come from F16 KV rounding flips.
 #[test]
 fn hooks_equal_merged_weights_with_an_exact_kv_cache() {
-    let dir = fixtures().join("adapters");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let (_, doc) = reference();
     let mut bases = Bases {
         models: HashMap::new(),
     };

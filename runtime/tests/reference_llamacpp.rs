@@ -92,12 +92,7 @@ fn check_variant(variant: &str) {
         );
 
         let matched = check_greedy(&format!("{variant}/{name}"), &mut s, &logits, p, LOGIT_TOL);
-        let margins: Vec<f64> = p["greedy_margins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
+        let margins = common::f64s(&p["greedy_margins"]);
         let greedy = ids(&p["greedy"]);
         if margins.iter().all(|&m| m >= 2.0 * LOGIT_TOL as f64) {
             assert_eq!(matched, greedy.len());

@@ -169,20 +169,8 @@ pub(crate) struct SavedGalore {
 impl SavedGalore {
     /// Reads the saved state of tensor `name` (None when the file has none).
     pub(crate) fn read(g: &Gguf, name: &str) -> Result<Option<Self>> {
-        let get = |which: &str| -> Result<Option<Vec<f32>>> {
-            let key = format!("train.galore_{which}.{name}");
-            match g.tensor(&key) {
-                None => Ok(None),
-                Some(t) if t.dtype == graft_formats::GgmlType::F32 => {
-                    Ok(Some(graft_ggml::dequantize(
-                        graft_ggml::Type::F32,
-                        g.tensor_data(t),
-                        t.n_elements() as usize,
-                    )?))
-                }
-                Some(_) => Err(Error::InvalidAdapter(format!("{key} must be f32"))),
-            }
-        };
+        let get =
+            |which: &str| super::state::f32_tensor(g, &format!("train.galore_{which}.{name}"));
         match (get("p")?, get("m")?, get("v")?) {
             (Some(proj), Some(m), Some(v)) => Ok(Some(Self { proj, m, v })),
             (None, None, None) => Ok(None),

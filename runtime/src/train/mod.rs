@@ -376,19 +376,13 @@ impl Trainer {
         mut moments: Option<Moments>,
         mut galore_saved: Option<HashMap<String, galore::SavedGalore>>,
     ) -> Result<Self> {
-        let file = adapter_file(
+        let adapter = training_adapter(
             &model,
             &cfg,
             tensors
                 .iter()
                 .map(|(n, ne, v)| (n.as_str(), ne.as_slice(), v.as_slice())),
-            None,
         )?;
-        let adapter = Arc::new(Adapter::from_gguf(
-            &model,
-            Arc::new(Gguf::from_bytes(file.to_bytes()?)?),
-            "training".into(),
-        )?);
         let mut params = Vec::new();
         if cfg.method == Method::Lopa {
             for name in crate::adapter::lopa::TENSORS {
@@ -573,19 +567,13 @@ impl Trainer {
     /// Rebuilds the adapter from the host parameters (LoPA: its encoder lives on the host, so
     /// a new immutable adapter replaces the old one; sessions holding the old one keep it).
     fn rebuild_adapter(&mut self) -> Result<()> {
-        let file = adapter_file(
+        self.adapter = training_adapter(
             &self.model,
             &self.cfg,
             self.params
                 .iter()
                 .map(|p| (p.name.as_str(), p.ne.as_slice(), p.value.as_slice())),
-            None,
         )?;
-        self.adapter = Arc::new(Adapter::from_gguf(
-            &self.model,
-            Arc::new(Gguf::from_bytes(file.to_bytes()?)?),
-            "training".into(),
-        )?);
         Ok(())
     }
 
@@ -962,6 +950,20 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
         return bad("ctx must be >= 2, batch and threads >= 1".into());
     }
     Ok(())
+}
+
+/// The adapter being trained, loaded from an in-memory file of `tensors` (file layout).
+fn training_adapter<'a>(
+    model: &Model,
+    cfg: &TrainConfig,
+    tensors: impl Iterator<Item = (&'a str, &'a [u64], &'a [f32])>,
+) -> Result<Arc<Adapter>> {
+    let file = adapter_file(model, cfg, tensors, None)?;
+    Ok(Arc::new(Adapter::from_gguf(
+        model,
+        Arc::new(Gguf::from_bytes(file.to_bytes()?)?),
+        "training".into(),
+    )?))
 }
 
 /// An adapter file of `cfg.method` holding `tensors` (and the training state, when given).

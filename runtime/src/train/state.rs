@@ -51,14 +51,28 @@ impl TrainState {
 /// An Adam moment tensor `train.<which>.<name>` (zeros when absent: a fresh adapter).
 pub(crate) fn moment(g: &Gguf, which: &str, name: &str, n: usize) -> Result<Vec<f32>> {
     let key = format!("train.{which}.{name}");
-    match g.tensor(&key) {
+    match f32_tensor(g, &key)? {
         None => Ok(vec![0.0; n]),
-        Some(t) if t.n_elements() as usize == n && t.dtype == graft_formats::GgmlType::F32 => Ok(
-            graft_ggml::dequantize(graft_ggml::Type::F32, g.tensor_data(t), n)?,
-        ),
+        Some(v) if v.len() == n => Ok(v),
+        Some(v) => Err(Error::InvalidAdapter(format!(
+            "{key} has {} values, expected {n}",
+            v.len()
+        ))),
+    }
+}
+
+/// The values of the f32 training-state tensor `key`, if the file has it.
+pub(crate) fn f32_tensor(g: &Gguf, key: &str) -> Result<Option<Vec<f32>>> {
+    match g.tensor(key) {
+        None => Ok(None),
+        Some(t) if t.dtype == graft_formats::GgmlType::F32 => Ok(Some(graft_ggml::dequantize(
+            graft_ggml::Type::F32,
+            g.tensor_data(t),
+            t.n_elements() as usize,
+        )?)),
         Some(t) => Err(Error::InvalidAdapter(format!(
-            "{key} has shape {:?}, expected {n} f32 values",
-            t.dims
+            "{key} has type {:?}, expected f32",
+            t.dtype
         ))),
     }
 }

@@ -52,17 +52,13 @@ impl TransposedWeights {
             let [n_in, n_out, _, _] = model.w(id).ne();
             map.insert(id, ctx.new_tensor(Type::F16, &[n_out, n_in]).id());
         }
-        if picked.is_empty() {
-            return Ok(Self {
-                ctx: FrozenContext::new(ctx),
-                _buf: None,
-                map,
-                bytes: 0,
-            });
-        }
-        // One buffer for all copies; each is filled from the weight a row at a time, so the
-        // only other memory held is one copy's bytes.
-        let buf = Backend::cpu(1)?.alloc_ctx_tensors(&ctx)?;
+        // One buffer for all copies (none when nothing is quantized); each is filled from the
+        // weight a row at a time, so the only other memory held is one copy's bytes.
+        let buf = if picked.is_empty() {
+            None
+        } else {
+            Some(Backend::cpu(1)?.alloc_ctx_tensors(&ctx)?)
+        };
         let mut bytes = 0;
         for id in picked {
             let w = model.w(id);
@@ -84,7 +80,7 @@ impl TransposedWeights {
         }
         Ok(Self {
             ctx: FrozenContext::new(ctx),
-            _buf: Some(buf),
+            _buf: buf,
             map,
             bytes,
         })

@@ -59,6 +59,15 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// A JSON array of numbers as f64.
+pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 /// Hex sha256 of a file.
 pub fn sha256(path: &std::path::Path) -> String {
     use sha2::{Digest, Sha256};
@@ -89,12 +98,7 @@ pub fn check_greedy(
 ) -> usize {
     use graft::sampler::argmax;
     let greedy = ids(&p["greedy"]);
-    let margins: Vec<f64> = p["greedy_margins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_f64().unwrap())
-        .collect();
+    let margins = f64s(&p["greedy_margins"]);
     let mut next = argmax(logits);
     let mut matched = 0;
     for (i, &want) in greedy.iter().enumerate() {

@@ -35,11 +35,9 @@ Usage: python scripts/make_adapters.py [--force] [--models-dir DIR] [--out DIR] 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -47,6 +45,7 @@ import numpy as np
 
 import gguf
 from gguf import GGMLQuantizationType as QT
+from gguf_gen import add_tensor, ensure, finish, part_path, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -92,14 +91,6 @@ EXPECTED_SHA256: dict[str, str] = {
 }
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def rng_for(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 
@@ -123,8 +114,7 @@ class Adapter:
         self.tensors.append((name, np.ascontiguousarray(arr, dtype=np.float32), qtype))
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".part")
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(part_path(path), "llama")
         w.add_type("adapter")  # general.type
         w.add_name(path.stem)  # general.name
         w.add_string("adapter.type", self.adapter_type)
@@ -137,18 +127,8 @@ class Adapter:
             else:
                 w.add_string(key, str(val))
         for name, arr, qtype in self.tensors:
-            if qtype == QT.F32:
-                w.add_tensor(name, arr)
-            elif qtype == QT.F16:
-                w.add_tensor(name, arr.astype(np.float16))
-            else:
-                data = gguf.quants.quantize(arr, qtype)
-                w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, path)
+            add_tensor(w, name, arr, qtype)
+        finish(w, path)
 
 
 # ---- lora -----------------------------------------------------------------------------------
@@ -318,16 +298,8 @@ def main() -> int:
     manifest = []
     for ad in adapters:
         out = args.out / ad.file
-        expected = EXPECTED_SHA256.get(ad.file)
-        if out.is_file() and not args.force and (not expected or sha256_file(out) == expected):
-            print(f"{ad.file}: present")
-        else:
-            ad.write(out)
-        digest = sha256_file(out)
-        if expected and digest != expected:
-            ok = False
-        status = "" if not expected else ("ok" if digest == expected else f"MISMATCH (expected {expected})")
-        print(f"{ad.file}: sha256 {digest}  {out.stat().st_size} bytes  {status}")
+        digest, matches = ensure(out, EXPECTED_SHA256.get(ad.file), args.force, ad.write, ad.file)
+        ok = ok and matches
         manifest.append({**ad.manifest, "sha256": digest, "bytes": out.stat().st_size,
                          "description": ad.description,
                          "tensors": len(ad.tensors)})

@@ -34,9 +34,7 @@ Usage: python scripts/make_qwen2_tiny.py [--force] [--models-dir DIR]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
-import os
 import sys
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import numpy as np
 
 import gguf
 from gguf import GGMLQuantizationType as QT
+from gguf_gen import add_tensor, ensure, finish, part_path
 from gguf import LlamaFileType as FT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,8 +163,7 @@ def build_weights(n_vocab: int) -> list[tuple[str, np.ndarray]]:
 
 def write_model(path: Path, file_type: FT, wtype: QT, vocab, weights) -> None:
     tokens, types, merges = vocab
-    tmp = path.with_name(path.name + ".part")
-    w = gguf.GGUFWriter(tmp, ARCH)
+    w = gguf.GGUFWriter(part_path(path), ARCH)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name("qwen2-tiny")
     w.add_context_length(N_CTX_TRAIN)
@@ -189,23 +187,8 @@ def write_model(path: Path, file_type: FT, wtype: QT, vocab, weights) -> None:
     w.add_chat_template(CHAT_TEMPLATE)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for name, f32 in weights:
-        qtype = wtype if f32.ndim == 2 else QT.F32
-        if qtype == QT.F32:
-            w.add_tensor(name, f32)
-        elif qtype == QT.F16:
-            w.add_tensor(name, f32.astype(np.float16))
-        else:
-            data = gguf.quants.quantize(f32, qtype)
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        add_tensor(w, name, f32, wtype if f32.ndim == 2 else QT.F32)
+    finish(w, path)
 
 
 def main() -> int:
@@ -222,17 +205,10 @@ def main() -> int:
     ok = True
     for suffix, (file_type, wtype) in VARIANTS.items():
         out = args.models_dir / file_name(suffix)
-        expected = EXPECTED_SHA256.get(suffix)
-        if out.is_file() and not args.force and (not expected or sha256_file(out) == expected):
-            print(f"present {out}")
-        else:
-            write_model(out, file_type, wtype, vocab, weights)
-            print(f"wrote {out}")
-        digest = sha256_file(out)
-        status = "" if not expected else ("ok" if digest == expected else f"MISMATCH (expected {expected})")
-        if expected and digest != expected:
-            ok = False
-        print(f"  sha256 {digest}  {out.stat().st_size} bytes  {status}")
+        _, matches = ensure(out, EXPECTED_SHA256.get(suffix), args.force,
+                            lambda o, ft=file_type, wt=wtype: write_model(o, ft, wt, vocab, weights),
+                            out.name)
+        ok = ok and matches
     if not ok:
         print("sha256 mismatch: use the pinned versions in scripts/requirements-ref.txt, or regenerate the "
               "fixtures (runtime/tests/fixtures/README.md) and update EXPECTED_SHA256", file=sys.stderr)

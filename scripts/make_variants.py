@@ -35,9 +35,7 @@ Usage: python scripts/make_variants.py [--force] [--models-dir DIR]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
-import os
 import sys
 from pathlib import Path
 
@@ -45,6 +43,7 @@ import numpy as np
 
 import gguf
 from gguf import GGMLQuantizationType as QT
+from gguf_gen import add_tensor, ensure, finish, part_path, sha256_file
 from gguf import GGUFValueType as VT
 from gguf import LlamaFileType as FT
 
@@ -66,14 +65,6 @@ EXPECTED_SHA256: dict[str, str] = {
     "Q8_0": "0c1d3326cd9793cfb7296113c063dd5c24e2bd734b48ec1a3d01b7158eca9387",
     "Q4_0": "c624c2bea4349b36453448197f53b3935a96da7934904c124a612716c348a8ff",
 }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, file_type: FT) -> None:
@@ -106,25 +97,15 @@ def target_type(name: str, n_dims: int, weight_type: QT, embd_type: QT) -> QT:
 def write_variant(reader: gguf.GGUFReader, dequant: dict[str, np.ndarray], variant: str, out: Path) -> None:
     file_type, weight_type, embd_type = VARIANTS[variant]
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    tmp = out.with_name(out.name + ".part")
-    writer = gguf.GGUFWriter(tmp, arch)
+    writer = gguf.GGUFWriter(part_path(out), arch)
     align = reader.fields.get(gguf.Keys.General.ALIGNMENT)
     if align is not None:
         writer.data_alignment = int(align.contents())
     copy_metadata(reader, writer, file_type)
     for t in reader.tensors:
         f32 = dequant[t.name]
-        qtype = target_type(t.name, len(t.shape), weight_type, embd_type)
-        if qtype == QT.F32:
-            writer.add_tensor(t.name, f32)
-        else:
-            data = gguf.quants.quantize(f32, qtype)
-            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, out)
+        add_tensor(writer, t.name, f32, target_type(t.name, len(t.shape), weight_type, embd_type))
+    finish(writer, out)
 
 
 def main() -> int:
@@ -149,11 +130,8 @@ def main() -> int:
     dequant: dict[str, np.ndarray] = {}
     ok = True
     for variant in variants:
-        out = args.models_dir / f"{STEM}.{variant}.gguf"
-        expected = EXPECTED_SHA256.get(variant)
-        if out.is_file() and not args.force and (not expected or sha256_file(out) == expected):
-            print(f"{variant}: present {out}")
-        else:
+        def write(out: Path, variant: str = variant) -> None:
+            nonlocal reader
             if reader is None:
                 print(f"reading and dequantizing {src}")
                 reader = gguf.GGUFReader(src)
@@ -161,13 +139,11 @@ def main() -> int:
                     f32 = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
                     # numpy shape is the reverse of the GGUF (ne0, ne1, ...) shape
                     dequant[t.name] = np.ascontiguousarray(f32.reshape(tuple(int(d) for d in reversed(t.shape))))
-            print(f"{variant}: writing {out}")
             write_variant(reader, dequant, variant, out)
-        digest = sha256_file(out)
-        status = "" if not expected else ("ok" if digest == expected else f"MISMATCH (expected {expected})")
-        if expected and digest != expected:
-            ok = False
-        print(f"{variant}: sha256 {digest}  {out.stat().st_size} bytes  {status}")
+
+        out = args.models_dir / f"{STEM}.{variant}.gguf"
+        _, matches = ensure(out, EXPECTED_SHA256.get(variant), args.force, write, variant)
+        ok = ok and matches
     if not ok:
         print("sha256 mismatch: use the pinned versions in scripts/requirements-ref.txt, or regenerate the "
               "fixtures (runtime/tests/fixtures/README.md) and update EXPECTED_SHA256", file=sys.stderr)

@@ -831,17 +831,14 @@ impl Trainer {
                     self.cfg.eps,
                     self.cfg.weight_decay,
                 );
-                if let Some(id) = p.id {
-                    self.adapter.t(id).write_f32(0, &p.value)?;
+            } else {
+                for i in 0..p.value.len() {
+                    let g = p.grad[i] * clip;
+                    p.m[i] = b1 * p.m[i] + (1.0 - b1) * g;
+                    p.v[i] = b2 * p.v[i] + (1.0 - b2) * g * g;
+                    let update = (p.m[i] / bc1) / ((p.v[i] / bc2).sqrt() + self.cfg.eps);
+                    p.value[i] -= lr * (update + self.cfg.weight_decay * p.value[i]);
                 }
-                continue;
-            }
-            for i in 0..p.value.len() {
-                let g = p.grad[i] * clip;
-                p.m[i] = b1 * p.m[i] + (1.0 - b1) * g;
-                p.v[i] = b2 * p.v[i] + (1.0 - b2) * g * g;
-                let update = (p.m[i] / bc1) / ((p.v[i] / bc2).sqrt() + self.cfg.eps);
-                p.value[i] -= lr * (update + self.cfg.weight_decay * p.value[i]);
             }
             if let Some(id) = p.id {
                 self.adapter.t(id).write_f32(0, &p.value)?;

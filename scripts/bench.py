@@ -23,8 +23,9 @@ other instead: SPEC is `none` (no adapter) or comma-separated adapter files, opt
 prefixed with `LABEL=`; the variants run interleaved (v1, v2, v3, v1, v2, ...) and the table
 gives each one's tok/s and its change against the first variant.
 
---python is the interpreter that has llama-cpp-python; default: $GRAFT_REF_PYTHON, else
-/work/ref/venv/bin/python if it exists, else python3. --graft defaults to $GRAFT_BIN, else
+--python is the interpreter that has llama-cpp-python; default: $GRAFT_REF_PYTHON, else the venv
+that `scripts/references.sh --env` makes (llama-cpp-python 0.3.36 built for this CPU, cached under
+~/.cache/graft; built on first use, ~15 min on 2 cores). --graft defaults to $GRAFT_BIN, else
 <repo>/target/release/graft. Do not run other heavy work on the machine while it runs: OpenMP
 threads that spin-wait make both engines collapse (10x) under CPU contention. bench.py measures,
 for every run, the CPU time other processes used meanwhile; a run where they used more than
@@ -45,7 +46,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LLAMA_SCRIPT = HERE / "bench_llamacpp.py"
-DEFAULT_REF_PYTHON = "/work/ref/venv/bin/python"
 INSTALL_HINT = "pip install llama-cpp-python==0.3.36"
 
 
@@ -55,12 +55,14 @@ def die(msg: str, code: int = 2) -> None:
 
 
 def default_python() -> str:
+    """$GRAFT_REF_PYTHON, else the llama-cpp-python venv of scripts/references.sh (made if missing)."""
     env = os.environ.get("GRAFT_REF_PYTHON")
     if env:
         return env
-    if os.path.exists(DEFAULT_REF_PYTHON):
-        return DEFAULT_REF_PYTHON
-    return "python3"
+    out = subprocess.run([str(HERE / "references.sh"), "--env"], stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        die("scripts/references.sh --env could not make the llama-cpp-python environment")
+    return out.stdout.strip()
 
 
 def default_graft() -> str:
@@ -430,7 +432,7 @@ def main() -> int:
     ap.add_argument("--quiet-wait", type=float, default=120.0,
                     help="seconds to wait for a quiet machine before each run (default 120)")
     ap.add_argument("--graft", default=default_graft(), help="graft binary")
-    ap.add_argument("--python", default=default_python(),
+    ap.add_argument("--python", default=None,
                     help="python interpreter with llama-cpp-python")
     ap.add_argument("--json", type=Path, help="write all raw results and the summary here")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
@@ -457,6 +459,8 @@ def main() -> int:
     if not graft or not os.path.isfile(graft):
         die(f"graft binary not found: {args.graft} (build it with `cargo build --release`, "
             "or pass --graft / set GRAFT_BIN)")
+    if args.python is None and not args.graft_only:
+        args.python = default_python()
     llama_version = None if args.graft_only else check_python(args.python)
     gv = subprocess.run([graft, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                         text=True)

@@ -6,7 +6,7 @@ with PeftModel.from_pretrained into the HF model, must behave like the GGUF adap
      the adapter visibly moves the logits), then `graft export-peft` it.
   2. HF LlamaForCausalLM from the same F32 GGUF (runtime/tests/fixtures/peft/
      gen_peft_reference.py: load_gguf + build_model), then PeftModel.from_pretrained(export dir).
-  3. Prompt: the `english` prompt of runtime/tests/fixtures/reference/smollm2-f32.json, token ids
+  3. Prompt: the `english` prompt of .cache/references/reference/smollm2-f32.json (scripts/references.sh), token ids
      fed directly (no BOS). Compared:
        * 16 greedy tokens: `graft generate --adapter A.gguf --temperature 0` vs PEFT (argmax,
          full recompute each step) -- must be identical;                          [PASS/FAIL]
@@ -47,7 +47,7 @@ import gen_peft_reference as ref  # noqa: E402
 
 GRAFT = ROOT / "target" / "release" / "graft"
 F32 = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.F32.gguf"
-REF_JSON = ROOT / "runtime" / "tests" / "fixtures" / "reference" / "smollm2-f32.json"
+REF_JSON = ROOT / ".cache" / "references" / "reference" / "smollm2-f32.json"  # scripts/references.sh
 N_GREEDY = 16
 
 

@@ -1,6 +1,6 @@
 //! The runtime's error type.
 
-use graft_formats::FormatError;
+pub use graft_formats::FormatError;
 
 use crate::tokenizer::TokenizerError;
 
@@ -47,6 +47,24 @@ pub enum Error {
     /// or key.
     #[error("invalid adapter: {0}")]
     InvalidAdapter(String),
+    /// The adapter was made for another base model (its recorded fingerprint differs).
+    #[error("invalid adapter: the adapter was made for another base model (fingerprint {adapter}, this base is {base})")]
+    WrongBase {
+        /// The fingerprint the adapter records.
+        adapter: String,
+        /// This base model's fingerprint.
+        base: String,
+    },
+    /// The session's context cannot hold the new tokens.
+    #[error("context full: {cached} positions cached + {new} new > n_ctx {n_ctx}")]
+    ContextFull {
+        /// Positions already cached.
+        cached: usize,
+        /// Positions the request adds.
+        new: usize,
+        /// The session's context length.
+        n_ctx: usize,
+    },
     /// The adapter registry refused the operation (limits, duplicate name, unknown name).
     #[error("adapter registry: {0}")]
     Registry(String),

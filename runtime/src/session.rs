@@ -263,12 +263,11 @@ impl Session {
         };
         let n_soft = soft.len() / self.model.config().n_embd;
         if n_soft + tokens.len() > self.remaining() {
-            return Err(Error::InvalidRequest(format!(
-                "context full: {} positions cached + {} new > n_ctx {}",
-                self.n_past(),
-                n_soft + tokens.len(),
-                self.cfg.n_ctx
-            )));
+            return Err(Error::ContextFull {
+                cached: self.n_past(),
+                new: n_soft + tokens.len(),
+                n_ctx: self.cfg.n_ctx,
+            });
         }
         if n_soft > 0 {
             self.eval_soft(&soft)?;

@@ -1,14 +1,15 @@
 //! graft against llama.cpp on real and generated models: prompt tokens, last-position
 //! logits (max-abs 1e-2), 32 greedy tokens and perplexity (0.5 %).
 //!
-//! The references were computed by llama.cpp (llama-cpp-python 0.3.36) with
-//! `tests/fixtures/gen_reference.py`; see `tests/fixtures/README.md`.
+//! The references are computed on this machine by llama.cpp (llama-cpp-python 0.3.36, built for
+//! this CPU) with `tests/fixtures/gen_reference.py`, run by `scripts/references.sh`; see
+//! `tests/fixtures/README.md`.
 
 mod common;
 
 use common::{check_greedy, ids, read_f32, sha256};
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use graft::perplexity::perplexity;
@@ -18,18 +19,15 @@ use serde_json::Value;
 const LOGIT_TOL: f32 = 1e-2;
 const PPL_REL_TOL: f64 = 0.005;
 
-fn fixture(variant: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/fixtures/reference/{variant}.json"));
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+/// `<references>/reference/`, or `None` when skipping (see `common::references_dir`).
+fn reference_dir() -> Option<PathBuf> {
+    Some(common::references_dir()?.join("reference"))
 }
 
-fn read_logits(name: &str) -> Vec<f32> {
-    read_f32(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/reference")
-            .join(name),
-    )
+fn fixture(dir: &std::path::Path, variant: &str) -> Value {
+    let p = dir.join(format!("{variant}.json"));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
 }
 
 fn session(model: &Arc<Model>, fx: &Value) -> Session {
@@ -49,7 +47,10 @@ fn session(model: &Arc<Model>, fx: &Value) -> Session {
 
 /// Checks one model variant against its fixture.
 fn check_variant(variant: &str) {
-    let fx = fixture(variant);
+    let Some(dir) = reference_dir() else {
+        return;
+    };
+    let fx = fixture(&dir, variant);
     let file = fx["model_file"].as_str().unwrap();
     let Some(path) = common::model(file) else {
         return;
@@ -75,7 +76,7 @@ fn check_variant(variant: &str) {
         }
         s.clear();
         let logits = s.decode(&tokens, LogitsFor::Last).unwrap();
-        let reference = read_logits(p["logits_file"].as_str().unwrap());
+        let reference = read_f32(&dir.join(p["logits_file"].as_str().unwrap()));
         assert_eq!(reference.len(), n_vocab);
         let max_abs = logits
             .iter()

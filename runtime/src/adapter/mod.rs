@@ -381,10 +381,10 @@ impl Header {
         }
         if let Some(fp) = g.get_opt_str("adapter.base.fingerprint")? {
             if fp != model.fingerprint() {
-                return Err(bad(format!(
-                    "the adapter was made for another base model (fingerprint {fp}, this base is {}) — built for another base model?",
-                    model.fingerprint()
-                )));
+                return Err(Error::WrongBase {
+                    adapter: fp.to_string(),
+                    base: model.fingerprint().to_string(),
+                });
             }
         }
         let kind_s = g.get_str("adapter.type")?;

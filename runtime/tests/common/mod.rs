@@ -22,6 +22,16 @@ pub fn model(name: &str) -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
+    missing(
+        &p,
+        "run scripts/fetch_model.sh and scripts/make_variants.py / make_qwen2_tiny.py \
+         (or set GRAFT_SKIP_MODEL_TESTS=1)",
+    )
+}
+
+/// `None` for a missing input under `GRAFT_SKIP_MODEL_TESTS=1` (said on stderr), else a panic
+/// that says what to run.
+fn missing<T>(p: &std::path::Path, fix: &str) -> Option<T> {
     if std::env::var("GRAFT_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
         eprintln!(
             "skipping: {} is missing (GRAFT_SKIP_MODEL_TESTS=1)",
@@ -29,11 +39,52 @@ pub fn model(name: &str) -> Option<PathBuf> {
         );
         return None;
     }
-    panic!(
-        "{} is missing: run scripts/fetch_model.sh and scripts/make_variants.py / make_qwen2_tiny.py \
-         (or set GRAFT_SKIP_MODEL_TESTS=1)",
-        p.display()
-    );
+    panic!("{} is missing: {fix}", p.display());
+}
+
+/// llama.cpp's reference outputs for this machine: `$GRAFT_REFERENCES_DIR`, else
+/// `.cache/references` (a link made by `scripts/references.sh`, which computes them with a
+/// llama.cpp built for this CPU). Panics, saying what to run, when they are missing or were made
+/// on another CPU (`machine.json`'s `cpu` against `scripts/machine_info.sh --cpu`); `None` only
+/// with `GRAFT_SKIP_MODEL_TESTS=1`, like [`model`].
+pub fn references_dir() -> Option<PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("GRAFT_REFERENCES_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".cache/references"));
+        let machine = dir.join("machine.json");
+        let Ok(text) = std::fs::read_to_string(&machine) else {
+            return missing(
+                &machine,
+                "run scripts/references.sh (llama.cpp's outputs on this CPU)",
+            );
+        };
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", machine.display()));
+        let made_on = doc["cpu"].as_str().unwrap_or_default();
+        let here = this_cpu();
+        assert_eq!(
+            made_on,
+            here,
+            "{} holds llama.cpp outputs of another CPU: run scripts/references.sh here",
+            dir.display()
+        );
+        Some(dir)
+    })
+    .clone()
+}
+
+/// `scripts/machine_info.sh --cpu`: the CPU model and ISA flags the references are keyed by.
+pub fn this_cpu() -> String {
+    let script = repo_root().join("scripts/machine_info.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--cpu")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// `.cache/data/sotu/`.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI. From a fresh machine it installs what is missing,
 # fetches the test data, computes llama.cpp's reference outputs for this CPU (cached outside the
-# clone), then runs formatting, lints, a short fuzz run of the GGUF reader and every test binary
-# (all of them, even after a failure; the failures are listed at the end).
+# clone), then runs formatting, lints, a short fuzz run of the GGUF reader, every test binary
+# (all of them, even after a failure; the failures are listed at the end) and the bindings' tests.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -23,3 +23,5 @@ echo "== fuzz smoke"
 scripts/fuzz_smoke.sh "${GRAFT_FUZZ_SECONDS:-60}"
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
+echo "== bindings"
+scripts/test_bindings.sh

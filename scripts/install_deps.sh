@@ -14,6 +14,7 @@ if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
     need+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)  # the JNI bindings' tests
 if [ ${#need[@]} -gt 0 ]; then
     echo "[install_deps] apt-get install ${need[*]}"
     SUDO=""

@@ -201,13 +201,14 @@ impl Session {
         f(s)
     }
 
-    /// Generates after `prompt_tokens` (appended to the cache), streaming to `listener`.
+    /// Generates after `prompt_tokens` (appended to the cache), giving each piece of text to
+    /// `on_text` (false or an error stops; the error is returned).
     fn run(
         &self,
         s: &mut graft::Session,
         prompt_tokens: Vec<u32>,
         options: &GenerateOptions,
-        listener: Option<&dyn TokenListener>,
+        on_text: &mut dyn FnMut(&str) -> Result<bool>,
     ) -> Result<GenerationResult> {
         let req = GenerateRequest {
             prompt: String::new(),
@@ -222,15 +223,12 @@ impl Session {
         let g = self
             .open
             .engine
-            .generate_tokens(s, prompt_tokens, &req, |piece| match listener {
-                None => true,
-                Some(l) => match l.on_token(piece.to_string()) {
-                    Ok(go_on) => go_on,
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
-                },
+            .generate_tokens(s, prompt_tokens, &req, |piece| match on_text(piece) {
+                Ok(go_on) => go_on,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
             })
             .map_err(|e| GraftError::from_runtime(e, Subject::Other))?;
         if let Some(e) = failure {
@@ -275,10 +273,29 @@ impl Session {
         options: &GenerateOptions,
         listener: Option<&dyn TokenListener>,
     ) -> Result<GenerationResult> {
+        self.generate_streaming(prompt, options, &mut listener_fn(listener))
+    }
+
+    /// Continues the conversation with `prompt`, giving each piece of text to `on_text` (false
+    /// or an error stops): the Rust entry point of the other bindings (JNI).
+    pub fn generate_streaming(
+        &self,
+        prompt: &str,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> Result<bool>,
+    ) -> Result<GenerationResult> {
         self.with(|s| {
             let tokens = self.prompt_tokens(s, prompt)?;
-            self.run(s, tokens, options, listener)
+            self.run(s, tokens, options, on_text)
         })
+    }
+}
+
+/// `on_text` for an optional foreign listener.
+fn listener_fn(listener: Option<&dyn TokenListener>) -> impl FnMut(&str) -> Result<bool> + '_ {
+    move |piece| match listener {
+        None => Ok(true),
+        Some(l) => l.on_token(piece.to_string()),
     }
 }
 
@@ -405,7 +422,8 @@ impl Session {
                 .count()
                 .min(tokens.len().saturating_sub(1));
             s.truncate(common);
-            self.run(s, tokens[common..].to_vec(), &options, listener.as_deref())
+            let mut on_text = listener_fn(listener.as_deref());
+            self.run(s, tokens[common..].to_vec(), &options, &mut on_text)
         })
     }
 

@@ -2,7 +2,10 @@
 # Tests of the app bindings on the real model (run by scripts/test.sh after `cargo test`):
 #   Python: the package of scripts/bindings.sh, built with the `test-hooks` feature, under
 #   pytest (bindings/uniffi/tests/python), with `graft generate` as the reference;
-#   JNI: bindings/jni's library and Java classes, bindings/jni/tests/java/JniTest.java.
+#   JNI: bindings/jni's library and Java classes, bindings/jni/tests/java/JniTest.java;
+#   Kotlin: the generated Kotlin on the host JVM through JNA (kotlinc from the npm package
+#   kotlin-compiler, cached under ~/.cache/graft; JNA from apt libjna-java),
+#   bindings/uniffi/tests/kotlin/GraftTest.kt.
 # Needs the test data of scripts/setup_test_data.sh (and its .cache/venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,3 +32,27 @@ rm -rf "$jdir"
 mkdir -p "$jdir"
 javac -d "$jdir" bindings/jni/java/dev/graft/jni/*.java bindings/jni/tests/java/JniTest.java
 java -Djava.library.path=target/debug -cp "$jdir" JniTest "$ROOT" "$ROOT/target/debug/graft"
+
+echo "== Kotlin bindings on the host JVM (kotlinc, JNA)"
+KC_VERSION=2.4.20
+KC_DIR="${GRAFT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/graft}/kotlin-compiler-$KC_VERSION"
+KC="$KC_DIR/node_modules/kotlin-compiler"
+if [[ ! -x "$KC/bin/kotlinc" ]]; then
+    echo "[test_bindings] npm install kotlin-compiler@$KC_VERSION into $KC_DIR (~90 MB, once)"
+    npm install -q --no-audit --no-fund --prefix "$KC_DIR" "kotlin-compiler@$KC_VERSION" >/dev/null
+fi
+JNA=/usr/share/java/jna.jar
+if [[ ! -f "$JNA" ]]; then
+    echo "[test_bindings] apt-get install libjna-java"
+    apt-get install -y -qq libjna-java >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq libjna-java >/dev/null; }
+fi
+kout=target/bindings-test/kotlin
+rm -rf "$kout"
+GRAFT_BINDINGS_PROFILE=dev scripts/bindings.sh kotlin "$kout"
+cp_libs="$JNA:$KC/lib/kotlinx-coroutines-core-jvm.jar"
+"$KC/bin/kotlinc" -nowarn "$kout/uniffi/graft/graft.kt" bindings/uniffi/tests/kotlin/GraftTest.kt \
+    -cp "$cp_libs" -d "$kout/test.jar" 2>&1 | grep -v '^warning' || true
+[[ -f "$kout/test.jar" ]] || { echo "kotlinc failed" >&2; exit 1; }
+java -Djna.library.path="$ROOT/$kout" -cp "$kout/test.jar:$KC/lib/kotlin-stdlib.jar:$cp_libs" \
+    GraftTestKt "$ROOT" "$ROOT/target/debug/graft"

@@ -347,7 +347,7 @@ impl Engine {
 
     /// Releases the engine: later calls fail with `Closed`. Sessions and adapters already made
     /// keep the mapped model alive until they are released too.
-    pub fn close(&self) {
+    pub fn release(&self) {
         *self.open.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }

@@ -433,7 +433,7 @@ impl Session {
     }
 
     /// Releases the KV cache: later calls fail with `Closed`.
-    pub fn close(&self) {
+    pub fn release(&self) {
         self.cancel();
         *self.lock() = None;
     }

@@ -54,7 +54,7 @@ def cli(prompt: str, *adapters: Path, max_tokens: int = N) -> str:
 def engine():
     e = graft.Engine.open(str(MODEL), graft.EngineOptions(threads=THREADS))
     yield e
-    e.close()
+    e.release()
 
 
 def test_info(engine):
@@ -421,14 +421,14 @@ def test_listener_that_raises_becomes_an_error(engine):
 def test_use_after_close():
     e = graft.Engine.open(str(MODEL), graft.EngineOptions(threads=THREADS))
     s = e.session()
-    e.close()
+    e.release()
     with pytest.raises(graft.GraftError.Closed):
         e.session()
     with pytest.raises(graft.GraftError.Closed):
         e.load_adapter(str(LORA))
     # A session made before keeps working until it is closed itself.
     assert s.generate(PROMPT, 4, 0.0)
-    s.close()
+    s.release()
     with pytest.raises(graft.GraftError.Closed):
         s.generate(PROMPT, 4, 0.0)
 

@@ -9,8 +9,8 @@
 #   swift   OUT_DIR/graft.swift, graftFFI.h, graftFFI.modulemap + the library (the sources that
 #           ios/build-xcframework.sh packs on macOS)
 #
-# Environment: GRAFT_BINDINGS_PROFILE (default "bindings": release, thin LTO, no debug info,
-# stripped; "dev" reuses the test build), CARGO_FEATURES (e.g. "metal").
+# Environment: GRAFT_BINDINGS_PROFILE (default "bindings": release, thin LTO, no debug info; the
+# packaged copy is stripped; "dev" reuses the test build), CARGO_FEATURES (e.g. "metal").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -38,4 +38,9 @@ echo "bindings.sh: generating $lang from $lib"
 cargo run -q --profile "$profile" -p graft-uniffi --features bindgen --bin uniffi-bindgen -- \
     generate --library "$lib" --language "$lang" --out-dir "$out" --no-format
 cp "$lib" "$out/"
-echo "bindings.sh: $lang package in $out ($(du -h "$lib" | cut -f1) library)"
+packaged="$out/$(basename "$lib")"
+# The metadata symbols are only for uniffi-bindgen: the shipped library needs none of them.
+if [[ "$profile" != dev ]] && command -v strip >/dev/null; then
+    strip --strip-unneeded "$packaged" 2>/dev/null || strip -x "$packaged"
+fi
+echo "bindings.sh: $lang package in $out ($(wc -c < "$packaged") bytes library)"

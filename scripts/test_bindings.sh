@@ -5,7 +5,9 @@
 #   JNI: bindings/jni's library and Java classes, bindings/jni/tests/java/JniTest.java;
 #   Kotlin: the generated Kotlin on the host JVM through JNA (kotlinc from the npm package
 #   kotlin-compiler, cached under ~/.cache/graft; JNA from apt libjna-java),
-#   bindings/uniffi/tests/kotlin/GraftTest.kt.
+#   bindings/uniffi/tests/kotlin/GraftTest.kt;
+#   Swift: cannot be compiled here; the generated C header (graftFFI.h) is compiled with clang
+#   and its C ABI called from bindings/uniffi/tests/c/abi_test.c.
 # Needs the test data of scripts/setup_test_data.sh (and its .cache/venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,3 +58,13 @@ cp_libs="$JNA:$KC/lib/kotlinx-coroutines-core-jvm.jar"
 [[ -f "$kout/test.jar" ]] || { echo "kotlinc failed" >&2; exit 1; }
 java -Djna.library.path="$ROOT/$kout" -cp "$kout/test.jar:$KC/lib/kotlin-stdlib.jar:$cp_libs" \
     GraftTestKt "$ROOT" "$ROOT/target/debug/graft"
+
+echo "== C ABI of the Swift header (clang)"
+command -v clang >/dev/null || { apt-get install -y -qq clang >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq clang >/dev/null; }; }
+sout=target/bindings-test/swift
+rm -rf "$sout"
+GRAFT_BINDINGS_PROFILE=dev CARGO_FEATURES=test-hooks scripts/bindings.sh swift "$sout"
+clang -std=c11 -D_GNU_SOURCE -Wall -Werror -I "$sout" bindings/uniffi/tests/c/abi_test.c \
+    -L "$sout" -lgraft_uniffi -Wl,-rpath,"$ROOT/$sout" -o "$sout/abi_test"
+"$sout/abi_test" "$ROOT/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"

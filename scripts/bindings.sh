@@ -35,7 +35,8 @@ esac
 
 mkdir -p "$out"
 echo "bindings.sh: generating $lang from $lib"
-cargo run -q --profile "$profile" -p graft-uniffi --features bindgen --bin uniffi-bindgen -- \
+# The generator is a build tool: its dev build is enough, whatever the library's profile.
+cargo run -q -p graft-uniffi --features bindgen --bin uniffi-bindgen -- \
     generate --library "$lib" --language "$lang" --out-dir "$out" --no-format
 cp "$lib" "$out/"
 packaged="$out/$(basename "$lib")"

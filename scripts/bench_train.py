@@ -20,7 +20,7 @@ included), plus graft's own `peak_rss_mb` and PEFT's training-phase-only peak.
 Quiet machine: before each run the script waits (up to --quiet-timeout s) until the CPUs are
 idle; during each run it records the CPU time used by other processes ("foreign CPU", in cores).
 
-Usage: /work/ref/peftenv/bin/python scripts/bench_train.py [--data F.txt] [--steps 20] [--rounds 2]
+Usage: python3 scripts/bench_train.py [--data F.txt] [--steps 20] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -38,7 +38,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFT = ROOT / "target" / "release" / "graft"
-PEFT_PY = Path("/work/ref/peftenv/bin/python")
+
+
+def peft_python() -> Path:
+    """$GRAFT_PEFT_PYTHON, else the venv of scripts/peft_env.sh (made if missing)."""
+    if os.environ.get("GRAFT_PEFT_PYTHON"):
+        return Path(os.environ["GRAFT_PEFT_PYTHON"])
+    out = subprocess.run([str(ROOT / "scripts" / "peft_env.sh")], stdout=subprocess.PIPE, text=True, check=True)
+    return Path(out.stdout.strip())
 MODELS = ROOT / ".cache" / "models"
 Q4 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 F32 = MODELS / "SmolLM2-135M-Instruct.F32.gguf"
@@ -178,7 +185,7 @@ def graft_run(model: Path, data: Path, args, outdir: Path, tag: str, method: str
 
 
 def peft_run(data: Path, args) -> dict:
-    cmd = [str(PEFT_PY), str(ROOT / "scripts" / "bench_train_peft.py"), "--model", str(F32), "--data", str(data),
+    cmd = [str(peft_python()), str(ROOT / "scripts" / "bench_train_peft.py"), "--model", str(F32), "--data", str(data),
            "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--ctx", str(args.ctx),
            "--rank", str(args.rank), "--alpha", str(args.alpha), "--lr", str(args.lr),
            "--threads", str(args.threads), "--attn", args.attn]

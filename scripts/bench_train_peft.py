@@ -26,7 +26,7 @@ count graft reports), per-step seconds, losses, and memory from /proc/self/statu
                         after the model is built; the fairest, i.e. lowest, PEFT number);
   peak_rss_mb           max of the two (the whole process, comparable to graft's own figure).
 
-Usage: /work/ref/peftenv/bin/python scripts/bench_train_peft.py --data F.txt [--steps 20] ...
+Usage: $(scripts/peft_env.sh) scripts/bench_train_peft.py --data F.txt [--steps 20] ...
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ Also printed: lora_alpha / r of the export vs adapter.lora.alpha of the GGUF, an
 the exported B to the GGUF B for one unpermuted target (v_proj of layer 0), since the effective
 scale alpha/r * B*A is what must match.
 
-Usage: /work/ref/peftenv/bin/python scripts/check_export_peft.py [--steps 5] [--keep DIR]
+Usage: $(scripts/peft_env.sh) scripts/check_export_peft.py [--steps 5] [--keep DIR]
 Exit status 0 on PASS, 1 on FAIL.
 """
 from __future__ import annotations

@@ -46,6 +46,8 @@ def peft_python() -> Path:
         return Path(os.environ["GRAFT_PEFT_PYTHON"])
     out = subprocess.run([str(ROOT / "scripts" / "peft_env.sh")], stdout=subprocess.PIPE, text=True, check=True)
     return Path(out.stdout.strip())
+
+
 MODELS = ROOT / ".cache" / "models"
 Q4 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 F32 = MODELS / "SmolLM2-135M-Instruct.F32.gguf"

@@ -51,7 +51,8 @@ if [[ ! -f "$JNA" ]]; then
 fi
 kout=target/bindings-test/kotlin
 rm -rf "$kout"
-GRAFT_BINDINGS_PROFILE=dev scripts/bindings.sh kotlin "$kout"
+# The same build as the Python package (test-hooks), so the library is not rebuilt.
+GRAFT_BINDINGS_PROFILE=dev CARGO_FEATURES=test-hooks scripts/bindings.sh kotlin "$kout"
 cp_libs="$JNA:$KC/lib/kotlinx-coroutines-core-jvm.jar"
 "$KC/bin/kotlinc" -nowarn "$kout/uniffi/graft/graft.kt" bindings/uniffi/tests/kotlin/GraftTest.kt \
     -cp "$cp_libs" -d "$kout/test.jar" 2>&1 | grep -v '^warning' || true

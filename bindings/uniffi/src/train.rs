@@ -202,8 +202,13 @@ impl Trainer {
             Some(n) => n as usize,
             None => open.engine.session_config().n_threads,
         };
-        let n = data.examples.len();
         let batch = o.batch as usize;
+        // One step count for the learning-rate schedule and for the run, as `graft train` does.
+        let steps = if o.steps > 0 {
+            o.steps as usize
+        } else {
+            data.examples.len().div_ceil(batch)
+        };
         let cfg = TrainConfig {
             method,
             rank: o.rank as usize,
@@ -213,11 +218,7 @@ impl Trainer {
             targets,
             lr: o.learning_rate,
             batch,
-            total_steps: if o.steps > 0 {
-                o.steps as usize
-            } else {
-                n.div_ceil(batch)
-            },
+            total_steps: steps,
             ctx,
             seed: o.seed,
             threads,
@@ -228,11 +229,6 @@ impl Trainer {
                 .map_err(|e| GraftError::from_runtime(e, Subject::Adapter))?,
             None => graft::train::Trainer::new(model, cfg)
                 .map_err(|e| GraftError::from_runtime(e, Subject::Other))?,
-        };
-        let steps = if o.steps > 0 {
-            o.steps as usize
-        } else {
-            trainer.state().step + n.div_ceil(batch)
         };
         Ok(Arc::new(Self {
             run: Mutex::new(Run {
@@ -289,8 +285,8 @@ fn serde_json_line(fields: &[(&str, &str)]) -> String {
 #[uniffi::export]
 impl Trainer {
     /// Trains until the step count is reached, the listener returns false or `cancel()` is
-    /// called; checkpoints along the way and at the end. Can be called again to continue
-    /// (with a larger step count after a finished run, nothing is left to do).
+    /// called; checkpoints along the way and at the end. Called again after a stop, it goes on
+    /// to the same step count; after a finished run there is nothing left to do.
     #[uniffi::method(default(listener = None))]
     pub fn run(&self, listener: Option<Box<dyn TrainListener>>) -> Result<TrainReport> {
         let mut guard = self.run.lock().unwrap_or_else(|e| e.into_inner());

@@ -25,3 +25,9 @@ echo "== cargo test"
 cargo test --workspace --no-fail-fast
 echo "== bindings"
 scripts/test_bindings.sh
+echo "== aarch64 (cross-built, run under qemu-user)"
+if [[ "${GRAFT_SKIP_AARCH64:-0}" == 1 ]]; then
+    echo "skipped (GRAFT_SKIP_AARCH64=1)"
+else
+    scripts/test_aarch64.sh
+fi

@@ -4,8 +4,8 @@
 #   pytest (bindings/uniffi/tests/python), with `graft generate` as the reference;
 #   JNI: bindings/jni's library and Java classes, bindings/jni/tests/java/JniTest.java;
 #   Kotlin: the generated Kotlin on the host JVM through JNA (kotlinc from the npm package
-#   kotlin-compiler, cached under ~/.cache/graft; JNA from apt libjna-java),
-#   bindings/uniffi/tests/kotlin/GraftTest.kt;
+#   kotlin-compiler, cached under ~/.cache/graft; JNA and JUnit 5 from apt libjna-java, junit5),
+#   bindings/uniffi/tests/kotlin/GraftTest.kt under the JUnit console launcher;
 #   Swift: cannot be compiled here; the generated C header (graftFFI.h) is compiled with clang
 #   and its C ABI called from bindings/uniffi/tests/c/abi_test.c.
 # Needs the test data of scripts/setup_test_data.sh (and its .cache/venv).
@@ -44,21 +44,34 @@ if [[ ! -x "$KC/bin/kotlinc" ]]; then
     npm install -q --no-audit --no-fund --prefix "$KC_DIR" "kotlin-compiler@$KC_VERSION" >/dev/null
 fi
 JNA=/usr/share/java/jna.jar
-if [[ ! -f "$JNA" ]]; then
-    echo "[test_bindings] apt-get install libjna-java"
-    apt-get install -y -qq libjna-java >/dev/null 2>&1 \
-        || { apt-get update -qq && apt-get install -y -qq libjna-java >/dev/null; }
+JUNIT=/usr/share/java/junit-platform-console-standalone.jar
+need=()
+[[ -f "$JNA" ]] || need+=(libjna-java)
+[[ -f "$JUNIT" ]] || need+=(junit5)
+if [[ ${#need[@]} -gt 0 ]]; then
+    echo "[test_bindings] apt-get install ${need[*]}"
+    apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
 fi
 kout=target/bindings-test/kotlin
 rm -rf "$kout"
 # The same build as the Python package (test-hooks), so the library is not rebuilt.
 GRAFT_BINDINGS_PROFILE=dev CARGO_FEATURES=test-hooks scripts/bindings.sh kotlin "$kout"
-cp_libs="$JNA:$KC/lib/kotlinx-coroutines-core-jvm.jar"
+cp_libs="$JNA:$KC/lib/kotlinx-coroutines-core-jvm.jar:$KC/lib/kotlin-stdlib.jar"
 "$KC/bin/kotlinc" -nowarn "$kout/uniffi/graft/graft.kt" bindings/uniffi/tests/kotlin/GraftTest.kt \
-    -cp "$cp_libs" -d "$kout/test.jar" 2>&1 | grep -v '^warning' || true
+    -cp "$cp_libs:$JUNIT" -d "$kout/test.jar" 2>&1 | grep -v '^warning' || true
 [[ -f "$kout/test.jar" ]] || { echo "kotlinc failed" >&2; exit 1; }
-java -Djna.library.path="$ROOT/$kout" -cp "$kout/test.jar:$KC/lib/kotlin-stdlib.jar:$cp_libs" \
-    GraftTestKt "$ROOT" "$ROOT/target/debug/graft"
+# JUnit 5's console launcher; its summary becomes the plain "N passed, N failed" line.
+set +e
+java -Djna.library.path="$ROOT/$kout" -Dgraft.root="$ROOT" -Dgraft.bin="$ROOT/target/debug/graft" \
+    -jar "$JUNIT" --disable-banner --details=tree --disable-ansi-colors \
+    -cp "$kout/test.jar:$cp_libs" --select-class GraftTest | tee "$kout/junit.txt"
+rc=${PIPESTATUS[0]}
+set -e
+ok=$(sed -n 's/.* \([0-9]*\) tests successful.*/\1/p' "$kout/junit.txt")
+bad=$(sed -n 's/.* \([0-9]*\) tests failed.*/\1/p' "$kout/junit.txt")
+echo "${ok:-0} passed, ${bad:-0} failed"
+[[ $rc -eq 0 && ${ok:-0} -gt 0 ]] || { echo "Kotlin tests failed" >&2; exit 1; }
 
 echo "== C ABI of the Swift header (clang)"
 command -v clang >/dev/null || { apt-get install -y -qq clang >/dev/null 2>&1 \

@@ -4,6 +4,10 @@
 //! the key or tensor involved, the byte offset, what was expected and what was found. Errors
 //! raised while reading a file on disk are wrapped in [`FormatError::InFile`] so the message
 //! names the path; [`FormatError::root`] gives back the underlying variant for matching.
+//!
+//! Each message is complete on its own: a variant that wraps another error (an I/O error, the
+//! error found in a file) prints it and does not also return it from `source()`, so a report
+//! that walks the chain never prints a cause twice.
 
 use std::path::{Path, PathBuf};
 
@@ -15,31 +19,28 @@ pub type Result<T> = std::result::Result<T, FormatError>;
 #[non_exhaustive]
 pub enum FormatError {
     /// An I/O operation on `path` failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {}", path.display(), io_message(cause))]
     Io {
         /// The file or directory involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// Writing to a stream (no path) failed.
-    #[error("write failed: {source}")]
+    #[error("write failed: {cause}")]
     Write {
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// An error found in the file at `path` (see [`FormatError::root`]).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     InFile {
         /// The file being read or written.
         path: PathBuf,
         /// What is wrong with it.
-        #[source]
-        source: Box<FormatError>,
+        error: Box<FormatError>,
     },
 
     /// The file does not start with `GGUF`.
@@ -55,7 +56,7 @@ pub enum FormatError {
 
     /// The file ends before a field that must be there.
     #[error(
-        "truncated {what}{} at offset {offset}: need {need} bytes, {have} left",
+        "the file is truncated: {what}{} at offset {offset} needs {need} bytes, {have} left",
         item_suffix(item)
     )]
     Truncated {
@@ -102,7 +103,17 @@ pub enum FormatError {
         ty: u32,
     },
 
-    /// A tensor's data does not lie inside the file.
+    /// The tensor data ends past the end of the file: the file was cut short (an interrupted
+    /// download or copy).
+    #[error("the file is truncated: its tensor data needs {expected} bytes, the file has {found}")]
+    TruncatedData {
+        /// The file length the tensor table implies (end of the last tensor's data).
+        expected: u64,
+        /// The file's length.
+        found: u64,
+    },
+
+    /// A tensor's data does not lie inside the file (an offset or size that overflows).
     #[error("tensor '{tensor}': data [{start}, {end}) lies outside the file ({file_len} bytes)")]
     TensorOutOfBounds {
         /// The tensor name.
@@ -238,10 +249,10 @@ impl FormatError {
     pub fn with_path(self, path: impl AsRef<Path>) -> FormatError {
         match self {
             e @ (FormatError::Io { .. } | FormatError::InFile { .. }) => e,
-            FormatError::Write { source } => FormatError::io(path, source),
+            FormatError::Write { cause } => FormatError::io(path, cause),
             e => FormatError::InFile {
                 path: path.as_ref().to_path_buf(),
-                source: Box::new(e),
+                error: Box::new(e),
             },
         }
     }
@@ -249,16 +260,25 @@ impl FormatError {
     /// The underlying error, looking through [`FormatError::InFile`].
     pub fn root(&self) -> &FormatError {
         match self {
-            FormatError::InFile { source, .. } => source.root(),
+            FormatError::InFile { error, .. } => error.root(),
             e => e,
         }
     }
 
-    pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> FormatError {
+    pub(crate) fn io(path: impl AsRef<Path>, cause: std::io::Error) -> FormatError {
         FormatError::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause,
         }
+    }
+}
+
+/// An I/O error in words a user acts on: the OS message without the `(os error N)` suffix.
+fn io_message(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
     }
 }
 
@@ -289,7 +309,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "truncated string bytes of 'general.name' at offset 10: need 4 bytes, 1 left"
+            "the file is truncated: string bytes of 'general.name' at offset 10 needs 4 bytes, 1 left"
         );
     }
 }

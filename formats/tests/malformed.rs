@@ -202,14 +202,15 @@ fn truncated_array_data() {
         .u32(6)
         .u64(3)
         .raw(&[0; 10]));
-    // Three 4-byte elements need 12 bytes but only 10 are left: caught before allocating.
+    // Three 4-byte elements need 12 bytes but only 10 are left: caught before allocating, and
+    // reported as a cut-short file.
     assert!(
         matches!(
             e,
-            FormatError::TooLarge {
-                what: "array length",
-                value: 3,
-                max: 2,
+            FormatError::Truncated {
+                what: "array elements",
+                need: 12,
+                have: 10,
                 ..
             }
         ),
@@ -351,15 +352,18 @@ fn huge_counts() {
     assert!(
         matches!(
             e,
-            FormatError::TooLarge {
-                what: "tensor count",
-                value: 2,
-                max: 1,
+            FormatError::Truncated {
+                what: "tensor infos",
+                need: 64,
+                have: 40,
                 ..
             }
         ),
         "{e}"
     );
+    assert!(e
+        .to_string()
+        .starts_with("the file is truncated: tensor infos at offset"));
 }
 
 #[test]
@@ -475,23 +479,27 @@ fn misaligned_offsets() {
 
 #[test]
 fn data_past_end_of_file() {
-    let e = err(B::header(3, 1, 0).tensor("w", &[8], 0, 0).data(32, 31));
+    // The tensor table says the data ends at byte `expected`; the file is one byte short.
+    let b = B::header(3, 1, 0).tensor("w", &[8], 0, 0).data(32, 31);
+    let len = b.0.len() as u64;
+    let e = err(b);
     match e {
-        FormatError::TensorOutOfBounds {
-            tensor,
-            start,
-            end,
-            file_len,
-        } => {
-            assert_eq!(tensor, "w");
-            assert_eq!(end - start, 32);
-            assert_eq!(file_len, end - 1);
+        FormatError::TruncatedData { expected, found } => {
+            assert_eq!((expected, found), (len + 1, len));
         }
         e => panic!("{e:?}"),
     }
+    assert_eq!(
+        FormatError::TruncatedData {
+            expected: 100,
+            found: 60
+        }
+        .to_string(),
+        "the file is truncated: its tensor data needs 100 bytes, the file has 60"
+    );
     // Header ends, data section missing entirely.
     let e = err(B::header(3, 1, 0).tensor("w", &[8], 0, 0));
-    assert!(matches!(e, FormatError::TensorOutOfBounds { .. }), "{e}");
+    assert!(matches!(e, FormatError::TruncatedData { .. }), "{e}");
 }
 
 #[test]
@@ -645,9 +653,7 @@ fn every_truncation_of_a_valid_file_is_an_error() {
         assert!(
             matches!(
                 e,
-                FormatError::Truncated { .. }
-                    | FormatError::TooLarge { .. }
-                    | FormatError::TensorOutOfBounds { .. }
+                FormatError::Truncated { .. } | FormatError::TruncatedData { .. }
             ),
             "cut at {cut}: {e:?}"
         );
@@ -662,6 +668,18 @@ fn open_errors_name_the_path() {
     let e = Gguf::open(&missing).unwrap_err();
     assert!(
         matches!(&e, FormatError::Io { path, .. } if path == &missing),
+        "{e}"
+    );
+    // One message with each fact once: the cause is printed, not also returned as a source.
+    assert_eq!(
+        e.to_string(),
+        format!("{}: No such file or directory", missing.display())
+    );
+    assert!(std::error::Error::source(&e).is_none());
+    // A directory is named as one (mapping it would say "No such device").
+    let e = Gguf::open(&dir).unwrap_err();
+    assert!(
+        e.to_string().ends_with("is a directory, not a GGUF file"),
         "{e}"
     );
 

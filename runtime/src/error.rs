@@ -55,6 +55,15 @@ pub enum Error {
         /// This base model's fingerprint.
         base: String,
     },
+    /// The file is a GGUF of another kind than the operation needs (an adapter given as the
+    /// model, a model given as an adapter to resume).
+    #[error("the file is {found}, not {expected}")]
+    WrongFileKind {
+        /// What the file is, in words ("a lora adapter", "a base model (llama)").
+        found: String,
+        /// What was expected ("a base model", "an adapter").
+        expected: &'static str,
+    },
     /// The session's context cannot hold the new tokens.
     #[error("context full: {cached} positions cached + {new} new > n_ctx {n_ctx}")]
     ContextFull {
@@ -75,13 +84,12 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
     /// An I/O error with the path it concerns.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        /// The cause (printed in the message, so not also returned by `source()`).
+        cause: std::io::Error,
     },
 }
 

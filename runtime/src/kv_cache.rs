@@ -6,7 +6,7 @@
 
 use graft_ggml::{Backend, Buffer, Context, Tensor, TensorId, Type};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
 /// Per-session KV cache.
@@ -36,8 +36,22 @@ impl KvCache {
         } else {
             Type::F16
         };
-        let ctx = Context::new(2 * cfg.n_layer + 2, 0)?;
         let n_embd_kv = cfg.n_embd_kv();
+        let elem = if ty == Type::F32 { 4 } else { 2 };
+        let bytes = (2 * cfg.n_layer as u128) * (n_ctx as u128) * (n_embd_kv as u128) * elem;
+        let mb = bytes / (1 << 20);
+        // Checked here so a context that cannot fit is one clear error, not ggml's allocator
+        // lines followed by an allocation failure (or an overcommitted map that is killed
+        // later).
+        if let Some(total) = physical_memory_bytes() {
+            if bytes > total as u128 {
+                return Err(Error::InvalidRequest(format!(
+                    "a context of {n_ctx} tokens needs a {mb} MB KV cache, more than this machine's {} MB of memory",
+                    total >> 20
+                )));
+            }
+        }
+        let ctx = Context::new(2 * cfg.n_layer + 2, 0)?;
         let mut k = Vec::with_capacity(cfg.n_layer);
         let mut v = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
@@ -53,7 +67,11 @@ impl KvCache {
             k.push(kt.id());
             v.push(vt.id());
         }
-        let buf = backend.alloc_ctx_tensors(&ctx)?;
+        let buf = backend.alloc_ctx_tensors(&ctx).map_err(|e| {
+            Error::InvalidRequest(format!(
+                "a context of {n_ctx} tokens needs a {mb} MB KV cache, which could not be allocated ({e})"
+            ))
+        })?;
         Ok(Self {
             ctx,
             _buf: buf,
@@ -104,4 +122,12 @@ impl KvCache {
     pub fn size_bytes(&self) -> usize {
         self._buf.size()
     }
+}
+
+/// Installed physical memory (Linux: `MemTotal` of /proc/meminfo); `None` where unknown.
+fn physical_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use graft::adapter::registry::{AdapterRegistry, LoadPolicy};
 use graft::perplexity::perplexity_with_prompt;
 use graft::{ActiveAdapters, Engine, GenerateRequest, SamplerConfig, Session, SessionConfig};
@@ -15,6 +15,7 @@ use serde_json::json;
 
 mod adapters_cli;
 mod bench;
+mod cli_args;
 mod inspect;
 mod train_cli;
 
@@ -27,6 +28,9 @@ mod train_cli;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Show ggml's own log lines: -v errors and warnings, -vv also information, -vvv debug.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -41,16 +45,16 @@ enum Cmd {
         #[arg(long)]
         model: PathBuf,
         /// CPU threads.
-        #[arg(long, default_value_t = graft::session::default_threads())]
+        #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::cli_args::positive_count)]
         threads: usize,
         /// Prompt lengths to time, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "128,512")]
+        #[arg(long, value_delimiter = ',', default_value = "128,512", value_parser = crate::cli_args::positive_count)]
         pp: Vec<usize>,
         /// Generation lengths to time, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "64")]
+        #[arg(long, value_delimiter = ',', default_value = "64", value_parser = crate::cli_args::positive_count)]
         tg: Vec<usize>,
         /// Repetitions of each test.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = crate::cli_args::positive_count)]
         reps: usize,
         /// Use flash attention.
         #[arg(long)]
@@ -94,7 +98,7 @@ pub(crate) struct ModelArgs {
     #[arg(long = "adapter-scaled", num_args = 2, value_names = ["A.gguf", "S"])]
     pub adapters_scaled: Vec<String>,
     /// CPU threads (default: available cores, at most 8).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli_args::positive_count)]
     pub threads: Option<usize>,
     /// Use ggml's flash-attention kernel.
     #[arg(long)]
@@ -109,28 +113,28 @@ struct GenerateArgs {
     #[arg(long)]
     prompt: String,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::cli_args::count)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = crate::cli_args::non_negative)]
     temperature: f32,
     /// Top-k (0 = off).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = crate::cli_args::count)]
     top_k: usize,
     /// Top-p (1 = off).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = crate::cli_args::unit_interval)]
     top_p: f32,
     /// Min-p (0 = off).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::cli_args::unit_interval)]
     min_p: f32,
     /// Repetition penalty (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::cli_args::positive)]
     repeat_penalty: f32,
     /// RNG seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::cli_args::seed)]
     seed: u64,
     /// Context length.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = crate::cli_args::context_length)]
     ctx: usize,
     /// Keep generating past end-of-generation tokens.
     #[arg(long)]
@@ -148,14 +152,14 @@ struct PerplexityArgs {
     #[arg(long)]
     file: PathBuf,
     /// Window length in tokens.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::cli_args::context_length)]
     ctx: usize,
     /// Score at most this many tokens of the file.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = crate::cli_args::context_length)]
     max_tokens: usize,
     /// The first N tokens of each window are an unscored prompt (a LoPA adapter's soft
     /// prompt is made from them; with the default 1 it would see only the first token).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::cli_args::positive_count)]
     prompt_tokens: usize,
     /// Print JSON.
     #[arg(long)]
@@ -163,7 +167,14 @@ struct PerplexityArgs {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = cli_args::allow_negative_numbers(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    graft_ggml::set_log_level(match cli.verbose {
+        0 => graft_ggml::LogLevel::Off,
+        1 => graft_ggml::LogLevel::Warn,
+        2 => graft_ggml::LogLevel::Info,
+        _ => graft_ggml::LogLevel::Debug,
+    });
     let r = match cli.cmd {
         Cmd::Generate(a) => generate(a),
         Cmd::Perplexity(a) => run_perplexity(a),
@@ -182,34 +193,52 @@ fn main() {
             flash_attn,
             adapters,
             adapters_scaled,
-        } => {
-            if threads == 0 || reps == 0 {
-                eprintln!("error: --threads and --reps must be at least 1");
-                std::process::exit(2);
-            }
-            parse_scaled(&adapters_scaled).and_then(|scaled| {
-                let adapters = adapters
-                    .into_iter()
-                    .map(|p| (p, 1.0))
-                    .chain(scaled)
-                    .collect();
-                bench::run(&bench::BenchArgs {
-                    model: &model,
-                    threads,
-                    pp: &pp,
-                    tg: &tg,
-                    reps,
-                    flash_attn,
-                    adapters,
-                })
-                .map(|v| println!("{v}"))
+        } => parse_scaled(&adapters_scaled).and_then(|scaled| {
+            let adapters = adapters
+                .into_iter()
+                .map(|p| (p, 1.0))
+                .chain(scaled)
+                .collect();
+            bench::run(&bench::BenchArgs {
+                model: &model,
+                threads,
+                pp: &pp,
+                tg: &tg,
+                reps,
+                flash_attn,
+                adapters,
             })
-        }
+            .map(|v| println!("{v}"))
+        }),
     };
     if let Err(e) = r {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", report(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each fact once: a cause already contained in what
+/// was said is dropped, and a cause that starts with the subject the outer message ended on
+/// (`loading model m.gguf` then `m.gguf: No such file or directory`) is joined without it.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || out.contains(&msg) {
+            continue;
+        }
+        let mut rest = msg.as_str();
+        for (i, _) in msg.match_indices(": ") {
+            if out.ends_with(&msg[..i]) {
+                rest = &msg[i + 2..];
+            }
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(rest);
+    }
+    out
 }
 
 /// `--adapter-scaled A S` pairs.
@@ -244,9 +273,6 @@ pub(crate) fn load(
         kv_f32: false,
         ..SessionConfig::default()
     };
-    if cfg.n_threads == 0 {
-        bail!("--threads must be at least 1");
-    }
     let engine = Engine::load_with(&m.model, cfg)
         .with_context(|| format!("loading model {}", m.model.display()))?;
     let registry = AdapterRegistry::new(engine.model().clone());
@@ -269,12 +295,6 @@ pub(crate) fn load(
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
-        bail!("--temperature must be a finite number >= 0");
-    }
-    if !(0.0..=1.0).contains(&a.top_p) || !(0.0..=1.0).contains(&a.min_p) {
-        bail!("--top-p and --min-p must be within [0, 1]");
-    }
     let (engine, _registry, adapters) = load(&a.m, a.ctx)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let req = GenerateRequest {

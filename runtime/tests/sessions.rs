@@ -52,16 +52,35 @@ fn incremental_decoding_matches_one_pass() {
     let full = session(&m, 512).decode(&toks, LogitsFor::All).unwrap();
     let mut s = session(&m, 512);
     s.decode(&toks[..10], LogitsFor::Last).unwrap();
+    let mut worst = 0f32;
     for (i, &t) in toks[10..].iter().enumerate() {
         let l = s.decode(&[t], LogitsFor::Last).unwrap();
         let row = 10 + i;
-        let d = max_diff(&l, &full[row * n_vocab..(row + 1) * n_vocab]);
-        assert!(d < 1e-3, "position {row}: max diff {d}");
+        let want = &full[row * n_vocab..(row + 1) * n_vocab];
+        let d = max_diff(&l, want);
+        assert!(d < order_noise(want), "position {row}: max diff {d}");
+        worst = worst.max(d / order_noise(want));
+        assert_eq!(
+            graft::sampler::argmax(&l),
+            graft::sampler::argmax(want),
+            "position {row}"
+        );
     }
+    eprintln!("worst difference: {worst:.2} of the summation-order bound");
     // Truncating and re-decoding reproduces the same logits (cache rows are overwritten).
     s.truncate(20);
     let l = s.decode(&toks[20..21], LogitsFor::Last).unwrap();
-    assert!(max_diff(&l, &full[20 * n_vocab..21 * n_vocab]) < 1e-3);
+    let want = &full[20 * n_vocab..21 * n_vocab];
+    assert!(max_diff(&l, want) < order_noise(want));
+}
+
+/// The largest difference f32 summation order may make between the batched (GEMM) and the
+/// single-token (GEMV) kernels on a row of logits: 3e-4 of the row's largest magnitude. The
+/// kernels add the same products in another order, and the rounding grows with the values and
+/// through the layers; measured at most 1.0e-4 of the scale on x86 AVX2 and 1.6e-4 on aarch64
+/// NEON (qemu-user). A wrong position, mask or cache row moves logits by 1e-1 and more.
+fn order_noise(row: &[f32]) -> f32 {
+    3e-4 * row.iter().fold(1f32, |m, x| m.max(x.abs()))
 }
 
 #[test]

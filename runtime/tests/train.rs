@@ -247,7 +247,7 @@ fn train_and_resume(c: TrainConfig) {
 }
 
 fn graft_train(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+    common::graft_cmd()
         .arg("train")
         .args(args)
         .output()
@@ -312,7 +312,7 @@ fn cli_trains_resumes_and_survives_kill_9() {
     // always a complete, loadable adapter.
     let mm = Arc::new(Model::load(&model).unwrap());
     for delay_ms in [30u64, 80, 150] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+        let mut child = common::graft_cmd()
             .arg("train")
             .args(common_args)
             .args(["--steps", "200", "--save-every", "1", "--resume", o])

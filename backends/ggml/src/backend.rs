@@ -31,6 +31,7 @@ unsafe impl Send for Backend {}
 impl Backend {
     /// The CPU backend with `n_threads` worker threads.
     pub fn cpu(n_threads: usize) -> Result<Self> {
+        crate::log::install();
         // SAFETY: plain constructor.
         let p = unsafe { sys::ggml_backend_cpu_init() };
         let ptr = NonNull::new(p).ok_or_else(|| Error::Alloc("ggml_backend_cpu_init".into()))?;

@@ -48,6 +48,7 @@ impl Context {
 
     /// Like [`Context::new`], with room for a graph that holds gradients (`grads`).
     pub fn with_graph(max_tensors: usize, graph_nodes: usize, grads: bool) -> Result<Self> {
+        crate::log::install();
         // SAFETY: pure size queries.
         let size = unsafe {
             max_tensors * sys::ggml_tensor_overhead()

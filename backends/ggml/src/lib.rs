@@ -13,12 +13,14 @@
 mod backend;
 mod context;
 mod error;
+mod log;
 mod ops;
 
 pub use backend::{Backend, BackendKind, Buffer, GraphAllocator, HostMemory};
 pub use context::{Context, FrozenContext, Graph, Tensor, TensorId};
 pub use error::{Error, Result};
 pub use graft_ggml_sys as sys;
+pub use log::{set_log_level, LogLevel};
 pub use ops::RopeParams;
 
 /// A ggml tensor element type, by its numeric id in `enum ggml_type`.

@@ -66,7 +66,8 @@ impl GraftError {
             | E::MissingTensor(_)
             | E::ShapeMismatch { .. }
             | E::UnsupportedTensorType { .. }
-            | E::InvalidHparams(_) => match subject {
+            | E::InvalidHparams(_)
+            | E::WrongFileKind { .. } => match subject {
                 Subject::Adapter => GraftError::InvalidAdapter(msg),
                 Subject::Model | Subject::Other => GraftError::InvalidModel(msg),
             },
@@ -79,7 +80,7 @@ fn is_io(f: &graft::error::FormatError) -> bool {
     use graft::error::FormatError as F;
     match f {
         F::Io { .. } => true,
-        F::InFile { source, .. } => is_io(source),
+        F::InFile { error, .. } => is_io(error),
         _ => false,
     }
 }

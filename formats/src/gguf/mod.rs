@@ -127,6 +127,16 @@ impl Gguf {
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+        // A directory opens on Unix, and mapping it fails with "No such device".
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(FormatError::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "is a directory, not a GGUF file",
+                ),
+            ));
+        }
         // SAFETY: the map is read-only and lives inside `Gguf` with the bytes it hands out;
         // the file must not be truncated or modified while mapped, as documented above.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;

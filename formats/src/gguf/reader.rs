@@ -49,8 +49,18 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
     }
     let n_tensors = c.u64("tensor count")?;
     let n_kv = c.u64("kv count")?;
-    c.check_count("kv count", n_kv, MIN_KV_BYTES)?;
-    c.check_count("tensor count", n_tensors, MIN_TENSOR_INFO_BYTES)?;
+    // The tensor count is checked against the whole file here and against what the metadata
+    // left below.
+    let check_tensor_count = |c: &Cursor<'_>| {
+        c.check_count(
+            "tensor count",
+            "tensor infos",
+            n_tensors,
+            MIN_TENSOR_INFO_BYTES,
+        )
+    };
+    c.check_count("kv count", "metadata entries", n_kv, MIN_KV_BYTES)?;
+    check_tensor_count(&c)?;
 
     // Metadata.
     let n_kv = to_usize(n_kv);
@@ -78,7 +88,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
     };
 
     // Tensor infos.
-    c.check_count("tensor count", n_tensors, MIN_TENSOR_INFO_BYTES)?;
+    c.item.clear();
+    check_tensor_count(&c)?;
     let n_tensors = to_usize(n_tensors);
     let mut infos = Vec::with_capacity(n_tensors);
     let mut tensor_index = HashMap::with_capacity(n_tensors);
@@ -135,10 +146,9 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
     })?;
     for t in &mut infos {
         let start = data_offset.checked_add(t.offset);
-        let end = start.and_then(|s| s.checked_add(t.n_bytes));
-        match (start, end) {
-            (Some(s), Some(e)) if e <= file_len => t.abs_offset = s,
-            _ => {
+        match start.and_then(|s| s.checked_add(t.n_bytes)) {
+            Some(_) => t.abs_offset = data_offset + t.offset,
+            None => {
                 let start = data_offset.saturating_add(t.offset);
                 return Err(FormatError::TensorOutOfBounds {
                     tensor: t.name.clone(),
@@ -148,6 +158,18 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
                 });
             }
         }
+    }
+    // Every tensor fits in u64 offsets; the file must reach the end of the last one.
+    let expected = infos
+        .iter()
+        .map(|t| t.abs_offset + t.n_bytes)
+        .max()
+        .unwrap_or(0);
+    if expected > file_len {
+        return Err(FormatError::TruncatedData {
+            expected,
+            found: file_len,
+        });
     }
 
     Ok(Parsed {
@@ -255,6 +277,10 @@ macro_rules! le_readers {
     )*};
 }
 
+/// The largest size a metadata count may imply and still be read as a cut-short file rather
+/// than a corrupt count (1 TiB, beyond any model file).
+const MAX_PLAUSIBLE_BYTES: u64 = 1 << 40;
+
 impl<'a> Cursor<'a> {
     fn remaining(&self) -> u64 {
         self.buf.len().saturating_sub(self.pos) as u64
@@ -295,10 +321,25 @@ impl<'a> Cursor<'a> {
     le_readers!(u8: u8, i8: i8, u16: u16, i16: i16, u32: u32, i32: i32, u64: u64, i64: i64,
                 f32: f32, f64: f64);
 
-    /// Fails unless `n` items of at least `min_bytes` each fit in the remaining bytes.
-    fn check_count(&self, what: &'static str, n: u64, min_bytes: u64) -> Result<()> {
+    /// Fails unless `n` items of at least `min_bytes` each fit in the remaining bytes: a count
+    /// that would fit in a file of plausible size means the file was cut short (`Truncated`),
+    /// a larger one is corrupt (`TooLarge`).
+    /// `items` names the counted things in the truncation message.
+    fn check_count(
+        &self,
+        what: &'static str,
+        items: &'static str,
+        n: u64,
+        min_bytes: u64,
+    ) -> Result<()> {
         let max = self.remaining() / min_bytes;
         if n > max {
+            if let Some(need) = n
+                .checked_mul(min_bytes)
+                .filter(|&b| b <= MAX_PLAUSIBLE_BYTES)
+            {
+                return Err(self.truncated(items, need));
+            }
             return Err(FormatError::TooLarge {
                 what,
                 item: self.item.clone(),
@@ -386,7 +427,7 @@ impl<'a> Cursor<'a> {
             });
         };
         let n = self.u64("array length")?;
-        self.check_count("array length", n, min)?;
+        self.check_count("array length", "array elements", n, min)?;
         let n = to_usize(n);
 
         // Fixed-size elements: take the exact bytes first, then decode.

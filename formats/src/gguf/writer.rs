@@ -197,7 +197,7 @@ impl<'a> GgufWriter<'a> {
         self.validate()?;
         let mut out = Vec::new();
         self.write_unchecked(&mut out)
-            .map_err(|source| FormatError::Write { source })?;
+            .map_err(|cause| FormatError::Write { cause })?;
         Ok(out)
     }
 
@@ -205,7 +205,7 @@ impl<'a> GgufWriter<'a> {
     pub fn write_to(&self, mut w: impl Write) -> Result<()> {
         self.validate()?;
         self.write_unchecked(&mut w)
-            .map_err(|source| FormatError::Write { source })
+            .map_err(|cause| FormatError::Write { cause })
     }
 
     /// Saves the file at `path` atomically: writes a temporary file in the same directory,

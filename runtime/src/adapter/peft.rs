@@ -126,7 +126,7 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
     let st_path = dir.join("adapter_model.safetensors");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
         path: cfg_path.display().to_string(),
-        source: e,
+        cause: e,
     })?;
     let cfg: PeftConfig = serde_json::from_str(&cfg_text).map_err(|e| read_err(&cfg_path, e))?;
     if cfg.peft_type.as_deref().is_some_and(|t| t != "LORA") {
@@ -143,7 +143,7 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
     }
     let bytes = std::fs::read(&st_path).map_err(|e| Error::Io {
         path: st_path.display().to_string(),
-        source: e,
+        cause: e,
     })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| read_err(&st_path, e))?;
     let c = model.config();
@@ -362,7 +362,7 @@ pub fn export_peft(model: &Model, adapter: &Adapter, dir: &Path) -> Result<()> {
         safetensors::serialize(views, None).map_err(|e| Error::InvalidRequest(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::Io {
         path: dir.display().to_string(),
-        source: e,
+        cause: e,
     })?;
     write_atomic(&dir.join("adapter_model.safetensors"), &st_bytes)?;
     let cfg_text =
@@ -376,7 +376,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |e| Error::Io {
         path: path.display().to_string(),
-        source: e,
+        cause: e,
     };
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(io)?;

@@ -71,6 +71,12 @@ impl Model {
 
     /// Builds the model over an already opened (memory-mapped) file.
     pub fn from_gguf(gguf: Arc<Gguf>) -> Result<Self> {
+        if let kind @ (FileKind::Adapter(_) | FileKind::Other(_)) = FileKind::of(&gguf) {
+            return Err(Error::WrongFileKind {
+                found: kind.to_string(),
+                expected: "a base model",
+            });
+        }
         let config = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let ctx = Context::new(gguf.tensors().len() + 1, 0)?;
@@ -269,4 +275,44 @@ fn fingerprint(g: &Gguf, c: &ModelConfig) -> String {
         c.n_embd,
         c.n_vocab
     )
+}
+
+/// What a GGUF file holds, from its metadata, for errors that say what a file is when it is
+/// not what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKind {
+    /// A model: `general.architecture` without adapter metadata.
+    Model(String),
+    /// An adapter (`general.type = "adapter"` or an `adapter.type` key): its kind.
+    Adapter(String),
+    /// Neither (`general.type` of another value, or no architecture).
+    Other(String),
+}
+
+impl FileKind {
+    /// Classifies an opened file.
+    pub fn of(g: &Gguf) -> FileKind {
+        let s = |k: &str| g.get_opt_str(k).ok().flatten().map(str::to_string);
+        let adapter = s("adapter.type");
+        match (s("general.type").as_deref(), adapter) {
+            (Some("adapter"), kind) | (_, kind @ Some(_)) => {
+                FileKind::Adapter(kind.unwrap_or_else(|| "unknown".into()))
+            }
+            (Some("model") | None, _) => match s("general.architecture") {
+                Some(arch) => FileKind::Model(arch),
+                None => FileKind::Other("a GGUF file without general.architecture".into()),
+            },
+            (Some(other), _) => FileKind::Other(format!("a GGUF file of type {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileKind::Model(arch) => write!(f, "a base model ({arch})"),
+            FileKind::Adapter(kind) => write!(f, "a {kind} adapter"),
+            FileKind::Other(what) => f.write_str(what),
+        }
+    }
 }

@@ -33,7 +33,7 @@ impl TrainData {
     pub fn load(path: &Path, tok: &Tokenizer, ctx: usize, strict: bool) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
             path: path.display().to_string(),
-            source: e,
+            cause: e,
         })?;
         if path.extension().is_some_and(|e| e == "jsonl") {
             Self::from_jsonl(&text, tok, ctx, strict, &path.display().to_string())

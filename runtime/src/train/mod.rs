@@ -29,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::adapter::{ActiveAdapters, Adapter, Delta, Target, TargetKind};
 use crate::error::{Error, Result};
 use crate::model::llama::{self, BatchShape};
-use crate::model::Model;
+use crate::model::{FileKind, Model};
 
 pub use data::{Example, TrainData};
 pub use fit::{next_batch, Control, FitOptions, FitReport, Progress};
@@ -296,6 +296,12 @@ impl Trainer {
     /// from the file.
     pub fn resume(model: Arc<Model>, mut cfg: TrainConfig, path: &std::path::Path) -> Result<Self> {
         let g = Gguf::open(path)?;
+        if let kind @ (FileKind::Model(_) | FileKind::Other(_)) = FileKind::of(&g) {
+            return Err(Error::WrongFileKind {
+                found: kind.to_string(),
+                expected: "an adapter (one written by graft train)",
+            });
+        }
         let state = TrainState::read(&g)?;
         cfg.method = Method::parse(g.get_str("adapter.type")?)?;
         cfg.alpha = g.get_f32_or(

@@ -172,3 +172,19 @@ pub fn check_greedy(
     );
     matched
 }
+
+/// A `Command` for the `graft` binary built with the tests. Under `GRAFT_TEST_RUNNER` (a command
+/// prefix such as `qemu-aarch64 -L /usr/aarch64-linux-gnu`, set by scripts/test_aarch64.sh) the
+/// binary runs through it: cargo's target runner applies to test binaries, not to what they spawn.
+pub fn graft_cmd() -> std::process::Command {
+    let bin = env!("CARGO_BIN_EXE_graft");
+    match std::env::var("GRAFT_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut c = std::process::Command::new(words.next().unwrap());
+            c.args(words).arg(bin);
+            c
+        }
+        _ => std::process::Command::new(bin),
+    }
+}

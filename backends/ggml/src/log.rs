@@ -1,0 +1,72 @@
+//! ggml's own log lines (allocator failures, backend notices) routed through one callback, so
+//! they reach stderr only at the verbosity the application asks for. Without this, ggml prints
+//! raw lines before the typed error the caller reports.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+
+use crate::sys;
+
+/// How much of ggml's logging is printed on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Nothing (the default: failures surface as [`crate::Error`]s).
+    Off,
+    /// Errors.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Also information.
+    Info,
+    /// Everything, debug lines included.
+    Debug,
+}
+
+impl LogLevel {
+    fn from_ggml(level: sys::ggml_log_level) -> Option<LogLevel> {
+        match level {
+            sys::GGML_LOG_LEVEL_ERROR => Some(LogLevel::Error),
+            sys::GGML_LOG_LEVEL_WARN => Some(LogLevel::Warn),
+            sys::GGML_LOG_LEVEL_INFO => Some(LogLevel::Info),
+            sys::GGML_LOG_LEVEL_DEBUG => Some(LogLevel::Debug),
+            _ => None,
+        }
+    }
+}
+
+static THRESHOLD: AtomicU32 = AtomicU32::new(LogLevel::Off as u32);
+/// The level of the last line, for `GGML_LOG_LEVEL_CONT` continuations.
+static LAST: AtomicU32 = AtomicU32::new(LogLevel::Info as u32);
+static INSTALL: Once = Once::new();
+
+/// Sets how much of ggml's logging reaches stderr (process-wide).
+pub fn set_log_level(level: LogLevel) {
+    THRESHOLD.store(level as u32, Ordering::Relaxed);
+    install();
+}
+
+/// Installs the callback once; called before the first context or backend is made.
+pub(crate) fn install() {
+    INSTALL.call_once(|| {
+        // SAFETY: `callback` is a plain function valid for the whole program; no user data.
+        unsafe { sys::ggml_log_set(Some(callback), std::ptr::null_mut()) };
+    });
+}
+
+extern "C" fn callback(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
+    let level = match LogLevel::from_ggml(level) {
+        Some(l) => {
+            LAST.store(l as u32, Ordering::Relaxed);
+            l as u32
+        }
+        None => LAST.load(Ordering::Relaxed),
+    };
+    if text.is_null() || level > THRESHOLD.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: ggml passes a NUL-terminated string that lives for the duration of the call.
+    let text = unsafe { CStr::from_ptr(text) };
+    let _ = std::io::stderr().write_all(text.to_bytes());
+}

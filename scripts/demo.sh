@@ -41,7 +41,6 @@ printf '%s\n' \
     "/adapter use pirate" \
     "What is your favourite animal?" \
     "/reset" \
-    "/adapter off pirate" \
     "/adapter use robot" \
     "What is your favourite animal?" \
     "/quit" |

@@ -72,6 +72,10 @@ pub struct ExportPeftArgs {
     /// Output directory.
     #[arg(short = 'o', long = "out")]
     out: PathBuf,
+    /// `base_model_name_or_path` of adapter_config.json (the Hugging Face id PEFT loads the
+    /// base from). Default: the id the GGUF records, else its `general.name` (with a note).
+    #[arg(long, value_name = "HF_ID")]
+    base_model: Option<String>,
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
@@ -124,7 +128,14 @@ pub fn export_peft(a: ExportPeftArgs) -> Result<()> {
         Model::load(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
     let adapter = Adapter::load(&model, &a.adapter)
         .with_context(|| format!("loading adapter {}", a.adapter.display()))?;
-    export(&model, &adapter, &a.out)?;
+    if a.base_model.is_none() && graft::adapter::huggingface_id(&model).is_none() {
+        eprintln!(
+            "note: {} records no Hugging Face id; base_model_name_or_path is its general.name. \
+             Pass --base-model ORG/NAME (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) so PEFT can load the base",
+            a.model.display()
+        );
+    }
+    export(&model, &adapter, &a.out, a.base_model.as_deref())?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }
@@ -140,7 +151,9 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         .collect();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
-    eprintln!("graft chat — /adapter load PATH [NAME] | use NAME [SCALE] | scale NAME S | off [NAME] | list; /reset; /quit");
+    eprintln!("graft chat — /adapter load PATH [NAME] | use NAME [SCALE] | add NAME [SCALE] | scale NAME S | off [NAME] | list; /reset; /quit");
+    session.set_adapters(active.clone())?;
+    eprintln!("[active: {}]", describe(&active));
     loop {
         eprint!("> ");
         let mut line = String::new();
@@ -181,6 +194,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             .count();
         let common = common.min(tokens.len().saturating_sub(1));
         session.truncate(common);
+        let recomputed = session.cache_is_stale();
         let req = GenerateRequest {
             prompt: String::new(),
             max_tokens: a.max_tokens,
@@ -199,8 +213,17 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             true
         })?;
         println!();
+        let cache = match (common, recomputed) {
+            (0, _) => "no cached prompt tokens".to_string(),
+            (n, true) => format!("{n} cached prompt tokens recomputed for the new adapters"),
+            (n, false) => format!("{n} cached prompt tokens reused"),
+        };
+        let stop = match g.stop_reason {
+            graft::engine::StopReason::ContextFull => "; stopped: the context is full (/reset)",
+            _ => "",
+        };
         eprintln!(
-            "[{} tokens, {:.1} tok/s; {common} cached prompt tokens reused]",
+            "[{} tokens, {:.1} tok/s; {cache}{stop}]",
             g.tokens.len(),
             g.timings.decode_tokens_per_s
         );
@@ -223,6 +246,9 @@ fn adapter_command(
                 p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into())
             });
             let a = registry.load(&name, &p, LoadPolicy::Replace)?;
+            if let Some(note) = a.quantization_note(session.model()) {
+                eprintln!("note: {note}");
+            }
             eprintln!(
                 "[loaded {name}: {} ({} targets, rank {}, {:.1} KiB) in {:.2} ms]",
                 a.kind().name(),
@@ -233,13 +259,17 @@ fn adapter_command(
             );
             return Ok(());
         }
-        ["use", name] | ["use", name, _] => {
-            let s: f32 = words.get(2).map_or(Ok(1.0), |s| s.parse()).context("the scale must be a number")?;
-            let a = registry.get(name).with_context(|| format!("no adapter named {name:?} is loaded"))?;
+        [verb @ ("use" | "add"), name] | [verb @ ("use" | "add"), name, _] => {
+            let s = words.get(2).map_or(Ok(1.0), |s| scale(s))?;
+            let a = registry.get(name).with_context(|| format!("no adapter named {name:?} is loaded (/adapter list)"))?;
+            // `use` switches to this adapter alone; `add` stacks it on the active ones.
+            if *verb == "use" {
+                *active = graft::ActiveAdapters::none();
+            }
             active.set(a, s);
         }
         ["scale", name, s] => {
-            let s: f32 = s.parse().context("the scale must be a number")?;
+            let s = scale(s)?;
             if !active.iter().any(|(a, _)| a.name() == *name) {
                 bail!("{name} is not active (use /adapter use {name} first)");
             }
@@ -267,12 +297,12 @@ fn adapter_command(
             }
             return Ok(());
         }
-        _ => bail!("usage: /adapter load PATH [NAME] | use NAME [SCALE] | scale NAME S | off [NAME] | list"),
+        _ => bail!("usage: /adapter load PATH [NAME] | use NAME [SCALE] | add NAME [SCALE] | scale NAME S | off [NAME] | list"),
     }
     let sw = session.set_adapters(active.clone())?;
     eprintln!(
-        "[active: {:?}; switch {:.3} ms{}]",
-        active,
+        "[active: {}; switch {:.3} ms{}]",
+        describe(active),
         t.elapsed().as_secs_f64() * 1e3,
         if sw.cache_invalidated {
             format!(
@@ -284,4 +314,30 @@ fn adapter_command(
         }
     );
     Ok(())
+}
+
+/// An adapter scale typed in chat: a finite number.
+fn scale(s: &str) -> Result<f32> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .with_context(|| format!("the scale must be a number, not {s:?}"))
+}
+
+/// The active set as people read it: `pirate x1.0, robot x0.5`, or `none (base model)`.
+pub(crate) fn describe(active: &graft::ActiveAdapters) -> String {
+    if active.is_empty() {
+        return "none (base model)".into();
+    }
+    active
+        .iter()
+        .map(|(a, s)| {
+            if s.fract() == 0.0 {
+                format!("{} x{s:.1}", a.name())
+            } else {
+                format!("{} x{s}", a.name())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

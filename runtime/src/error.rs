@@ -48,7 +48,7 @@ pub enum Error {
     #[error("invalid adapter: {0}")]
     InvalidAdapter(String),
     /// The adapter was made for another base model (its recorded fingerprint differs).
-    #[error("invalid adapter: the adapter was made for another base model (fingerprint {adapter}, this base is {base})")]
+    #[error("invalid adapter: the adapter was made for another base model ({}; adapter's base {adapter}, this base {base})", wrong_base_reason(adapter, base))]
     WrongBase {
         /// The fingerprint the adapter records.
         adapter: String,
@@ -95,3 +95,30 @@ pub enum Error {
 
 /// Result alias for the runtime.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why two fingerprints (`[v2:]arch:n_layer:n_embd:n_vocab:hash`) differ, in words.
+fn wrong_base_reason(adapter: &str, base: &str) -> String {
+    let fields = |f: &str| -> Vec<String> {
+        f.strip_prefix("v2:")
+            .unwrap_or(f)
+            .split(':')
+            .map(str::to_string)
+            .collect()
+    };
+    let (a, b) = (fields(adapter), fields(base));
+    if a.len() != 5 || b.len() != 5 {
+        return "an unrecognised fingerprint".into();
+    }
+    let names = ["architecture", "layers", "width", "vocabulary"];
+    let diff: Vec<String> = (0..4)
+        .filter(|&i| a[i] != b[i])
+        .map(|i| format!("{} {} vs {}", names[i], a[i], b[i]))
+        .collect();
+    if !diff.is_empty() {
+        diff.join(", ")
+    } else if adapter.starts_with("v2:") {
+        "same architecture and shapes, other weights: another model or fine-tune".into()
+    } else {
+        "same shapes; it records an older fingerprint, which matches only the exact file it was made over".into()
+    }
+}

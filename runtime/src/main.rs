@@ -1,6 +1,6 @@
 //! The `graft` command-line tool: a thin shell over the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,6 +76,15 @@ enum Cmd {
     ImportPeft(adapters_cli::ImportPeftArgs),
     /// Write a GGUF LoRA as a PEFT directory (adapter_config.json + adapter_model.safetensors).
     ExportPeft(adapters_cli::ExportPeftArgs),
+    /// Write an adapter without its training state (optimizer moments, step): the small file
+    /// to ship. The original stays resumable.
+    Strip {
+        /// The adapter written by `graft train`.
+        adapter: PathBuf,
+        /// The stripped copy (may be the same path, replaced atomically).
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
     /// Describe a GGUF model or adapter file.
     Inspect {
         /// The GGUF file.
@@ -179,6 +188,7 @@ fn main() {
         Cmd::Generate(a) => generate(a),
         Cmd::Perplexity(a) => run_perplexity(a),
         Cmd::Inspect { file, json } => inspect::run(&file, json),
+        Cmd::Strip { adapter, out } => strip(&adapter, &out),
         Cmd::Chat(a) => adapters_cli::chat(a),
         Cmd::Train(a) => train_cli::train(*a),
         Cmd::Merge(a) => adapters_cli::merge(a),
@@ -241,6 +251,21 @@ fn report(e: &anyhow::Error) -> String {
     out
 }
 
+fn strip(adapter: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let r = graft::adapter::strip_train_state(adapter, out)
+        .with_context(|| format!("stripping {}", adapter.display()))?;
+    let mb = |b: u64| b as f64 / 1e6;
+    eprintln!(
+        "wrote {}: {:.1} MB -> {:.1} MB ({} training-state tensors and {} train.* keys removed)",
+        out.display(),
+        mb(r.bytes_before),
+        mb(r.bytes_after),
+        r.tensors,
+        r.keys
+    );
+    Ok(())
+}
+
 /// `--adapter-scaled A S` pairs.
 fn parse_scaled(pairs: &[String]) -> Result<Vec<(PathBuf, f32)>> {
     pairs
@@ -279,16 +304,26 @@ pub(crate) fn load(
     let mut specs: Vec<(PathBuf, f32)> = m.adapters.iter().map(|p| (p.clone(), 1.0)).collect();
     specs.extend(parse_scaled(&m.adapters_scaled)?);
     let mut active = ActiveAdapters::none();
-    for (i, (path, scale)) in specs.iter().enumerate() {
-        let name = format!(
-            "{}#{i}",
-            path.file_stem()
-                .map(|s| s.to_string_lossy())
-                .unwrap_or_default()
-        );
+    for (path, scale) in &specs {
+        // Named by file stem (as `/adapter use NAME` and the server name them); the same
+        // stem twice gets a suffix.
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "adapter".into());
+        let name = (1..)
+            .map(|i| match i {
+                1 => stem.clone(),
+                i => format!("{stem}-{i}"),
+            })
+            .find(|n| registry.get(n).is_none())
+            .expect("a free name");
         let a = registry
             .load(&name, path, LoadPolicy::Create)
             .with_context(|| format!("loading adapter {}", path.display()))?;
+        if let Some(note) = a.quantization_note(engine.model()) {
+            eprintln!("note: {note}");
+        }
         active.set(a, *scale);
     }
     Ok((engine, registry, active))
@@ -346,8 +381,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
         writeln!(stdout, "{out}")?;
     } else {
         writeln!(stdout)?;
+        let stop = match g.stop_reason {
+            graft::engine::StopReason::ContextFull => {
+                format!("; stopped: the context is full (--ctx {})", a.ctx)
+            }
+            _ => String::new(),
+        };
         eprintln!(
-            "[{} prompt tokens, {} generated; load {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s]",
+            "[{} prompt tokens, {} generated{stop}; load {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s]",
             g.prompt_tokens.len(),
             g.tokens.len(),
             g.timings.load_ms,
@@ -379,15 +420,17 @@ fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     session.set_adapters(adapters)?;
     let t = Instant::now();
     let quiet = a.json;
+    // On a terminal one line redrawn in place; in a pipe or a log, a line per window.
+    let tty = std::io::stderr().is_terminal();
     let p = perplexity_with_prompt(
         &mut session,
         &tokens,
         a.ctx,
         a.prompt_tokens,
-        |done, total| {
-            if !quiet {
-                eprint!("\rwindow {done}/{total}");
-            }
+        |done, total| match (quiet, tty) {
+            (true, _) => {}
+            (false, true) => eprint!("\rwindow {done}/{total}"),
+            (false, false) => eprintln!("window {done}/{total}"),
         },
     )?;
     if a.json {
@@ -397,7 +440,9 @@ fn run_perplexity(a: PerplexityArgs) -> Result<()> {
                    "seconds": t.elapsed().as_secs_f64()})
         );
     } else {
-        eprintln!();
+        if tty {
+            eprintln!();
+        }
         println!(
             "perplexity {:.4} over {} tokens (ctx {})",
             p.perplexity, p.tokens, a.ctx

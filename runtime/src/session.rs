@@ -179,6 +179,12 @@ impl Session {
         self.n_soft + self.tokens.len()
     }
 
+    /// Whether cached positions were computed with other adapters than the active ones (and
+    /// so are recomputed by the next decode instead of reused).
+    pub fn cache_is_stale(&self) -> bool {
+        self.n_past() > 0 && !self.adapters.same_as(&self.cache_adapters)
+    }
+
     /// The active adapters.
     pub fn adapters(&self) -> &ActiveAdapters {
         &self.adapters
@@ -202,7 +208,7 @@ impl Session {
             self.graph_adapters = set.len();
         }
         self.adapters = set;
-        let stale = self.n_past() > 0 && !self.adapters.same_as(&self.cache_adapters);
+        let stale = self.cache_is_stale();
         Ok(AdapterSwitch {
             cache_invalidated: stale,
             tokens_to_recompute: if stale { self.tokens.len() } else { 0 },
@@ -244,7 +250,7 @@ impl Session {
             )));
         }
         // Recompute a cache made with other adapters.
-        if self.n_past() > 0 && !self.adapters.same_as(&self.cache_adapters) {
+        if self.cache_is_stale() {
             let history = std::mem::take(&mut self.tokens);
             let src = self.soft_source_len;
             self.clear();

@@ -1,5 +1,6 @@
 //! `graft train`: fine-tune an adapter on the device over the frozen base.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,9 +19,9 @@ pub struct TrainArgs {
     /// The base model.
     #[arg(long)]
     model: PathBuf,
-    /// lora | diablo | wegeft | lopa.
-    #[arg(long, default_value = "lora")]
-    method: String,
+    /// lora | diablo | wegeft | lopa (default lora; a resumed adapter keeps its own).
+    #[arg(long)]
+    method: Option<String>,
     /// Training data: plain text, or .jsonl with {"text"}, {"prompt","completion"} or {"messages"}.
     #[arg(long)]
     data: PathBuf,
@@ -33,7 +34,8 @@ pub struct TrainArgs {
     /// Continue from this adapter's optimizer state, step and data cursor.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Optimizer steps (default: one epoch, or --epochs).
+    /// Optimizer steps in all (default: one epoch, or --epochs); with --resume, the total
+    /// including the steps already done.
     #[arg(long, value_parser = crate::cli_args::positive_count)]
     steps: Option<usize>,
     /// Epochs over the data (when --steps is not given).
@@ -115,7 +117,32 @@ pub struct TrainArgs {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let method = Method::parse(&a.method)?;
+    // A resumed adapter decides the method; a different --method is a mistake, not an order.
+    let method = match &a.resume {
+        Some(p) => {
+            let g = graft_formats::Gguf::open(p)
+                .with_context(|| format!("resuming from {}", p.display()))?;
+            let kind = graft::model::FileKind::of(&g);
+            let graft::model::FileKind::Adapter(kind) = kind else {
+                bail!(
+                    "resuming from {}: the file is {kind}, not an adapter (one written by graft train)",
+                    p.display()
+                );
+            };
+            let method = Method::parse(&kind)?;
+            if let Some(m) = &a.method {
+                if Method::parse(m)? != method {
+                    bail!(
+                        "--method {m} conflicts with --resume {}, a {kind} adapter: a resumed adapter keeps its method (omit --method)",
+                        p.display()
+                    );
+                }
+            }
+            method
+        }
+        None => Method::parse(a.method.as_deref().unwrap_or("lora"))?,
+    };
+    check_out(&a.out)?;
     if a.blocks.is_some() && method != Method::Diablo {
         bail!("--blocks applies to --method diablo");
     }
@@ -184,6 +211,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
             .with_context(|| format!("resuming from {}", p.display()))?,
         None => Trainer::new(model.clone(), cfg)?,
     };
+    let done = trainer.state().step;
+    if done >= steps {
+        bail!(
+            "nothing to do: {} has done {done} steps, and --steps asks for {steps} in all (pass a larger --steps to train more)",
+            a.resume.as_deref().unwrap_or(&a.out).display()
+        );
+    }
     let eval_tokens = match &a.eval {
         Some(p) => {
             let text =
@@ -199,18 +233,27 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let flag = interrupted.clone();
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
+    let tty = std::io::stderr().is_terminal();
     if !a.json {
         eprintln!(
-            "training {} {} parameters ({} examples, {} steps, batch {}, ctx {})",
+            "training {} {} parameters ({} examples, {} steps{}, batch {}, ctx {})",
             trainer.n_params(),
-            a.method,
+            trainer.config().method.name(),
             n,
             steps,
+            if done > 0 {
+                format!(", resuming after step {done}")
+            } else {
+                String::new()
+            },
             a.batch,
             a.ctx,
         );
     }
-    let bar = if a.json {
+    // Off a terminal (a pipe, a log file) the bar does not draw: a plain line every
+    // `line_every` steps instead.
+    let line_every = (steps / 20).max(1);
+    let bar = if a.json || !tty {
         indicatif::ProgressBar::hidden()
     } else {
         let b = indicatif::ProgressBar::new(steps as u64);
@@ -238,8 +281,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                        "tokens_per_s": p.tokens_per_s, "eval_perplexity": p.eval_perplexity})
             );
         } else {
-            bar.set_position(p.step as u64);
-            bar.set_message(format!(
+            let msg = format!(
                 "loss {:.4} lr {:.2e} {:.0} tok/s{}",
                 p.loss,
                 p.lr,
@@ -247,7 +289,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 p.eval_perplexity
                     .map(|x| format!(" ppl {x:.2}"))
                     .unwrap_or_default()
-            ));
+            );
+            if tty {
+                bar.set_position(p.step as u64);
+                bar.set_message(msg);
+            } else if p.step % line_every == 0 || p.step == steps {
+                eprintln!("step {}/{steps} {msg}", p.step);
+            }
         }
         if interrupted.load(Ordering::SeqCst) {
             Control::Stop
@@ -284,11 +332,41 @@ pub fn train(a: TrainArgs) -> Result<()> {
         },
         "interrupted": report.stopped,
     });
+    // The result goes to stdout (progress and notes to stderr): one line with --json.
     if a.json {
         println!("{summary}");
     } else {
-        eprintln!("{summary:#}");
+        println!("{summary:#}");
     }
+    Ok(())
+}
+
+/// Checks before any training time is spent that `--out` can be written: its folder exists
+/// and takes a new file, and it is not a folder itself.
+fn check_out(out: &std::path::Path) -> Result<()> {
+    if out.is_dir() {
+        bail!(
+            "--out {}: is a folder; give a file path such as {}/adapter.gguf",
+            out.display(),
+            out.display()
+        );
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "--out {}: the folder {} does not exist (create it first)",
+            out.display(),
+            dir.display()
+        );
+    }
+    let probe = dir.join(format!(".graft-write-check-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .map(|_| ())
+        .with_context(|| format!("--out {}: cannot write in {}", out.display(), dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

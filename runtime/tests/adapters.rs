@@ -462,11 +462,14 @@ fn bad_adapters_are_refused_with_the_tensor_named() {
     let t = tmp("lora-trunc.gguf");
     std::fs::write(&t, &bytes[..bytes.len() - 7]).unwrap();
     assert!(matches!(Adapter::load(&m, &t), Err(Error::Format(_))));
-    // An adapter loaded for one base is refused by a session of another.
+    // The fingerprint does not depend on the quantization: an adapter loaded over the F32 file
+    // is accepted by a session over the Q8_0 file of the same model (runtime/tests/cli_errors.rs
+    // checks that another model of the same shapes is refused).
     let other = Arc::new(Model::load(common::model("qwen2-tiny.Q8_0.gguf").unwrap()).unwrap());
+    assert_eq!(other.fingerprint(), m.fingerprint());
     let a = Adapter::load(&m, &p).unwrap();
     let mut s = session(&other);
-    assert!(s.set_adapters(ActiveAdapters::none().with(a, 1.0)).is_err());
+    s.set_adapters(ActiveAdapters::none().with(a, 1.0)).unwrap();
 }
 
 /// A LoPA adapter whose gate saturates and whose Z_S rows are token embeddings acts exactly

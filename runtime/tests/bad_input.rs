@@ -236,7 +236,7 @@ fn cli_inspect_and_generate_on_a_real_file() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["architecture"], "qwen2");
-    assert_eq!(v["block_count"], "2");
+    assert_eq!(v["block_count"], 2);
     let out = common::graft_cmd()
         .args([
             "generate",

@@ -72,7 +72,7 @@ fn peft_adapters_match_peft_transformers() {
         // Export back to PEFT and re-import: same logits as the imported file.
         let exp =
             std::env::temp_dir().join(format!("graft-peft-export-{name}-{}", std::process::id()));
-        export_peft(&model, &imported, &exp).unwrap();
+        export_peft(&model, &imported, &exp, None).unwrap();
         let again = Adapter::load(&model, &exp).unwrap();
         check(&model, again, &fx, &format!("{name} (exported)"));
         let _ = std::fs::remove_file(&out);

@@ -22,11 +22,11 @@ use graft_formats::{Gguf, TensorInfo};
 use graft_ggml::{Backend, Buffer, Context, FrozenContext, HostMemory, Tensor, TensorId, Type};
 
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{FileKind, Model};
 
 pub(crate) use active::dropout_mask_name;
 pub use active::ActiveAdapters;
-pub use peft::{export_peft, import_peft};
+pub use peft::{export_peft, huggingface_id, import_peft};
 
 /// The linear layers an adapter can target, by the base tensor they modify.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -215,6 +215,7 @@ pub struct Adapter {
     n_bytes: usize,
     rank: usize,
     base_fingerprint: String,
+    base_quantization: Option<String>,
 }
 
 impl std::fmt::Debug for Adapter {
@@ -286,6 +287,25 @@ impl Adapter {
         &self.base_fingerprint
     }
 
+    /// The quantization of the base file the adapter was made over, when the file records it
+    /// (graft writes it; llama.cpp's LoRA files do not).
+    pub fn base_quantization(&self) -> Option<&str> {
+        self.base_quantization.as_deref()
+    }
+
+    /// A note for the user when the adapter was made over another quantization of this base
+    /// (it loads: the base model is the same; outputs differ as much as the two files do).
+    pub fn quantization_note(&self, model: &Model) -> Option<String> {
+        let made = self.base_quantization()?;
+        (made != model.quantization()).then(|| {
+            format!(
+                "adapter {} was made over the {made} file of this model; this base file is {}",
+                self.name,
+                model.quantization()
+            )
+        })
+    }
+
     /// Bytes of adapter tensor data.
     pub fn n_bytes(&self) -> usize {
         self.n_bytes
@@ -350,6 +370,53 @@ impl Adapter {
 
 /// The adapter's tensors, without the `train.*` training state (optimizer moments...) that
 /// inference ignores.
+/// What [`strip_train_state`] removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stripped {
+    /// Tensors removed (optimizer moments, GaLore state).
+    pub tensors: usize,
+    /// Metadata keys removed (`train.*`).
+    pub keys: usize,
+    /// File sizes before and after.
+    pub bytes_before: u64,
+    /// The new file's size.
+    pub bytes_after: u64,
+}
+
+/// Writes a copy of the adapter at `src` without its training state (`train.*` tensors and
+/// keys: Adam moments, GaLore projections, step and data cursor) to `dst`, atomically: the
+/// file to ship. It loads and runs the same; training it further starts a new optimizer.
+pub fn strip_train_state(src: &Path, dst: &Path) -> Result<Stripped> {
+    let g = Gguf::open(src)?;
+    if let kind @ (FileKind::Model(_) | FileKind::Other(_)) = FileKind::of(&g) {
+        return Err(Error::WrongFileKind {
+            found: kind.to_string(),
+            expected: "an adapter",
+        });
+    }
+    let mut w = graft_formats::GgufWriter::new();
+    let mut keys = 0;
+    for (k, v) in g.metadata() {
+        if k.starts_with("train.") {
+            keys += 1;
+        } else {
+            w.add_kv(k.clone(), v.clone());
+        }
+    }
+    for t in model_tensors(&g) {
+        w.add_tensor(t.name.clone(), t.dtype, &t.dims, g.tensor_data(t))?;
+    }
+    let tensors = g.tensors().len() - model_tensors(&g).count();
+    w.write_atomic(dst)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Ok(Stripped {
+        tensors,
+        keys,
+        bytes_before: g.as_bytes().len() as u64,
+        bytes_after: size(dst),
+    })
+}
+
 pub(crate) fn model_tensors(g: &Gguf) -> impl Iterator<Item = &TensorInfo> {
     g.tensors().iter().filter(|t| !t.name.starts_with("train."))
 }
@@ -358,6 +425,8 @@ pub(crate) fn model_tensors(g: &Gguf) -> impl Iterator<Item = &TensorInfo> {
 pub(crate) struct Header {
     pub kind: AdapterKind,
     pub description: Option<String>,
+    /// `adapter.base.quantization`: the base file's quantization it was made over.
+    pub base_quantization: Option<String>,
 }
 
 impl Header {
@@ -380,13 +449,16 @@ impl Header {
             )));
         }
         if let Some(fp) = g.get_opt_str("adapter.base.fingerprint")? {
-            if fp != model.fingerprint() {
+            if !model.matches_fingerprint(fp) {
                 return Err(Error::WrongBase {
                     adapter: fp.to_string(),
                     base: model.fingerprint().to_string(),
                 });
             }
         }
+        let base_quantization = g
+            .get_opt_str("adapter.base.quantization")?
+            .map(str::to_string);
         let kind_s = g.get_str("adapter.type")?;
         let kind = AdapterKind::parse(kind_s).ok_or_else(|| {
             bad(format!(
@@ -397,7 +469,11 @@ impl Header {
             Some(d) => Some(d.to_string()),
             None => g.get_opt_str("general.name")?.map(str::to_string),
         };
-        Ok(Self { kind, description })
+        Ok(Self {
+            kind,
+            description,
+            base_quantization,
+        })
     }
 }
 
@@ -537,6 +613,7 @@ impl<'m> Builder<'m> {
             n_bytes,
             rank,
             base_fingerprint: self_fp,
+            base_quantization: header.base_quantization,
         })
     }
 }

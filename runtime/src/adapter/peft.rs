@@ -153,6 +153,7 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
     w.add_kv("adapter.type", "lora");
     w.add_kv("adapter.lora.alpha", Value::F32(0.0));
     w.add_kv("adapter.base.fingerprint", model.fingerprint());
+    w.add_kv("adapter.base.quantization", model.quantization());
     w.add_kv(
         "adapter.description",
         format!("imported from PEFT {}", dir.display()),
@@ -270,7 +271,41 @@ fn parse_module(module: &str) -> Option<(usize, TargetKind)> {
 /// Writes the LoRA `adapter` as a PEFT directory at `dir` (`adapter_config.json` +
 /// `adapter_model.safetensors`, f32), undoing the q/k row permutation, with each target's
 /// scale folded into B (so `lora_alpha == r` everywhere).
-pub fn export_peft(model: &Model, adapter: &Adapter, dir: &Path) -> Result<()> {
+/// The model's Hugging Face repository id, when the GGUF records one
+/// (`general.source.huggingface.repository`, or a `huggingface.co` URL in `general.source.url`
+/// / `general.url`), for `base_model_name_or_path`. `None`: the file does not say.
+pub fn huggingface_id(model: &Model) -> Option<String> {
+    let g = model.gguf();
+    let s = |k: &str| g.get_opt_str(k).ok().flatten().map(str::trim);
+    if let Some(id) = s("general.source.huggingface.repository").filter(|v| !v.is_empty()) {
+        return Some(id.to_string());
+    }
+    [
+        "general.source.url",
+        "general.url",
+        "general.source.repo_url",
+        "general.repo_url",
+    ]
+    .into_iter()
+    .filter_map(s)
+    .find_map(|url| {
+        let rest = url
+            .strip_prefix("https://huggingface.co/")
+            .or_else(|| url.strip_prefix("http://huggingface.co/"))?;
+        let mut parts = rest.split('/').filter(|p| !p.is_empty());
+        let (org, name) = (parts.next()?, parts.next()?);
+        Some(format!("{org}/{name}"))
+    })
+}
+
+/// Writes `adapter` (a LoRA) as a PEFT directory. `base_model` fills `base_model_name_or_path`
+/// (what PEFT loads the base from); `None` takes [`huggingface_id`], else `general.name`.
+pub fn export_peft(
+    model: &Model,
+    adapter: &Adapter,
+    dir: &Path,
+    base_model: Option<&str>,
+) -> Result<()> {
     if adapter.kind() != AdapterKind::Lora {
         return Err(Error::InvalidRequest(format!(
             "only LoRA adapters can be exported to PEFT ({} is {})",
@@ -348,7 +383,7 @@ pub fn export_peft(model: &Model, adapter: &Adapter, dir: &Path) -> Result<()> {
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
         "inference_mode": true,
-        "base_model_name_or_path": model.gguf().get_opt_str("general.name").ok().flatten().unwrap_or(""),
+        "base_model_name_or_path": base_model.map(str::to_string).or_else(|| huggingface_id(model)).unwrap_or_else(|| model.gguf().get_opt_str("general.name").ok().flatten().unwrap_or("").to_string()),
     });
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()

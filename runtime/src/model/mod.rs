@@ -51,6 +51,8 @@ pub struct Model {
     pub(crate) output: TensorId,
     pub(crate) layers: Vec<LayerWeights>,
     fingerprint: String,
+    legacy_fingerprint: String,
+    quantization: String,
 }
 
 /// The mapped file as host memory for a ggml buffer.
@@ -119,6 +121,8 @@ impl Model {
             });
         }
         let fingerprint = fingerprint(&gguf, &config);
+        let legacy_fingerprint = legacy_fingerprint(&gguf, &config);
+        let quantization = quantization(&gguf);
         Ok(Self {
             config,
             tokenizer,
@@ -130,6 +134,8 @@ impl Model {
             output,
             layers,
             fingerprint,
+            legacy_fingerprint,
+            quantization,
         })
     }
 
@@ -148,10 +154,23 @@ impl Model {
         &self.gguf
     }
 
-    /// A cheap identity of the base model (architecture, shapes, types and a hash of a few
-    /// tensors' bytes) that adapters record to refuse a wrong base.
+    /// The identity of the base model that adapters record to refuse a wrong base, the same
+    /// for every quantization of one model (see [`fingerprint`]): an adapter trained over the
+    /// Q4_1 file loads on the Q8_0 and F16 files of the same model.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// Whether `recorded` (an adapter's `adapter.base.fingerprint`) names this model: the
+    /// current fingerprint, or the one adapters of earlier versions recorded (which hashed
+    /// tensor types, so it matches the same file only).
+    pub fn matches_fingerprint(&self, recorded: &str) -> bool {
+        recorded == self.fingerprint || recorded == self.legacy_fingerprint
+    }
+
+    /// The weights' quantization: the type of most 2-D weight tensors (`q4_1`, `q8_0`, `f16`...).
+    pub fn quantization(&self) -> &str {
+        &self.quantization
     }
 
     /// Resolves a weight handle.
@@ -243,38 +262,125 @@ fn check_dims(info: &TensorInfo, dims: &[u64]) -> Result<()> {
     Ok(())
 }
 
-/// `arch:n_layer:n_embd:n_vocab:<fnv1a-64 of tensor names, types, shapes and the first and
-/// last 4 KiB of token_embd and output_norm data>`. Reads a few KiB, never the whole file.
-fn fingerprint(g: &Gguf, c: &ModelConfig) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
+/// FNV-1a 64 over byte strings.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn eat(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
-    };
-    for t in g.tensors() {
-        eat(t.name.as_bytes());
-        eat(&t.dtype.id().to_le_bytes());
+    }
+}
+
+/// `v2:arch:n_layer:n_embd:n_vocab:<fnv1a-64>` over what every quantization of one model
+/// shares: the hyper-parameters, tensor names and shapes (not types), the vocabulary, and the
+/// values of the 1-D tensors (norm weights, biases), which llama.cpp's quantizer keeps in F32
+/// (read as bfloat16, so an F16 or BF16 copy hashes the same). A fine-tune of the same
+/// architecture changes the norms and so the fingerprint. Reads a few hundred KiB at most.
+fn fingerprint(g: &Gguf, c: &ModelConfig) -> String {
+    let mut h = Fnv::new();
+    for v in [
+        c.n_layer,
+        c.n_embd,
+        c.n_vocab,
+        c.n_head,
+        c.n_head_kv,
+        c.n_ff,
+    ] {
+        h.eat(&(v as u64).to_le_bytes());
+    }
+    let mut tensors: Vec<&TensorInfo> = g.tensors().iter().collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in &tensors {
+        h.eat(t.name.as_bytes());
         for d in &t.dims {
-            eat(&d.to_le_bytes());
+            h.eat(&d.to_le_bytes());
+        }
+    }
+    if let Ok(Some(tokens)) = g.get_opt_str_array("tokenizer.ggml.tokens") {
+        for t in tokens {
+            h.eat(t.as_bytes());
+            h.eat(&[0]);
+        }
+    }
+    for t in tensors.iter().filter(|t| t.dims.len() == 1) {
+        let data = g.tensor_data(t);
+        let as_f32: Vec<f32> = match t.dtype.name() {
+            "f32" => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            "f16" => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            "bf16" => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => continue,
+        };
+        for x in as_f32 {
+            h.eat(&half::bf16::from_f32(x).to_le_bytes());
+        }
+    }
+    format!(
+        "v2:{}:{}:{}:{}:{:016x}",
+        c.arch.name(),
+        c.n_layer,
+        c.n_embd,
+        c.n_vocab,
+        h.0
+    )
+}
+
+/// The fingerprint adapters recorded before [`fingerprint`]: `arch:n_layer:n_embd:n_vocab:
+/// <fnv1a-64 of tensor names, types, shapes and 4 KiB of token_embd and output_norm data>`.
+/// Kept so those adapters still load on the file they were made over.
+fn legacy_fingerprint(g: &Gguf, c: &ModelConfig) -> String {
+    let mut h = Fnv::new();
+    for t in g.tensors() {
+        h.eat(t.name.as_bytes());
+        h.eat(&t.dtype.id().to_le_bytes());
+        for d in &t.dims {
+            h.eat(&d.to_le_bytes());
         }
     }
     for name in ["token_embd.weight", "output_norm.weight"] {
         if let Some(t) = g.tensor(name) {
             let data = g.tensor_data(t);
             let k = data.len().min(4096);
-            eat(&data[..k]);
-            eat(&data[data.len() - k..]);
+            h.eat(&data[..k]);
+            h.eat(&data[data.len() - k..]);
         }
     }
     format!(
-        "{}:{}:{}:{}:{h:016x}",
+        "{}:{}:{}:{}:{:016x}",
         c.arch.name(),
         c.n_layer,
         c.n_embd,
-        c.n_vocab
+        c.n_vocab,
+        h.0
     )
+}
+
+/// The type of most 2-D tensors (ties: the first in type order).
+fn quantization(g: &Gguf) -> String {
+    let mut count: std::collections::BTreeMap<&str, usize> = Default::default();
+    for t in g.tensors().iter().filter(|t| t.dims.len() >= 2) {
+        *count.entry(t.dtype.name()).or_default() += 1;
+    }
+    count
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(ty, _)| ty.to_string())
+        .unwrap_or_else(|| "none".into())
 }
 
 /// What a GGUF file holds, from its metadata, for errors that say what a file is when it is

@@ -67,6 +67,16 @@ impl Method {
             ))),
         }
     }
+
+    /// The name [`Method::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lora => "lora",
+            Method::Diablo => "diablo",
+            Method::Wegeft => "wegeft",
+            Method::Lopa => "lopa",
+        }
+    }
 }
 
 /// Learning-rate schedule after warm-up.
@@ -1003,6 +1013,7 @@ fn adapter_file<'a>(
         }
     }
     w.add_kv("adapter.base.fingerprint", model.fingerprint());
+    w.add_kv("adapter.base.quantization", model.quantization());
     for (name, ne, v) in tensors {
         w.add_tensor_f32(name, ne, v)?;
     }

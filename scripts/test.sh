@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI. From a fresh machine it installs what is missing,
 # fetches the test data, computes llama.cpp's reference outputs for this CPU (cached outside the
-# clone), then runs formatting, lints, a short fuzz run of the GGUF reader, every test binary
-# (all of them, even after a failure; the failures are listed at the end) and the bindings' tests.
+# clone), then runs formatting, lints, a short fuzz run of the GGUF reader, every test binary,
+# the bindings' tests and the aarch64 tests under qemu. Every stage runs even after a failure
+# (and every test binary within `cargo test`); the failed stages are listed at the end.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,19 +16,29 @@ scripts/machine_info.sh | sed -n '/^cmake/p'
 scripts/setup_test_data.sh
 scripts/references.sh
 
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-echo "== fuzz smoke"
-scripts/fuzz_smoke.sh "${GRAFT_FUZZ_SECONDS:-60}"
-echo "== cargo test"
-cargo test --workspace --no-fail-fast
-echo "== bindings"
-scripts/test_bindings.sh
-echo "== aarch64 (cross-built, run under qemu-user)"
+# Every stage runs even after one fails; the failed ones are listed at the end.
+failed=()
+stage() {
+    local name=$1
+    shift
+    echo "== $name"
+    if ! "$@"; then
+        failed+=("$name")
+        echo "!! $name failed"
+    fi
+}
+stage "cargo fmt --check" cargo fmt --all -- --check
+stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+stage "fuzz smoke" scripts/fuzz_smoke.sh "${GRAFT_FUZZ_SECONDS:-60}"
+stage "cargo test" cargo test --workspace --no-fail-fast
+stage "bindings" scripts/test_bindings.sh
 if [[ "${GRAFT_SKIP_AARCH64:-0}" == 1 ]]; then
-    echo "skipped (GRAFT_SKIP_AARCH64=1)"
+    echo "== aarch64: skipped (GRAFT_SKIP_AARCH64=1)"
 else
-    scripts/test_aarch64.sh
+    stage "aarch64 (cross-built, run under qemu-user)" scripts/test_aarch64.sh
 fi
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "FAILED stages: ${failed[*]}" >&2
+    exit 1
+fi
+echo "all stages passed"

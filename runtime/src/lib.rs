@@ -17,6 +17,8 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod batch;
+mod compute;
 pub mod engine;
 pub mod error;
 pub mod kv_cache;
@@ -28,6 +30,7 @@ pub mod tokenizer;
 pub mod train;
 
 pub use adapter::{ActiveAdapters, Adapter, AdapterKind};
+pub use batch::{BatchConfig, BatchDecoder, SeqId};
 pub use engine::{Engine, GenerateRequest, Generation, Timings};
 pub use error::{Error, Result};
 pub use model::{Arch, Model, ModelConfig};

@@ -7,14 +7,12 @@
 
 use std::sync::Arc;
 
-use graft_ggml::{Backend, Context, GraphAllocator};
-use half::f16;
-
 use crate::adapter::lopa::mean_embedding;
 use crate::adapter::ActiveAdapters;
+use crate::compute::Compute;
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
-use crate::model::llama::{self, BatchShape, GraphInputs};
+use crate::model::layers::RowAdapters;
+use crate::model::llama::BatchShape;
 use crate::model::Model;
 
 /// Session settings.
@@ -73,17 +71,13 @@ pub struct AdapterSwitch {
 
 /// Padding of the attended cache length, so that graphs keep one shape across many decode
 /// steps (llama.cpp pads the same way).
-const N_KV_PAD: usize = 256;
+pub(crate) const N_KV_PAD: usize = 256;
 
 /// One conversation's state.
 pub struct Session {
     model: Arc<Model>,
     cfg: SessionConfig,
-    backend: Backend,
-    alloc: GraphAllocator,
-    graph_ctx: Context,
-    graph_adapters: usize,
-    kv: KvCache,
+    c: Compute,
     adapters: ActiveAdapters,
     /// The adapters the cached positions were computed with.
     cache_adapters: ActiveAdapters,
@@ -92,20 +86,6 @@ pub struct Session {
     n_soft: usize,
     /// How many leading tokens of `tokens` were the prompt the soft prompt was made from.
     soft_source_len: usize,
-    // Reused input staging (no allocation per token once warm).
-    scratch: Scratch,
-}
-
-#[derive(Default)]
-struct Scratch {
-    tokens: Vec<i32>,
-    embd: Vec<f32>,
-    pos: Vec<i32>,
-    mask_f32: Vec<f32>,
-    mask_f16: Vec<u8>,
-    k_idx: Vec<i64>,
-    v_idx: Vec<i64>,
-    out_ids: Vec<i32>,
 }
 
 /// One batch to evaluate.
@@ -123,30 +103,16 @@ impl Session {
                 "n_ctx, n_batch and n_threads must be positive".into(),
             ));
         }
-        let backend = Backend::cpu(cfg.n_threads)?;
-        let kv = KvCache::new(
-            model.config(),
-            cfg.n_ctx,
-            cfg.flash_attn,
-            cfg.kv_f32,
-            &backend,
-        )?;
-        let graph_ctx = graph_context(&model, 0)?;
-        let alloc = GraphAllocator::new(&backend)?;
+        let c = Compute::new(&model, cfg.n_ctx, cfg.n_threads, cfg.flash_attn, cfg.kv_f32)?;
         Ok(Self {
             model,
             cfg,
-            backend,
-            alloc,
-            graph_ctx,
-            graph_adapters: 0,
-            kv,
+            c,
             adapters: ActiveAdapters::none(),
             cache_adapters: ActiveAdapters::none(),
             tokens: Vec::new(),
             n_soft: 0,
             soft_source_len: 0,
-            scratch: Scratch::default(),
         })
     }
 
@@ -193,20 +159,8 @@ impl Session {
     /// Activates `set` (empty: the base model). Cached positions computed with another set are
     /// recomputed with the new one on the next decode; the base is never touched.
     pub fn set_adapters(&mut self, set: ActiveAdapters) -> Result<AdapterSwitch> {
-        for (a, _) in set.iter() {
-            if a.base_fingerprint() != self.model.fingerprint() {
-                return Err(Error::InvalidAdapter(format!(
-                    "adapter {} was loaded for another base model ({}); this session's base is {}",
-                    a.name(),
-                    a.base_fingerprint(),
-                    self.model.fingerprint()
-                )));
-            }
-        }
-        if set.len() > self.graph_adapters {
-            self.graph_ctx = graph_context(&self.model, set.len())?;
-            self.graph_adapters = set.len();
-        }
+        set.check_base(&self.model)?;
+        self.c.reserve(&self.model, set.len())?;
         self.adapters = set;
         let stale = self.cache_is_stale();
         Ok(AdapterSwitch {
@@ -231,7 +185,7 @@ impl Session {
     /// Sets the number of CPU threads.
     pub fn set_threads(&mut self, n: usize) {
         self.cfg.n_threads = n.max(1);
-        self.backend.set_threads(self.cfg.n_threads);
+        self.c.backend.set_threads(self.cfg.n_threads);
     }
 
     /// Appends `tokens` to the context and evaluates them in batches of `n_batch`.
@@ -368,30 +322,26 @@ impl Session {
             input_grad: false,
         };
         self.fill_scratch(&batch, p0, shape);
-
-        self.graph_ctx.reset();
-        let (graph, inp) = llama::build(
+        let n_vocab = self.model.config().n_vocab;
+        self.c.run(
             &self.model,
-            Some(&self.kv),
-            &self.adapters,
-            &self.graph_ctx,
+            RowAdapters::All(&self.adapters),
             shape,
-        );
-        self.alloc.alloc(&graph)?;
-        set_inputs(&inp, &self.scratch, shape.embeddings, self.kv.v_trans())?;
-        self.backend.compute(&graph)?;
-        if n_out > 0 {
-            let n_vocab = self.model.config().n_vocab;
-            let start = out.len();
-            out.resize(start + n_out * n_vocab, 0.0);
-            let skip = shape.n_out - n_out;
-            inp.logits.read_f32(skip * n_vocab, &mut out[start..])?;
-        }
-        Ok(())
+            None,
+            |inp| {
+                if n_out > 0 {
+                    let start = out.len();
+                    out.resize(start + n_out * n_vocab, 0.0);
+                    let skip = shape.n_out - n_out;
+                    inp.logits.read_f32(skip * n_vocab, &mut out[start..])?;
+                }
+                Ok(())
+            },
+        )
     }
 
     fn fill_scratch(&mut self, batch: &Batch<'_>, p0: usize, shape: BatchShape) {
-        let s = &mut self.scratch;
+        let s = &mut self.c.scratch;
         let n = shape.n_tokens;
         let n_kv = shape.n_kv;
         s.tokens.clear();
@@ -404,33 +354,12 @@ impl Session {
         s.pos.extend((p0..p0 + n).map(|p| p as i32));
         s.k_idx.clear();
         s.k_idx.extend((p0..p0 + n).map(|p| p as i64));
-        s.v_idx.clear();
-        if self.kv.v_trans() {
-            // Element (c, t) of V [n_embd_kv, n] goes to cache element c * n_ctx + pos_t.
-            let n_embd_kv = self.kv.n_embd_kv();
-            let n_ctx = self.kv.n_ctx() as i64;
-            for t in 0..n {
-                for c in 0..n_embd_kv {
-                    s.v_idx.push(c as i64 * n_ctx + (p0 + t) as i64);
-                }
-            }
-        } else {
-            s.v_idx.extend((p0..p0 + n).map(|p| p as i64));
-        }
         // Causal mask: token t (at p0 + t) sees cache positions 0 ..= p0 + t.
         s.mask_f32.clear();
         s.mask_f32.resize(n_kv * n, f32::NEG_INFINITY);
         for t in 0..n {
             let row = &mut s.mask_f32[t * n_kv..(t + 1) * n_kv];
             row[..=(p0 + t)].fill(0.0);
-        }
-        if !self.kv.v_trans() {
-            s.mask_f16.clear();
-            s.mask_f16.extend(
-                s.mask_f32
-                    .iter()
-                    .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()),
-            );
         }
         s.out_ids.clear();
         s.out_ids.extend(((n - shape.n_out)..n).map(|i| i as i32));
@@ -442,31 +371,4 @@ enum Want {
     None,
     Last,
     All,
-}
-
-fn graph_context(model: &Model, n_adapters: usize) -> Result<Context> {
-    let nodes = llama::max_nodes(model, n_adapters);
-    Ok(Context::new(nodes + 64, nodes)?)
-}
-
-fn set_inputs(inp: &GraphInputs<'_>, s: &Scratch, embeddings: bool, v_trans: bool) -> Result<()> {
-    if embeddings {
-        inp.tokens.write_f32(0, &s.embd)?;
-    } else {
-        inp.tokens.write_i32(0, &s.tokens)?;
-    }
-    inp.attn.pos.write_i32(0, &s.pos)?;
-    if let (Some(k), Some(v)) = (inp.attn.k_idx, inp.attn.v_idx) {
-        k.write_i64(0, &s.k_idx)?;
-        v.write_i64(0, &s.v_idx)?;
-    }
-    if v_trans {
-        inp.attn.mask.write_f32(0, &s.mask_f32)?;
-    } else {
-        inp.attn.mask.write_bytes(0, &s.mask_f16)?;
-    }
-    if let Some(ids) = inp.out_ids {
-        ids.write_i32(0, &s.out_ids)?;
-    }
-    Ok(())
 }

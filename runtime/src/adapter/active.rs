@@ -6,6 +6,7 @@ use std::sync::Arc;
 use graft_ggml::{Context, Tensor};
 
 use super::{diablo, lora, wegeft, Adapter, Delta, Target};
+use crate::model::layers::RowGroup;
 
 /// Adapters with their user scales `s_user`. Deltas of several adapters add.
 #[derive(Clone, Default)]
@@ -92,6 +93,21 @@ impl ActiveAdapters {
                 .all(|((a, s), (b, t))| Arc::ptr_eq(a, b) && s.to_bits() == t.to_bits())
     }
 
+    /// Fails unless every adapter was loaded for `model` (its fingerprint).
+    pub(crate) fn check_base(&self, model: &crate::model::Model) -> crate::error::Result<()> {
+        for (a, _) in self.iter() {
+            if a.base_fingerprint() != model.fingerprint() {
+                return Err(crate::error::Error::InvalidAdapter(format!(
+                    "adapter {} was loaded for another base model ({}); this base is {}",
+                    a.name(),
+                    a.base_fingerprint(),
+                    model.fingerprint()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any active adapter adds a soft prompt.
     pub fn has_soft_prompt(&self) -> bool {
         self.items.iter().any(|(a, _)| a.lopa().is_some())
@@ -174,5 +190,93 @@ impl ActiveAdapters {
             Some(b) => ctx.add(y, b),
             None => y,
         }
+    }
+}
+
+/// Rows `g` of the 2-D tensor `t` (`[ne0, n]`, rows along ne1): a contiguous view.
+fn rows<'a>(ctx: &'a Context, t: Tensor<'a>, g: &RowGroup) -> Tensor<'a> {
+    let nb1 = t.nb()[1];
+    ctx.view(t, &[t.ne()[0], g.len as i64], &[nb1], g.start * nb1)
+}
+
+/// [`ActiveAdapters::linear`] for a batch whose row ranges use different adapter sets
+/// (S-LoRA-style heterogeneous batching): one base matmul `W x` over every row; each group's
+/// WeGeFT terms are added to its input rows and its LoRA and DiaBlo terms to its output rows
+/// (`acc` at the group's offset), computed on its rows only. Rows of a group with no adapter
+/// get the base output unchanged.
+///
+/// The terms are added one by one in the order [`ActiveAdapters::linear`] adds them (WeGeFT in
+/// set order, then LoRA, then DiaBlo), so every row gets the same floating-point result as the
+/// same set in a session: with quantized activations a last-bit difference in one layer's
+/// output can move the logits by tenths.
+pub(crate) fn grouped_linear<'a>(
+    ctx: &'a Context,
+    groups: &'a [RowGroup],
+    target: Target,
+    w: Tensor<'a>,
+    x: Tensor<'a>,
+    bias: Option<Tensor<'a>>,
+) -> Tensor<'a> {
+    let x = if x.is_contiguous() { x } else { ctx.cont(x) };
+    let add_rows = |to: Tensor<'a>, t: Tensor<'a>, g: &RowGroup| {
+        let nb = to.nb();
+        ctx.acc(to, t, [nb[1], nb[2], nb[3]], g.start * nb[1])
+    };
+    let mut xin = x;
+    for g in groups {
+        for (adapter, s_user) in g.adapters.iter() {
+            for delta in adapter.deltas(target) {
+                if let Delta::Wegeft { phi_t, psi, scale } = *delta {
+                    let xg = rows(ctx, x, g);
+                    let t =
+                        wegeft::delta(ctx, adapter.t(phi_t), adapter.t(psi), xg, scale * s_user);
+                    xin = add_rows(xin, t, g);
+                }
+            }
+        }
+    }
+    let mut y = ctx.mul_mat(w, xin);
+    let n_out = y.ne()[0];
+    for g in groups {
+        let items = || {
+            g.adapters
+                .iter()
+                .flat_map(|(a, s)| a.deltas(target).iter().map(move |d| (a, s, d)))
+        };
+        for (adapter, s_user, delta) in items() {
+            if let Delta::Lora { a, b, scale } = *delta {
+                let t = lora::delta(
+                    ctx,
+                    adapter.t(a),
+                    adapter.t(b),
+                    rows(ctx, x, g),
+                    scale * s_user,
+                );
+                y = add_rows(y, t, g);
+            }
+        }
+        for (adapter, s_user, delta) in items() {
+            if let Delta::Diablo {
+                d: blocks,
+                bs_in,
+                bs_out,
+                nb,
+            } = *delta
+            {
+                let t = diablo::delta(
+                    ctx,
+                    adapter.t(blocks),
+                    rows(ctx, x, g),
+                    n_out,
+                    (bs_in, bs_out, nb),
+                    s_user,
+                );
+                y = add_rows(y, t, g);
+            }
+        }
+    }
+    match bias {
+        Some(b) => ctx.add(y, b),
+        None => y,
     }
 }

@@ -97,3 +97,58 @@ pub(crate) fn apply<'a>(
     }
     y
 }
+
+/// `s · blockdiag(D) x` alone, `[n_out, n]` (the batched decoder adds it to a group's rows):
+/// the in-range blocks in one batched matmul, zero-padded to `n_out` rows, and each edge block
+/// added at its offset.
+pub(crate) fn delta<'a>(
+    ctx: &'a Context,
+    d: Tensor<'a>,
+    x: Tensor<'a>,
+    n_out: i64,
+    (bs_in, bs_out, nb): (usize, usize, usize),
+    s: f32,
+) -> Tensor<'a> {
+    let [n_in, n, _, _] = x.ne();
+    let x = if x.is_contiguous() { x } else { ctx.cont(x) };
+    let scaled = |t: Tensor<'a>| if s == 1.0 { t } else { ctx.scale(t, s) };
+    let (bi, bo) = (bs_in as i64, bs_out as i64);
+    let full = (n_in / bi).min(n_out / bo).min(nb as i64);
+    // The first piece starts at row 0 (the full blocks, else edge block 0): padded with zeros
+    // to n_out rows; later pieces are added at their offsets.
+    let mut out: Option<Tensor<'a>> = None;
+    let mut place = |piece: Tensor<'a>, row: i64| {
+        out = Some(match out {
+            None => {
+                debug_assert_eq!(row, 0);
+                ctx.pad(piece, [(n_out - piece.ne()[0]) as i32, 0, 0, 0])
+            }
+            Some(o) => {
+                let nb = o.nb();
+                ctx.acc(o, piece, [nb[1], nb[2], nb[3]], row as usize * 4)
+            }
+        });
+    };
+    if full > 0 {
+        let dv = ctx.view(d, &[bi, bo, full], &[d.nb()[1], d.nb()[2]], 0);
+        let xs = x.nb()[1];
+        let xv = ctx.view(x, &[bi, full, n], &[bi as usize * 4, xs], 0);
+        let xr = ctx.cont(ctx.permute(xv, [0, 2, 1, 3])); // [bs_in, n, full]
+        let o = ctx.mul_mat(dv, xr); // [bs_out, n, full]
+        place(
+            scaled(ctx.reshape(ctx.cont(ctx.permute(o, [0, 2, 1, 3])), &[bo * full, n])),
+            0,
+        );
+    }
+    for b in full..nb as i64 {
+        let (in_lo, out_lo) = (b * bi, b * bo);
+        if in_lo >= n_in || out_lo >= n_out {
+            continue;
+        }
+        let (in_len, out_len) = ((n_in - in_lo).min(bi), (n_out - out_lo).min(bo));
+        let xv = ctx.cont(ctx.view(x, &[in_len, n], &[x.nb()[1]], in_lo as usize * 4));
+        let dv = ctx.cont(ctx.view(d, &[in_len, out_len], &[d.nb()[1]], b as usize * d.nb()[2]));
+        place(scaled(ctx.mul_mat(dv, xv)), out_lo);
+    }
+    out.expect("block 0 always meets the input and the output")
+}

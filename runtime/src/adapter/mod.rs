@@ -6,7 +6,7 @@
 //! shared (`Arc`); an [`ActiveAdapters`] set with per-adapter scales is chosen per session or
 //! request and passed explicitly into graph building. The base weights are never modified.
 
-mod active;
+pub(crate) mod active;
 pub mod diablo;
 pub mod lopa;
 pub mod lora;

@@ -22,6 +22,21 @@ pub(crate) struct AttnInputs<'a> {
     pub v_idx: Option<Tensor<'a>>,
     /// Cache positions the batch attends over.
     pub n_kv: usize,
+    /// Batched decoding: each run of rows attends over its own sequence's cache region, with
+    /// its own slice of `mask` (then 1-D). `None`: every row attends over cells `0..n_kv`.
+    pub pieces: Option<&'a [AttnPiece]>,
+}
+
+/// Rows `row_start .. row_start + rows` of a batch belong to one sequence whose positions are
+/// cache cells `cell_start ..`; they attend over `n_kv` of them with the `[n_kv, rows]` mask
+/// at element `mask_offset` of the batch's mask.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttnPiece {
+    pub row_start: usize,
+    pub rows: usize,
+    pub cell_start: usize,
+    pub n_kv: usize,
+    pub mask_offset: usize,
 }
 
 /// `rms_norm(x) * w`.
@@ -29,18 +44,58 @@ pub(crate) fn norm<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, eps: f32)
     ctx.mul(ctx.rms_norm(x, eps), w)
 }
 
+/// Which adapters apply to which rows (tokens) of a batch.
+#[derive(Clone, Copy)]
+pub(crate) enum RowAdapters<'a> {
+    /// One set for every row: a session, training.
+    All(&'a ActiveAdapters),
+    /// Contiguous row ranges, each with its own set: the batched decoder, where each sequence
+    /// has its own adapters. The base matmul runs once over all rows; each set's deltas run
+    /// on its rows only. The second list groups the rows kept for logits (`out_ids`), which
+    /// the last layer's feed-forward sees.
+    Groups(&'a [RowGroup], &'a [RowGroup]),
+}
+
+/// Rows `start .. start + len` of a batch and the adapters they use.
+pub(crate) struct RowGroup {
+    pub adapters: ActiveAdapters,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl RowAdapters<'_> {
+    /// Adapters counted for graph sizing (each set once per group).
+    pub(crate) fn count(&self) -> usize {
+        match self {
+            RowAdapters::All(a) => a.len(),
+            RowAdapters::Groups(g, _) => g.iter().map(|g| g.adapters.len() + 1).sum(),
+        }
+    }
+
+    /// The adapters of the rows kept for logits, after `out_ids` selected them.
+    pub(crate) fn output_rows(self) -> Self {
+        match self {
+            RowAdapters::Groups(_, out) => RowAdapters::Groups(out, out),
+            all => all,
+        }
+    }
+}
+
 /// `W x (+ b)` plus the deltas of the active adapters for `target`: every linear layer of
 /// every model goes through here (`target` is `None` for layers adapters cannot touch).
 pub(crate) fn linear<'a>(
     ctx: &'a Context,
-    adapters: &'a ActiveAdapters,
+    adapters: RowAdapters<'a>,
     target: Option<Target>,
     w: Tensor<'a>,
     x: Tensor<'a>,
     b: Option<Tensor<'a>>,
 ) -> Tensor<'a> {
-    match target {
-        Some(t) if !adapters.is_empty() => adapters.linear(ctx, t, w, x, b),
+    match (target, adapters) {
+        (Some(t), RowAdapters::All(a)) if !a.is_empty() => a.linear(ctx, t, w, x, b),
+        (Some(t), RowAdapters::Groups(g, _)) if g.iter().any(|g| !g.adapters.is_empty()) => {
+            crate::adapter::active::grouped_linear(ctx, g, t, w, x, b)
+        }
         _ => {
             let y = ctx.mul_mat(w, x);
             match b {
@@ -55,7 +110,7 @@ pub(crate) fn linear<'a>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn ffn_swiglu<'a>(
     ctx: &'a Context,
-    adapters: &'a ActiveAdapters,
+    adapters: RowAdapters<'a>,
     il: usize,
     x: Tensor<'a>,
     gate: Tensor<'a>,
@@ -101,10 +156,7 @@ pub(crate) fn attention<'a>(
         let kqv = ctx.mul_mat(vt, kq); // [hd, n, n_head]
         return ctx.cont_2d(ctx.permute(kqv, [0, 2, 1, 3]), cfg.n_embd_q() as i64, n);
     };
-    let hd = cfg.head_dim as i64;
-    let n_head_kv = cfg.n_head_kv as i64;
     let n_embd_kv = cfg.n_embd_kv() as i64;
-    let n_kv = inp.n_kv as i64;
     let n_ctx = kv.n_ctx() as i64;
     let kc = kv.k(il);
     let vc = kv.v(il);
@@ -125,20 +177,74 @@ pub(crate) fn attention<'a>(
     };
     graph.build_forward_expand(v_store);
 
+    let Some(pieces) = inp.pieces else {
+        return cached_attention(ctx, cfg, kv, il, q, inp.mask, 0, inp.n_kv, scale);
+    };
+    // Per sequence: its rows of q over its own cache region, as a session would compute them;
+    // the outputs go back to their rows (the first padded to all rows, the rest added).
+    let mut out: Option<Tensor<'a>> = None;
+    let mask_esz = if kv.v_trans() { 4 } else { 2 };
+    for pc in pieces {
+        let qj = ctx.view(
+            q,
+            &[q.ne()[0], pc.rows as i64, q.ne()[2]],
+            &[q.nb()[1], q.nb()[2]],
+            pc.row_start * q.nb()[1],
+        );
+        let mask = ctx.view(
+            inp.mask,
+            &[pc.n_kv as i64, pc.rows as i64],
+            &[pc.n_kv * mask_esz],
+            pc.mask_offset * mask_esz,
+        );
+        let o = cached_attention(ctx, cfg, kv, il, qj, mask, pc.cell_start, pc.n_kv, scale);
+        out = Some(match out {
+            None => ctx.pad(o, [0, (n - pc.rows as i64) as i32, 0, 0]),
+            Some(acc) => {
+                let nb = acc.nb();
+                ctx.acc(acc, o, [nb[1], nb[2], nb[3]], pc.row_start * nb[1])
+            }
+        });
+    }
+    out.expect("a batch has rows")
+}
+
+/// Attention of `q [hd, rows, n_head]` (permuted) over the `n_kv` cache cells from
+/// `cell_start` of layer `il`, with the `[n_kv, rows]` mask → `[n_embd_q, rows]`.
+#[allow(clippy::too_many_arguments)]
+fn cached_attention<'a>(
+    ctx: &'a Context,
+    cfg: &ModelConfig,
+    kv: &'a KvCache,
+    il: usize,
+    q: Tensor<'a>,
+    mask: Tensor<'a>,
+    cell_start: usize,
+    n_kv: usize,
+    scale: f32,
+) -> Tensor<'a> {
+    let n = q.ne()[1];
+    let hd = cfg.head_dim as i64;
+    let n_head_kv = cfg.n_head_kv as i64;
+    let n_embd_kv = cfg.n_embd_kv() as i64;
+    let n_kv = n_kv as i64;
+    let n_ctx = kv.n_ctx() as i64;
+    let (kc, vc) = (kv.k(il), kv.v(il));
+    let esz = kv.elem_size();
     let k = ctx.view(
         kc,
         &[hd, n_kv, n_head_kv],
         &[n_embd_kv as usize * esz, hd as usize * esz],
-        0,
+        cell_start * n_embd_kv as usize * esz,
     );
     if kv.v_trans() {
         let kq = ctx.mul_mat(k, q).accumulate_f32(); // [n_kv, n, n_head]
-        let kq = ctx.soft_max_ext(kq, Some(inp.mask), scale);
+        let kq = ctx.soft_max_ext(kq, Some(mask), scale);
         let v = ctx.view(
             vc,
             &[n_kv, hd, n_head_kv],
             &[n_ctx as usize * esz, (n_ctx * hd) as usize * esz],
-            0,
+            cell_start * esz,
         );
         let kqv = ctx.mul_mat(v, kq); // [hd, n, n_head]
         let cur = ctx.permute(kqv, [0, 2, 1, 3]);
@@ -148,9 +254,9 @@ pub(crate) fn attention<'a>(
             vc,
             &[hd, n_kv, n_head_kv],
             &[n_embd_kv as usize * esz, hd as usize * esz],
-            0,
+            cell_start * n_embd_kv as usize * esz,
         );
-        let cur = ctx.flash_attn_ext(q, k, v, inp.mask, scale); // [hd, n_head, n]
+        let cur = ctx.flash_attn_ext(q, k, v, mask, scale); // [hd, n_head, n]
         ctx.reshape(cur, &[cfg.n_embd_q() as i64, n])
     }
 }

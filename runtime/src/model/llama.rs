@@ -6,9 +6,9 @@
 
 use graft_ggml::{Context, Graph, Tensor, Type};
 
-use super::layers::{attention, ffn_swiglu, linear, norm, AttnInputs};
+use super::layers::{attention, ffn_swiglu, linear, norm, AttnInputs, AttnPiece, RowAdapters};
 use super::Model;
-use crate::adapter::{ActiveAdapters, Target, TargetKind};
+use crate::adapter::{Target, TargetKind};
 use crate::kv_cache::KvCache;
 
 /// Shape of one forward batch.
@@ -52,14 +52,15 @@ pub(crate) fn max_nodes(model: &Model, n_adapters: usize) -> usize {
 pub(crate) fn build<'a>(
     model: &'a Model,
     kv: Option<&'a KvCache>,
-    adapters: &'a ActiveAdapters,
+    adapters: RowAdapters<'a>,
     ctx: &'a Context,
     shape: BatchShape,
+    pieces: Option<&'a [AttnPiece]>,
 ) -> (Graph<'a>, GraphInputs<'a>) {
     let cfg = model.config();
     let n = shape.n_tokens as i64;
     let nodes =
-        max_nodes(model, adapters.len()) * if kv.is_none() { TRAIN_GRAPH_FACTOR } else { 1 };
+        max_nodes(model, adapters.count()) * if kv.is_none() { TRAIN_GRAPH_FACTOR } else { 1 };
     let mut gf = ctx.new_graph(nodes, kv.is_none());
 
     let tokens = if shape.embeddings {
@@ -83,8 +84,13 @@ pub(crate) fn build<'a>(
     } else {
         Type::F16
     };
+    // Per-sequence masks (batched decoding) lie one after the other in a 1-D tensor.
+    let mask_ne = match pieces {
+        Some(p) => vec![p.iter().map(|p| (p.n_kv * p.rows) as i64).sum()],
+        None => vec![shape.n_kv as i64, n],
+    };
     let mask = ctx
-        .new_tensor(mask_ty, &[shape.n_kv as i64, n])
+        .new_tensor(mask_ty, &mask_ne)
         .set_name("kq_mask")
         .set_input();
     let k_idx = kv.map(|_| {
@@ -113,6 +119,7 @@ pub(crate) fn build<'a>(
         k_idx,
         v_idx,
         n_kv: shape.n_kv,
+        pieces,
     };
 
     let w = |id| model.w(id);
@@ -170,10 +177,12 @@ pub(crate) fn build<'a>(
             l.bo.map(w),
         )
         .set_name(&format!("attn_out-{il}"));
+        let mut ffn_adapters = adapters;
         if il + 1 == model.layers.len() {
             if let Some(ids) = out_ids {
                 cur = ctx.get_rows(cur, ids);
                 residual = ctx.get_rows(residual, ids);
+                ffn_adapters = adapters.output_rows();
             }
         }
         let ffn_inp = ctx.add(cur, residual).set_name(&format!("ffn_inp-{il}"));
@@ -181,7 +190,7 @@ pub(crate) fn build<'a>(
             norm(ctx, ffn_inp, w(l.ffn_norm), cfg.rms_eps).set_name(&format!("ffn_norm-{il}"));
         let cur = ffn_swiglu(
             ctx,
-            adapters,
+            ffn_adapters,
             il,
             cur,
             w(l.ffn_gate),

@@ -670,7 +670,14 @@ impl Trainer {
             embeddings: soft.is_some(),
             input_grad: soft.is_some() && grads,
         };
-        let (mut gf, inp) = llama::build(&self.model, None, &set, ctx, shape);
+        let (mut gf, inp) = llama::build(
+            &self.model,
+            None,
+            crate::model::layers::RowAdapters::All(&set),
+            ctx,
+            shape,
+            None,
+        );
         // Only the rows that predict a scored token reach the LM head and the loss (ggml's
         // cross-entropy backward assumes every label row sums to 1, so masked rows must not be
         // there); `out_ids` picks them before the last layer's feed-forward.

@@ -124,3 +124,178 @@ pub fn peak_rss_mb() -> Option<f64> {
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
+
+pub struct BatchBenchArgs<'a> {
+    pub model: &'a Path,
+    pub adapters: &'a [std::path::PathBuf],
+    pub sequences: usize,
+    pub prompt_tokens: usize,
+    pub tokens: usize,
+    pub threads: usize,
+    pub reps: usize,
+}
+
+/// `graft bench-batch`: `sequences` greedy generations, sequence `i` with adapter `i mod k`
+/// (the base when none is given), over one loaded model: in the batched decoder (all sequences
+/// in one graph per step, the adapters mixed), the same with every sequence on the first
+/// adapter (the homogeneous batch) and on the base, one after another in sessions, and one
+/// base sequence alone. Reports tokens/s of each; the mixed batch against the homogeneous one
+/// and against one after another; the ceiling (the base batch over one sequence alone: what
+/// batching can win on this machine and model); and whether the batched tokens equal the
+/// sequential ones.
+pub fn run_batch(a: &BatchBenchArgs<'_>) -> Result<Value> {
+    use graft::{BatchConfig, BatchDecoder};
+    let model = Arc::new(Model::load(a.model)?);
+    let n_vocab = model.config().n_vocab;
+    let registry = AdapterRegistry::new(model.clone());
+    let mut sets = Vec::new();
+    for (i, path) in a.adapters.iter().enumerate() {
+        let ad = registry
+            .load(&format!("a{i}"), path, LoadPolicy::Create)
+            .with_context(|| format!("loading adapter {}", path.display()))?;
+        sets.push(ActiveAdapters::none().with(ad, 1.0));
+    }
+    if sets.is_empty() {
+        sets.push(ActiveAdapters::none());
+    }
+    let prompts: Vec<Vec<u32>> = (0..a.sequences)
+        .map(|i| {
+            bench_tokens(a.prompt_tokens + i, n_vocab)
+                .into_iter()
+                .skip(i)
+                .collect()
+        })
+        .collect();
+    let n_ctx = a.prompt_tokens + a.tokens + 1;
+    // Which adapter set sequence `i` runs with: the mixed assignment, all on the first
+    // adapter, or all on the base model.
+    #[derive(Clone, Copy)]
+    enum Assign {
+        Mixed,
+        First,
+        Base,
+    }
+    let set_for = |assign: Assign, i: usize| match assign {
+        Assign::Mixed => sets[i % sets.len()].clone(),
+        Assign::First => sets[0].clone(),
+        Assign::Base => ActiveAdapters::none(),
+    };
+    let batched = |assign: Assign| -> Result<(f64, f64, Vec<Vec<u32>>)> {
+        let mut b = BatchDecoder::new(
+            model.clone(),
+            BatchConfig {
+                n_seq_max: a.sequences,
+                n_ctx_seq: n_ctx,
+                n_batch: 512,
+                n_threads: a.threads,
+                ..BatchConfig::default()
+            },
+        )?;
+        let ids = (0..a.sequences)
+            .map(|i| b.add_sequence(set_for(assign, i)))
+            .collect::<graft::Result<Vec<_>>>()?;
+        let t = Instant::now();
+        let work: Vec<_> = ids
+            .iter()
+            .zip(&prompts)
+            .map(|(&id, p)| (id, &p[..]))
+            .collect();
+        let mut logits = b.step(&work)?;
+        let prefill = t.elapsed().as_secs_f64();
+        let mut out = vec![Vec::new(); a.sequences];
+        let t = Instant::now();
+        for _ in 0..a.tokens {
+            let next: Vec<[u32; 1]> = logits.iter().map(|l| [graft::sampler::argmax(l)]).collect();
+            for (o, n) in out.iter_mut().zip(&next) {
+                o.push(n[0]);
+            }
+            let work: Vec<_> = ids.iter().zip(&next).map(|(&id, n)| (id, &n[..])).collect();
+            logits = b.step(&work)?;
+        }
+        Ok((prefill, t.elapsed().as_secs_f64(), out))
+    };
+    // The sequences one after another in sessions (`n` of them).
+    let sequential = |assign: Assign, n: usize| -> Result<(f64, f64, Vec<Vec<u32>>)> {
+        let (mut prefill, mut decode) = (0.0, 0.0);
+        let mut out = Vec::new();
+        for (i, p) in prompts.iter().enumerate().take(n) {
+            let mut s = Session::new(
+                model.clone(),
+                SessionConfig {
+                    n_ctx,
+                    n_batch: 512,
+                    n_threads: a.threads,
+                    ..SessionConfig::default()
+                },
+            )?;
+            s.set_adapters(set_for(assign, i))?;
+            let t = Instant::now();
+            let mut l = s.decode(p, LogitsFor::Last)?;
+            prefill += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut toks = Vec::new();
+            for _ in 0..a.tokens {
+                let tok = graft::sampler::argmax(&l);
+                toks.push(tok);
+                l = s.decode(&[tok], LogitsFor::Last)?;
+            }
+            decode += t.elapsed().as_secs_f64();
+            out.push(toks);
+        }
+        Ok((prefill, decode, out))
+    };
+    // Warm-up, then `reps` rounds of every run in turn (interleaved, so drift hits all alike).
+    batched(Assign::Mixed)?;
+    let (mut mixed, mut first, mut base, mut seq, mut single) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tokens_match = true;
+    for _ in 0..a.reps {
+        let m = batched(Assign::Mixed)?;
+        let s = sequential(Assign::Mixed, a.sequences)?;
+        tokens_match &= m.2 == s.2;
+        mixed.push(m);
+        seq.push(s);
+        first.push(batched(Assign::First)?);
+        base.push(batched(Assign::Base)?);
+        single.push(sequential(Assign::Base, 1)?);
+    }
+    let n_prompt: usize = prompts.iter().map(Vec::len).sum();
+    let n_gen = (a.sequences * a.tokens) as f64;
+    let rates = |runs: &[(f64, f64, Vec<Vec<u32>>)], n_prompt: usize, n_gen: f64| {
+        json!({
+            "prefill_tokens_per_s": runs.iter().map(|r| n_prompt as f64 / r.0).collect::<Vec<_>>(),
+            "decode_tokens_per_s": runs.iter().map(|r| n_gen / r.1).collect::<Vec<_>>(),
+        })
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let decode = |runs: &[(f64, f64, Vec<Vec<u32>>)], n_gen: f64| {
+        median(runs.iter().map(|r| n_gen / r.1).collect())
+    };
+    let single_gen = a.tokens as f64;
+    // The most batching can win here: the batch without adapters over one sequence alone.
+    let ceiling = decode(&base, n_gen) / decode(&single, single_gen);
+    let speedup = decode(&mixed, n_gen) / decode(&seq, n_gen);
+    Ok(json!({
+        "engine": "graft",
+        "model": a.model.display().to_string(),
+        "threads": a.threads,
+        "sequences": a.sequences,
+        "adapters": a.adapters.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "prompt_tokens": a.prompt_tokens,
+        "tokens": a.tokens,
+        "batched_mixed_adapters": rates(&mixed, n_prompt, n_gen),
+        "batched_one_adapter": rates(&first, n_prompt, n_gen),
+        "batched_base": rates(&base, n_prompt, n_gen),
+        "sequential_mixed_adapters": rates(&seq, n_prompt, n_gen),
+        "single_sequence_base": rates(&single, prompts[0].len(), single_gen),
+        "decode_mixed_vs_one_adapter": decode(&mixed, n_gen) / decode(&first, n_gen),
+        "decode_speedup_mixed_vs_sequential": speedup,
+        "decode_ceiling_batch_vs_single": ceiling,
+        "speedup_fraction_of_ceiling": speedup / ceiling,
+        "tokens_match_sequential": tokens_match,
+        "peak_rss_mb": peak_rss_mb(),
+    }))
+}

@@ -84,6 +84,8 @@ pub enum StopReason {
     Cancelled,
     /// The context is full.
     ContextFull,
+    /// One of the request's stop strings was generated (it is not in the text).
+    StopString,
 }
 
 /// Timings of one generation, in the units of `graft generate --json`.

@@ -25,6 +25,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
 pub mod sampler;
+pub mod scheduler;
 pub mod session;
 pub mod tokenizer;
 pub mod train;

@@ -17,6 +17,7 @@ mod adapters_cli;
 mod bench;
 mod cli_args;
 mod inspect;
+mod serve;
 mod train_cli;
 
 #[derive(Parser)]
@@ -65,6 +66,65 @@ enum Cmd {
         /// Adapter and scale (repeatable).
         #[arg(long = "adapter-scaled", num_args = 2, value_names = ["A.gguf", "S"])]
         adapters_scaled: Vec<String>,
+    },
+    /// Decode many sequences with different adapters at once (batched) against one after
+    /// another, on one loaded model.
+    BenchBatch {
+        /// The GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapters; sequence i uses adapter i mod k (repeatable; none: the base model).
+        #[arg(long = "adapter")]
+        adapters: Vec<PathBuf>,
+        /// Sequences decoded together.
+        #[arg(long, default_value_t = 8, value_parser = crate::cli_args::positive_count)]
+        sequences: usize,
+        /// Prompt length of each sequence (sequence i has i more).
+        #[arg(long, default_value_t = 32, value_parser = crate::cli_args::positive_count)]
+        prompt_tokens: usize,
+        /// Tokens generated per sequence.
+        #[arg(long, default_value_t = 32, value_parser = crate::cli_args::positive_count)]
+        tokens: usize,
+        /// CPU threads.
+        #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::cli_args::positive_count)]
+        threads: usize,
+        /// Repetitions.
+        #[arg(long, default_value_t = 3, value_parser = crate::cli_args::positive_count)]
+        reps: usize,
+    },
+    /// Serve the model and a directory of adapters over an OpenAI-compatible HTTP API; each
+    /// request names its adapter, and requests with different adapters decode together.
+    Serve {
+        /// The GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Directory of adapters: a request's "model" names DIR/<name>.gguf.
+        #[arg(long)]
+        adapters: PathBuf,
+        /// Address to listen on (loopback by default).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0: any free port; the address is printed on stdout).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Requests decoded at once.
+        #[arg(long, default_value_t = 8, value_parser = crate::cli_args::positive_count)]
+        max_batch: usize,
+        /// Bound of the cache of loaded adapters no request uses, in MB.
+        #[arg(long, default_value_t = 256, value_parser = crate::cli_args::count)]
+        adapter_cache_mb: usize,
+        /// Require "Authorization: Bearer K" on every route but /health.
+        #[arg(long)]
+        api_key: Option<String>,
+        /// CPU threads.
+        #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::cli_args::positive_count)]
+        threads: usize,
+        /// Context per request (prompt plus generated tokens).
+        #[arg(long, default_value_t = 2048, value_parser = crate::cli_args::context_length)]
+        ctx: usize,
+        /// Requests that may wait for a slot; more get 429.
+        #[arg(long, default_value_t = 64, value_parser = crate::cli_args::positive_count)]
+        max_queue: usize,
     },
     /// Fine-tune an adapter on the device (adapter parameters only; the base stays frozen).
     Train(Box<train_cli::TrainArgs>),
@@ -189,6 +249,47 @@ fn main() {
         Cmd::Perplexity(a) => run_perplexity(a),
         Cmd::Inspect { file, json } => inspect::run(&file, json),
         Cmd::Strip { adapter, out } => strip(&adapter, &out),
+        Cmd::Serve {
+            model,
+            adapters,
+            host,
+            port,
+            max_batch,
+            adapter_cache_mb,
+            api_key,
+            threads,
+            ctx,
+            max_queue,
+        } => serve::run(serve::ServeArgs {
+            model,
+            adapters,
+            host,
+            port,
+            max_batch,
+            adapter_cache_mb,
+            api_key,
+            threads,
+            ctx,
+            max_queue,
+        }),
+        Cmd::BenchBatch {
+            model,
+            adapters,
+            sequences,
+            prompt_tokens,
+            tokens,
+            threads,
+            reps,
+        } => bench::run_batch(&bench::BatchBenchArgs {
+            model: &model,
+            adapters: &adapters,
+            sequences,
+            prompt_tokens,
+            tokens,
+            threads,
+            reps,
+        })
+        .map(|v| println!("{v:#}")),
         Cmd::Chat(a) => adapters_cli::chat(a),
         Cmd::Train(a) => train_cli::train(*a),
         Cmd::Merge(a) => adapters_cli::merge(a),

@@ -243,6 +243,8 @@ impl Session {
                 graft::engine::StopReason::EndOfGeneration => StopReason::EndOfGeneration,
                 graft::engine::StopReason::Cancelled => StopReason::Cancelled,
                 graft::engine::StopReason::ContextFull => StopReason::ContextFull,
+                // Stop strings belong to the server's scheduler; a session never stops on one.
+                graft::engine::StopReason::StopString => StopReason::EndOfGeneration,
             },
             timings: GenerationTimings {
                 prefill_ms: g.timings.prefill_ms,

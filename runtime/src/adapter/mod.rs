@@ -7,6 +7,7 @@
 //! request and passed explicitly into graph building. The base weights are never modified.
 
 pub(crate) mod active;
+pub mod cache;
 pub mod diablo;
 pub mod lopa;
 pub mod lora;

@@ -1,0 +1,684 @@
+//! `graft serve`: an OpenAI-compatible HTTP server (axum) over the library's scheduler, which
+//! decodes every running request in one graph per step whatever adapters they name.
+//!
+//! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (server-sent events with
+//! `"stream": true`), `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text).
+//! A request picks its adapter with `"model": "<file stem in DIR>"` (the base model's name, or
+//! no model, means none) or several with `"adapters": [{"name": .., "scale": ..}]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use graft::adapter::cache::AdapterCache;
+use graft::engine::StopReason;
+use graft::scheduler::{Event, Job, Scheduler, SchedulerConfig};
+use graft::tokenizer::ChatMessage;
+use graft::{ActiveAdapters, Model, SamplerConfig};
+use serde_json::{json, Value};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt as _;
+
+pub struct ServeArgs {
+    pub model: PathBuf,
+    pub adapters: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub max_batch: usize,
+    pub adapter_cache_mb: usize,
+    pub api_key: Option<String>,
+    pub threads: usize,
+    pub ctx: usize,
+    pub max_queue: usize,
+}
+
+struct AppState {
+    model: Arc<Model>,
+    name: String,
+    cache: AdapterCache,
+    scheduler: Scheduler,
+    api_key: Option<String>,
+    next_id: AtomicU64,
+    http_errors: AtomicU64,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let model = Arc::new(
+        Model::load(&a.model).with_context(|| format!("loading model {}", a.model.display()))?,
+    );
+    let name = a
+        .model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "base".into());
+    let cache = AdapterCache::new(model.clone(), &a.adapters, a.adapter_cache_mb << 20)
+        .with_context(|| format!("--adapters {}", a.adapters.display()))?;
+    let scheduler = Scheduler::start(
+        model.clone(),
+        SchedulerConfig {
+            max_batch: a.max_batch,
+            n_ctx_seq: a.ctx,
+            max_queue: a.max_queue,
+            n_threads: a.threads,
+        },
+    )?;
+    let state = Arc::new(AppState {
+        model,
+        name,
+        cache,
+        scheduler,
+        api_key: a.api_key,
+        next_id: AtomicU64::new(1),
+        http_errors: AtomicU64::new(0),
+    });
+    let app = router(state.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("listening on {}:{}", a.host, a.port))?;
+        let addr: SocketAddr = listener.local_addr()?;
+        // Adapters whose last request ended are evicted within a second when over the bound.
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                st.cache.shrink();
+            }
+        });
+        // The address on stdout (scripts and tests read it); everything else on stderr.
+        println!("listening on http://{addr}");
+        eprintln!(
+            "graft serve: {} over {} adapters in {} (batch {}, context {} per request{})",
+            state.name,
+            state.cache.list().len(),
+            state.cache.dir().display(),
+            a.max_batch,
+            state.scheduler.n_ctx_seq(),
+            if state.api_key.is_some() {
+                ", API key required"
+            } else {
+                ""
+            }
+        );
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("serving")
+    })
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// An error answer: `{"error": {"message", "type", "param"}}` with its status.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<&'static str>,
+}
+
+impl ApiError {
+    fn bad(param: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        };
+        let body = json!({"error": {"message": self.message, "type": kind, "param": self.param}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &state.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "a valid API key is required: Authorization: Bearer <key>".into(),
+            param: None,
+        })
+    }
+}
+
+/// The body as a JSON object, or a 400 that says why not.
+fn parse_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad("body", "the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad("body", format!("malformed JSON: {e}"))),
+    }
+}
+
+/// What both endpoints read besides the prompt.
+struct Params {
+    adapters: ActiveAdapters,
+    model: String,
+    sampler: SamplerConfig,
+    max_tokens: usize,
+    stop: Vec<String>,
+    stream: bool,
+}
+
+fn number(
+    m: &serde_json::Map<String, Value>,
+    key: &'static str,
+    ok: impl Fn(f64) -> bool,
+    want: &str,
+) -> Result<Option<f64>, ApiError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if ok(x) => Ok(Some(x)),
+            _ => Err(ApiError::bad(
+                key,
+                format!("'{key}' must be {want}, got {v}"),
+            )),
+        },
+    }
+}
+
+fn params(
+    state: &AppState,
+    m: &serde_json::Map<String, Value>,
+    default_max_tokens: usize,
+) -> Result<Params, ApiError> {
+    let limit = state.scheduler.n_ctx_seq() - 1;
+    let temperature = number(
+        m,
+        "temperature",
+        |x| (0.0..=2.0).contains(&x),
+        "a number within [0, 2]",
+    )?;
+    let top_p = number(
+        m,
+        "top_p",
+        |x| x > 0.0 && x <= 1.0,
+        "a number within (0, 1]",
+    )?;
+    let seed = number(
+        m,
+        "seed",
+        |x| x >= 0.0 && x.fract() == 0.0,
+        "a whole number >= 0",
+    )?;
+    let max_tokens = number(
+        m,
+        "max_tokens",
+        |x| x >= 1.0 && x.fract() == 0.0 && x <= limit as f64,
+        &format!("a whole number within [1, {limit}]"),
+    )?;
+    let stream = match m.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(ApiError::bad(
+                "stream",
+                format!("'stream' must be true or false, got {v}"),
+            ))
+        }
+    };
+    let stop = match m.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect(),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stop",
+                "'stop' must be a string or up to 4 strings",
+            ))
+        }
+    };
+    // The adapters: "adapters": [{"name", "scale"}], else "model" naming one.
+    let mut adapters = ActiveAdapters::none();
+    let model = m
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(&state.name)
+        .to_string();
+    let mut use_adapter = |name: &str, scale: f32, param: &'static str| -> Result<(), ApiError> {
+        let a = state.cache.get(name).map_err(|e| match e {
+            graft::Error::Registry(msg) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: msg,
+                param: Some(param),
+            },
+            e => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: format!("adapter {name:?}: {e}"),
+                param: Some(param),
+            },
+        })?;
+        adapters.set(a, scale);
+        Ok(())
+    };
+    match m.get("adapters") {
+        None | Some(Value::Null) => {
+            if model != state.name && model != "base" && !model.is_empty() {
+                use_adapter(&model, 1.0, "model")?;
+            }
+        }
+        Some(Value::Array(list)) => {
+            for item in list {
+                let name = item.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::bad("adapters", "each of 'adapters' needs a \"name\" string")
+                })?;
+                let scale = match item.get("scale") {
+                    None => 1.0,
+                    Some(v) => v.as_f64().filter(|s| s.is_finite()).ok_or_else(|| {
+                        ApiError::bad("adapters", "an adapter's \"scale\" must be a number")
+                    })?,
+                };
+                use_adapter(name, scale as f32, "adapters")?;
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                "adapters",
+                "'adapters' must be a list of {\"name\", \"scale\"}",
+            ))
+        }
+    }
+    let seed = seed.map(|s| s as u64).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    Ok(Params {
+        adapters,
+        model,
+        sampler: SamplerConfig {
+            temperature: temperature.unwrap_or(1.0) as f32,
+            top_k: 0,
+            top_p: top_p.unwrap_or(1.0) as f32,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            seed,
+            ..SamplerConfig::default()
+        },
+        max_tokens: max_tokens.map_or(default_max_tokens.min(limit), |x| x as usize),
+        stop,
+        stream,
+    })
+}
+
+fn finish_reason(r: StopReason) -> &'static str {
+    match r {
+        StopReason::EndOfGeneration | StopReason::StopString => "stop",
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
+        StopReason::Cancelled => "cancelled",
+    }
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = (|| {
+        check_key(&state, &headers)?;
+        let m = parse_body(&body)?;
+        let prompt = match m.get("prompt") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(ApiError::bad("prompt", "'prompt' must be a string")),
+        };
+        let p = params(&state, &m, 16)?;
+        Ok((state.model.tokenizer().encode(&prompt, true, true), p))
+    })();
+    respond(state, r, false).await
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = (|| {
+        check_key(&state, &headers)?;
+        let m = parse_body(&body)?;
+        let bad = || {
+            ApiError::bad(
+                "messages",
+                "'messages' must be a list of {\"role\", \"content\"} strings",
+            )
+        };
+        let list = m
+            .get("messages")
+            .and_then(Value::as_array)
+            .ok_or_else(bad)?;
+        let mut messages = Vec::with_capacity(list.len());
+        for item in list {
+            let role = item.get("role").and_then(Value::as_str).ok_or_else(bad)?;
+            let content = item
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?;
+            messages.push(ChatMessage::new(role, content));
+        }
+        if messages.is_empty() {
+            return Err(bad());
+        }
+        let p = params(&state, &m, usize::MAX)?;
+        let text = state
+            .model
+            .tokenizer()
+            .apply_chat_template(&messages, true)
+            .map_err(|e| ApiError::bad("messages", e.to_string()))?;
+        Ok((state.model.tokenizer().encode(&text, true, true), p))
+    })();
+    respond(state, r, true).await
+}
+
+/// Queues the request and answers with its text (all at once, or as server-sent events).
+async fn respond(
+    state: Arc<AppState>,
+    parsed: Result<(Vec<u32>, Params), ApiError>,
+    chat: bool,
+) -> Response {
+    let (prompt, p) = match parsed {
+        Ok(x) => x,
+        Err(e) => {
+            state.http_errors.fetch_add(1, Ordering::Relaxed);
+            return e.into_response();
+        }
+    };
+    let limit = state.scheduler.n_ctx_seq() - 1;
+    if prompt.len() > limit {
+        state.http_errors.fetch_add(1, Ordering::Relaxed);
+        return ApiError::bad(
+            if chat { "messages" } else { "prompt" },
+            format!(
+                "the prompt has {} tokens; at most {limit} fit",
+                prompt.len()
+            ),
+        )
+        .into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let job = Job {
+        prompt,
+        adapters: p.adapters,
+        sampler: p.sampler,
+        max_tokens: p.max_tokens.min(limit),
+        stop: p.stop,
+        cancel: Arc::new(AtomicBool::new(false)),
+        on_event: Box::new(move |e| tx.send(e).is_ok()),
+    };
+    if state.scheduler.submit(job).is_err() {
+        state.http_errors.fetch_add(1, Ordering::Relaxed);
+        return ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "the server is busy: too many requests are waiting; retry later".into(),
+            param: None,
+        }
+        .into_response();
+    }
+    let id = format!(
+        "{}-{}",
+        if chat { "chatcmpl" } else { "cmpl" },
+        state.next_id.fetch_add(1, Ordering::Relaxed)
+    );
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let model = p.model;
+    if p.stream {
+        let (id2, model2) = (id.clone(), model.clone());
+        let chunk = move |text: Option<&str>, reason: Option<&str>| {
+            if chat {
+                let delta = text.map_or(json!({}), |t| json!({"role": "assistant", "content": t}));
+                json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+            } else {
+                json!({"id": id2, "object": "text_completion", "created": created, "model": model2,
+                       "choices": [{"index": 0, "text": text.unwrap_or(""), "finish_reason": reason}]})
+            }
+        };
+        let events = UnboundedReceiverStream::new(rx).map(move |e| {
+            let data = match e {
+                Event::Text(t) => chunk(Some(&t), None).to_string(),
+                Event::Done(f) => {
+                    let mut last = chunk(None, Some(finish_reason(f.stop_reason)));
+                    last["usage"] = usage(f.prompt_tokens, f.completion_tokens);
+                    last.to_string()
+                }
+                Event::Failed(msg) => {
+                    json!({"error": {"message": msg, "type": "server_error"}}).to_string()
+                }
+            };
+            Ok::<_, std::convert::Infallible>(SseEvent::default().data(data))
+        });
+        let done = tokio_stream::once(Ok(SseEvent::default().data("[DONE]")));
+        return Sse::new(events.chain(done)).into_response();
+    }
+    let mut rx = rx;
+    let mut text = String::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(f) => {
+                let reason = finish_reason(f.stop_reason);
+                let choice = if chat {
+                    json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason})
+                } else {
+                    json!({"index": 0, "text": text, "finish_reason": reason})
+                };
+                return Json(json!({
+                    "id": id,
+                    "object": if chat { "chat.completion" } else { "text_completion" },
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage(f.prompt_tokens, f.completion_tokens),
+                }))
+                .into_response();
+            }
+            Event::Failed(msg) => {
+                return ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: msg,
+                    param: None,
+                }
+                .into_response()
+            }
+        }
+    }
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: "the request ended without a result".into(),
+        param: None,
+    }
+    .into_response()
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_key(&state, &headers) {
+        return e.into_response();
+    }
+    let mut data =
+        vec![json!({"id": state.name, "object": "model", "owned_by": "graft", "kind": "base"})];
+    for a in state.cache.list() {
+        data.push(json!({"id": a.name, "object": "model", "owned_by": "graft", "kind": a.kind, "parent": state.name}));
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_key(&state, &headers) {
+        return e.into_response();
+    }
+    let s = state.scheduler.stats();
+    let c = state.cache.stats();
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let steps = g(&s.steps);
+    let lines = [
+        (
+            "graft_requests_total",
+            "counter",
+            "Requests accepted.",
+            g(&s.requests) as f64,
+        ),
+        (
+            "graft_requests_rejected_total",
+            "counter",
+            "Requests refused with 429 (queue full).",
+            g(&s.rejected) as f64,
+        ),
+        (
+            "graft_requests_finished_total",
+            "counter",
+            "Requests finished.",
+            g(&s.finished) as f64,
+        ),
+        (
+            "graft_http_errors_total",
+            "counter",
+            "Requests answered with an error.",
+            g(&state.http_errors) as f64,
+        ),
+        (
+            "graft_prompt_tokens_total",
+            "counter",
+            "Prompt tokens evaluated.",
+            g(&s.prompt_tokens) as f64,
+        ),
+        (
+            "graft_generated_tokens_total",
+            "counter",
+            "Tokens generated.",
+            g(&s.generated_tokens) as f64,
+        ),
+        (
+            "graft_steps_total",
+            "counter",
+            "Batched decoding steps.",
+            steps as f64,
+        ),
+        (
+            "graft_step_seconds_total",
+            "counter",
+            "Time in decoding steps.",
+            g(&s.step_us) as f64 / 1e6,
+        ),
+        (
+            "graft_batch_size_mean",
+            "gauge",
+            "Mean sequences per step.",
+            if steps > 0 {
+                g(&s.batch_rows) as f64 / steps as f64
+            } else {
+                0.0
+            },
+        ),
+        (
+            "graft_running_requests",
+            "gauge",
+            "Requests being decoded.",
+            s.running.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "graft_queue_depth",
+            "gauge",
+            "Requests waiting for a slot.",
+            s.queued.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "graft_adapter_cache_hits_total",
+            "counter",
+            "Adapter requests served from the cache.",
+            g(&c.hits) as f64,
+        ),
+        (
+            "graft_adapter_cache_misses_total",
+            "counter",
+            "Adapters loaded on a request.",
+            g(&c.misses) as f64,
+        ),
+        (
+            "graft_adapter_cache_evictions_total",
+            "counter",
+            "Adapters evicted from the cache.",
+            g(&c.evictions) as f64,
+        ),
+        (
+            "graft_adapter_cache_reloads_total",
+            "counter",
+            "Adapters loaded again after their file changed.",
+            g(&c.reloads) as f64,
+        ),
+        (
+            "graft_adapter_load_seconds_total",
+            "counter",
+            "Time loading adapters.",
+            g(&c.load_us) as f64 / 1e6,
+        ),
+        (
+            "graft_adapter_cache_bytes",
+            "gauge",
+            "Bytes of cached adapters.",
+            state.cache.cached_bytes() as f64,
+        ),
+        (
+            "graft_adapter_cache_entries",
+            "gauge",
+            "Cached adapters.",
+            state.cache.cached() as f64,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, v) in lines {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}

@@ -94,38 +94,7 @@ enum Cmd {
     },
     /// Serve the model and a directory of adapters over an OpenAI-compatible HTTP API; each
     /// request names its adapter, and requests with different adapters decode together.
-    Serve {
-        /// The GGUF model file.
-        #[arg(long)]
-        model: PathBuf,
-        /// Directory of adapters: a request's "model" names DIR/<name>.gguf.
-        #[arg(long)]
-        adapters: PathBuf,
-        /// Address to listen on (loopback by default).
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// Port (0: any free port; the address is printed on stdout).
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// Requests decoded at once.
-        #[arg(long, default_value_t = 8, value_parser = crate::cli_args::positive_count)]
-        max_batch: usize,
-        /// Bound of the cache of loaded adapters no request uses, in MB.
-        #[arg(long, default_value_t = 256, value_parser = crate::cli_args::count)]
-        adapter_cache_mb: usize,
-        /// Require "Authorization: Bearer K" on every route but /health.
-        #[arg(long)]
-        api_key: Option<String>,
-        /// CPU threads.
-        #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::cli_args::positive_count)]
-        threads: usize,
-        /// Context per request (prompt plus generated tokens).
-        #[arg(long, default_value_t = 2048, value_parser = crate::cli_args::context_length)]
-        ctx: usize,
-        /// Requests that may wait for a slot; more get 429.
-        #[arg(long, default_value_t = 64, value_parser = crate::cli_args::positive_count)]
-        max_queue: usize,
-    },
+    Serve(serve::ServeArgs),
     /// Fine-tune an adapter on the device (adapter parameters only; the base stays frozen).
     Train(Box<train_cli::TrainArgs>),
     /// Interactive chat; `/adapter load|use|scale|off|list` swaps adapters between turns.
@@ -249,29 +218,7 @@ fn main() {
         Cmd::Perplexity(a) => run_perplexity(a),
         Cmd::Inspect { file, json } => inspect::run(&file, json),
         Cmd::Strip { adapter, out } => strip(&adapter, &out),
-        Cmd::Serve {
-            model,
-            adapters,
-            host,
-            port,
-            max_batch,
-            adapter_cache_mb,
-            api_key,
-            threads,
-            ctx,
-            max_queue,
-        } => serve::run(serve::ServeArgs {
-            model,
-            adapters,
-            host,
-            port,
-            max_batch,
-            adapter_cache_mb,
-            api_key,
-            threads,
-            ctx,
-            max_queue,
-        }),
+        Cmd::Serve(a) => serve::run(a),
         Cmd::BenchBatch {
             model,
             adapters,

@@ -27,16 +27,37 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
 
+#[derive(clap::Args)]
 pub struct ServeArgs {
+    /// The GGUF model file.
+    #[arg(long)]
     pub model: PathBuf,
+    /// Directory of adapters: a request's "model" names DIR/<name>.gguf.
+    #[arg(long)]
     pub adapters: PathBuf,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port (0: any free port; the address is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Requests decoded at once.
+    #[arg(long, default_value_t = 8, value_parser = crate::cli_args::positive_count)]
     pub max_batch: usize,
+    /// Bound of the cache of loaded adapters no request uses, in MB.
+    #[arg(long, default_value_t = 256, value_parser = crate::cli_args::count)]
     pub adapter_cache_mb: usize,
+    /// Require "Authorization: Bearer K" on every route but /health.
+    #[arg(long)]
     pub api_key: Option<String>,
+    /// CPU threads.
+    #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::cli_args::positive_count)]
     pub threads: usize,
+    /// Context per request (prompt plus generated tokens).
+    #[arg(long, default_value_t = 2048, value_parser = crate::cli_args::context_length)]
     pub ctx: usize,
+    /// Requests that may wait for a slot; more get 429.
+    #[arg(long, default_value_t = 64, value_parser = crate::cli_args::positive_count)]
     pub max_queue: usize,
 }
 
@@ -560,125 +581,137 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     let c = state.cache.stats();
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let steps = g(&s.steps);
-    let lines = [
-        (
-            "graft_requests_total",
-            "counter",
-            "Requests accepted.",
-            g(&s.requests) as f64,
-        ),
-        (
-            "graft_requests_rejected_total",
-            "counter",
-            "Requests refused with 429 (queue full).",
-            g(&s.rejected) as f64,
-        ),
-        (
-            "graft_requests_finished_total",
-            "counter",
-            "Requests finished.",
-            g(&s.finished) as f64,
-        ),
-        (
-            "graft_http_errors_total",
-            "counter",
-            "Requests answered with an error.",
-            g(&state.http_errors) as f64,
-        ),
-        (
-            "graft_prompt_tokens_total",
-            "counter",
-            "Prompt tokens evaluated.",
-            g(&s.prompt_tokens) as f64,
-        ),
-        (
-            "graft_generated_tokens_total",
-            "counter",
-            "Tokens generated.",
-            g(&s.generated_tokens) as f64,
-        ),
-        (
-            "graft_steps_total",
-            "counter",
-            "Batched decoding steps.",
-            steps as f64,
-        ),
-        (
-            "graft_step_seconds_total",
-            "counter",
-            "Time in decoding steps.",
-            g(&s.step_us) as f64 / 1e6,
-        ),
-        (
-            "graft_batch_size_mean",
-            "gauge",
-            "Mean sequences per step.",
-            if steps > 0 {
-                g(&s.batch_rows) as f64 / steps as f64
-            } else {
-                0.0
-            },
-        ),
-        (
-            "graft_running_requests",
-            "gauge",
-            "Requests being decoded.",
-            s.running.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "graft_queue_depth",
-            "gauge",
-            "Requests waiting for a slot.",
-            s.queued.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "graft_adapter_cache_hits_total",
-            "counter",
-            "Adapter requests served from the cache.",
-            g(&c.hits) as f64,
-        ),
-        (
-            "graft_adapter_cache_misses_total",
-            "counter",
-            "Adapters loaded on a request.",
-            g(&c.misses) as f64,
-        ),
-        (
-            "graft_adapter_cache_evictions_total",
-            "counter",
-            "Adapters evicted from the cache.",
-            g(&c.evictions) as f64,
-        ),
-        (
-            "graft_adapter_cache_reloads_total",
-            "counter",
-            "Adapters loaded again after their file changed.",
-            g(&c.reloads) as f64,
-        ),
-        (
-            "graft_adapter_load_seconds_total",
-            "counter",
-            "Time loading adapters.",
-            g(&c.load_us) as f64 / 1e6,
-        ),
-        (
-            "graft_adapter_cache_bytes",
-            "gauge",
-            "Bytes of cached adapters.",
-            state.cache.cached_bytes() as f64,
-        ),
-        (
-            "graft_adapter_cache_entries",
-            "gauge",
-            "Cached adapters.",
-            state.cache.cached() as f64,
-        ),
-    ];
     let mut out = String::new();
-    for (name, kind, help, v) in lines {
+    let mut put = |name: &str, kind: &str, help: &str, v: f64| {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
         ));
-    }
+    };
+    let (counter, gauge) = ("counter", "gauge");
+    put(
+        "graft_requests_total",
+        counter,
+        "Requests accepted.",
+        g(&s.requests) as f64,
+    );
+    let rejected = g(&s.rejected) as f64;
+    put(
+        "graft_requests_rejected_total",
+        counter,
+        "Requests refused with 429.",
+        rejected,
+    );
+    put(
+        "graft_requests_finished_total",
+        counter,
+        "Requests finished.",
+        g(&s.finished) as f64,
+    );
+    let errors = g(&state.http_errors) as f64;
+    put(
+        "graft_http_errors_total",
+        counter,
+        "Requests answered with an error.",
+        errors,
+    );
+    let prompt = g(&s.prompt_tokens) as f64;
+    put(
+        "graft_prompt_tokens_total",
+        counter,
+        "Prompt tokens evaluated.",
+        prompt,
+    );
+    let generated = g(&s.generated_tokens) as f64;
+    put(
+        "graft_generated_tokens_total",
+        counter,
+        "Tokens generated.",
+        generated,
+    );
+    put(
+        "graft_steps_total",
+        counter,
+        "Batched decoding steps.",
+        steps as f64,
+    );
+    let step_s = g(&s.step_us) as f64 / 1e6;
+    put(
+        "graft_step_seconds_total",
+        counter,
+        "Time in decoding steps.",
+        step_s,
+    );
+    let mean = if steps > 0 {
+        g(&s.batch_rows) as f64 / steps as f64
+    } else {
+        0.0
+    };
+    put(
+        "graft_batch_size_mean",
+        gauge,
+        "Mean sequences per step.",
+        mean,
+    );
+    let running = s.running.load(Ordering::Relaxed) as f64;
+    put(
+        "graft_running_requests",
+        gauge,
+        "Requests being decoded.",
+        running,
+    );
+    let queued = s.queued.load(Ordering::Relaxed) as f64;
+    put(
+        "graft_queue_depth",
+        gauge,
+        "Requests waiting for a slot.",
+        queued,
+    );
+    let cache = "graft_adapter_cache";
+    put(
+        &format!("{cache}_hits_total"),
+        counter,
+        "Adapters served from the cache.",
+        g(&c.hits) as f64,
+    );
+    put(
+        &format!("{cache}_misses_total"),
+        counter,
+        "Adapters loaded on a request.",
+        g(&c.misses) as f64,
+    );
+    let ev = g(&c.evictions) as f64;
+    put(
+        &format!("{cache}_evictions_total"),
+        counter,
+        "Adapters evicted.",
+        ev,
+    );
+    let re = g(&c.reloads) as f64;
+    put(
+        &format!("{cache}_reloads_total"),
+        counter,
+        "Adapters reloaded after a change.",
+        re,
+    );
+    let load_s = g(&c.load_us) as f64 / 1e6;
+    put(
+        "graft_adapter_load_seconds_total",
+        counter,
+        "Time loading adapters.",
+        load_s,
+    );
+    let bytes = state.cache.cached_bytes() as f64;
+    put(
+        &format!("{cache}_bytes"),
+        gauge,
+        "Bytes of cached adapters.",
+        bytes,
+    );
+    put(
+        &format!("{cache}_entries"),
+        gauge,
+        "Cached adapters.",
+        state.cache.cached() as f64,
+    );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -166,7 +166,9 @@ pub fn run_batch(a: &BatchBenchArgs<'_>) -> Result<Value> {
                 .collect()
         })
         .collect();
-    let n_ctx = a.prompt_tokens + a.tokens + 1;
+    // Both ways get the same context (the batch decoder's, a multiple of 256): the attention
+    // then has the same shapes, and the tokens are the same.
+    let n_ctx = (a.prompt_tokens + a.sequences + a.tokens).div_ceil(256) * 256;
     // Which adapter set sequence `i` runs with: the mixed assignment, all on the first
     // adapter, or all on the base model.
     #[derive(Clone, Copy)]

@@ -36,80 +36,80 @@ pub struct TrainArgs {
     resume: Option<PathBuf>,
     /// Optimizer steps in all (default: one epoch, or --epochs); with --resume, the total
     /// including the steps already done.
-    #[arg(long, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, value_parser = crate::args::positive_count)]
     steps: Option<usize>,
     /// Epochs over the data (when --steps is not given).
-    #[arg(long, default_value_t = 1, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 1, value_parser = crate::args::positive_count)]
     epochs: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3, value_parser = crate::cli_args::positive)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::args::positive)]
     lr: f32,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 256, value_parser = crate::cli_args::context_length)]
+    #[arg(long, default_value_t = 256, value_parser = crate::args::context_length)]
     ctx: usize,
     /// Sequences per optimizer step (gradient accumulation).
-    #[arg(long, default_value_t = 1, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 1, value_parser = crate::args::positive_count)]
     batch: usize,
     /// Adapter rank.
-    #[arg(long, default_value_t = 8, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::positive_count)]
     rank: usize,
     /// LoRA alpha (default: 2 x rank).
-    #[arg(long, value_parser = crate::cli_args::positive)]
+    #[arg(long, value_parser = crate::args::positive)]
     alpha: Option<f32>,
     /// DiaBlo blocks N (default 64).
-    #[arg(long, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, value_parser = crate::args::positive_count)]
     blocks: Option<usize>,
     /// LoPA virtual tokens m (default 16).
-    #[arg(long, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, value_parser = crate::args::positive_count)]
     virtual_tokens: Option<usize>,
     /// LoPA: a plain-text example's first N tokens are the prompt its soft prompt is made
     /// from (not scored); eval perplexity uses the same split.
-    #[arg(long, default_value_t = 32, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::positive_count)]
     prompt_tokens: usize,
     /// Dropout probability on the adapter input (lora, diablo).
-    #[arg(long, default_value_t = 0.0, value_parser = crate::cli_args::dropout)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::dropout)]
     dropout: f32,
     /// DiaBlo: GaLore projection rank for the optimizer state (0 = plain Adam).
-    #[arg(long, default_value_t = 0, value_parser = crate::cli_args::count)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::count)]
     galore_rank: usize,
     /// GaLore: refresh each block's projection every K steps.
-    #[arg(long, default_value_t = 200, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::positive_count)]
     galore_every: usize,
     /// GaLore: update scale.
-    #[arg(long, default_value_t = 0.25, value_parser = crate::cli_args::positive)]
+    #[arg(long, default_value_t = 0.25, value_parser = crate::args::positive)]
     galore_scale: f32,
     /// Targets, comma-separated: q,k,v,o,gate,up,down.
     #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
     targets: Vec<String>,
     /// RNG seed (initialisation and data order).
-    #[arg(long, default_value_t = 0, value_parser = crate::cli_args::seed)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::seed)]
     seed: u64,
     /// Warm-up steps.
-    #[arg(long, default_value_t = 10, value_parser = crate::cli_args::count)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::count)]
     warmup: usize,
     /// cosine | linear | constant.
     #[arg(long, default_value = "cosine")]
     schedule: String,
     /// Global gradient-norm clip (0 = off).
-    #[arg(long, default_value_t = 1.0, value_parser = crate::cli_args::non_negative)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::non_negative)]
     clip: f32,
     /// Decoupled weight decay.
-    #[arg(long, default_value_t = 0.0, value_parser = crate::cli_args::non_negative)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::non_negative)]
     weight_decay: f32,
     /// Checkpoint every K steps.
-    #[arg(long, default_value_t = 50, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 50, value_parser = crate::args::positive_count)]
     save_every: usize,
     /// Evaluate every K steps (with --eval).
-    #[arg(long, default_value_t = 50, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 50, value_parser = crate::args::positive_count)]
     eval_every: usize,
     /// Tokens of the eval file to score.
-    #[arg(long, default_value_t = 2048, value_parser = crate::cli_args::context_length)]
+    #[arg(long, default_value_t = 2048, value_parser = crate::args::context_length)]
     eval_tokens: usize,
     /// Fail on a bad JSONL line instead of skipping it.
     #[arg(long)]
     strict: bool,
     /// CPU threads.
-    #[arg(long, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, value_parser = crate::args::positive_count)]
     threads: Option<usize>,
     /// Print JSON lines (one per step, then a summary) instead of a progress bar.
     #[arg(long)]

@@ -23,16 +23,16 @@ pub struct ChatArgs {
     #[arg(long)]
     system: Option<String>,
     /// Most tokens per reply.
-    #[arg(long, default_value_t = 256, value_parser = crate::cli_args::count)]
+    #[arg(long, default_value_t = 256, value_parser = crate::args::count)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.7, value_parser = crate::cli_args::non_negative)]
+    #[arg(long, default_value_t = 0.7, value_parser = crate::args::non_negative)]
     temperature: f32,
     /// RNG seed.
-    #[arg(long, default_value_t = 0, value_parser = crate::cli_args::seed)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::seed)]
     seed: u64,
     /// Context length.
-    #[arg(long, default_value_t = 4096, value_parser = crate::cli_args::context_length)]
+    #[arg(long, default_value_t = 4096, value_parser = crate::args::context_length)]
     ctx: usize,
 }
 

@@ -42,22 +42,22 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Requests decoded at once.
-    #[arg(long, default_value_t = 8, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::positive_count)]
     pub max_batch: usize,
     /// Bound of the cache of loaded adapters no request uses, in MB.
-    #[arg(long, default_value_t = 256, value_parser = crate::cli_args::count)]
+    #[arg(long, default_value_t = 256, value_parser = crate::args::count)]
     pub adapter_cache_mb: usize,
     /// Require "Authorization: Bearer K" on every route but /health.
     #[arg(long)]
     pub api_key: Option<String>,
     /// CPU threads.
-    #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::args::positive_count)]
     pub threads: usize,
     /// Context per request (prompt plus generated tokens).
-    #[arg(long, default_value_t = 2048, value_parser = crate::cli_args::context_length)]
+    #[arg(long, default_value_t = 2048, value_parser = crate::args::context_length)]
     pub ctx: usize,
     /// Requests that may wait for a slot; more get 429.
-    #[arg(long, default_value_t = 64, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::positive_count)]
     pub max_queue: usize,
 }
 

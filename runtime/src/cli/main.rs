@@ -13,12 +13,12 @@ use graft::perplexity::perplexity_with_prompt;
 use graft::{ActiveAdapters, Engine, GenerateRequest, SamplerConfig, Session, SessionConfig};
 use serde_json::json;
 
-mod adapters_cli;
+mod adapters;
+mod args;
 mod bench;
-mod cli_args;
 mod inspect;
 mod serve;
-mod train_cli;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -46,16 +46,16 @@ enum Cmd {
         #[arg(long)]
         model: PathBuf,
         /// CPU threads.
-        #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::cli_args::positive_count)]
+        #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::args::positive_count)]
         threads: usize,
         /// Prompt lengths to time, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "128,512", value_parser = crate::cli_args::positive_count)]
+        #[arg(long, value_delimiter = ',', default_value = "128,512", value_parser = crate::args::positive_count)]
         pp: Vec<usize>,
         /// Generation lengths to time, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "64", value_parser = crate::cli_args::positive_count)]
+        #[arg(long, value_delimiter = ',', default_value = "64", value_parser = crate::args::positive_count)]
         tg: Vec<usize>,
         /// Repetitions of each test.
-        #[arg(long, default_value_t = 3, value_parser = crate::cli_args::positive_count)]
+        #[arg(long, default_value_t = 3, value_parser = crate::args::positive_count)]
         reps: usize,
         /// Use flash attention.
         #[arg(long)]
@@ -77,34 +77,34 @@ enum Cmd {
         #[arg(long = "adapter")]
         adapters: Vec<PathBuf>,
         /// Sequences decoded together.
-        #[arg(long, default_value_t = 8, value_parser = crate::cli_args::positive_count)]
+        #[arg(long, default_value_t = 8, value_parser = crate::args::positive_count)]
         sequences: usize,
         /// Prompt length of each sequence (sequence i has i more).
-        #[arg(long, default_value_t = 32, value_parser = crate::cli_args::positive_count)]
+        #[arg(long, default_value_t = 32, value_parser = crate::args::positive_count)]
         prompt_tokens: usize,
         /// Tokens generated per sequence.
-        #[arg(long, default_value_t = 32, value_parser = crate::cli_args::positive_count)]
+        #[arg(long, default_value_t = 32, value_parser = crate::args::positive_count)]
         tokens: usize,
         /// CPU threads.
-        #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::cli_args::positive_count)]
+        #[arg(long, default_value_t = graft::session::default_threads(), value_parser = crate::args::positive_count)]
         threads: usize,
         /// Repetitions.
-        #[arg(long, default_value_t = 3, value_parser = crate::cli_args::positive_count)]
+        #[arg(long, default_value_t = 3, value_parser = crate::args::positive_count)]
         reps: usize,
     },
     /// Serve the model and a directory of adapters over an OpenAI-compatible HTTP API; each
     /// request names its adapter, and requests with different adapters decode together.
     Serve(serve::ServeArgs),
     /// Fine-tune an adapter on the device (adapter parameters only; the base stays frozen).
-    Train(Box<train_cli::TrainArgs>),
+    Train(Box<train::TrainArgs>),
     /// Interactive chat; `/adapter load|use|scale|off|list` swaps adapters between turns.
-    Chat(adapters_cli::ChatArgs),
+    Chat(adapters::ChatArgs),
     /// Fold adapters into the base weights and write a full model.
-    Merge(adapters_cli::MergeArgs),
+    Merge(adapters::MergeArgs),
     /// Convert a PEFT LoRA directory to a GGUF LoRA.
-    ImportPeft(adapters_cli::ImportPeftArgs),
+    ImportPeft(adapters::ImportPeftArgs),
     /// Write a GGUF LoRA as a PEFT directory (adapter_config.json + adapter_model.safetensors).
-    ExportPeft(adapters_cli::ExportPeftArgs),
+    ExportPeft(adapters::ExportPeftArgs),
     /// Write an adapter without its training state (optimizer moments, step): the small file
     /// to ship. The original stays resumable.
     Strip {
@@ -136,7 +136,7 @@ pub(crate) struct ModelArgs {
     #[arg(long = "adapter-scaled", num_args = 2, value_names = ["A.gguf", "S"])]
     pub adapters_scaled: Vec<String>,
     /// CPU threads (default: available cores, at most 8).
-    #[arg(long, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, value_parser = crate::args::positive_count)]
     pub threads: Option<usize>,
     /// Use ggml's flash-attention kernel.
     #[arg(long)]
@@ -151,28 +151,28 @@ struct GenerateArgs {
     #[arg(long)]
     prompt: String,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 128, value_parser = crate::cli_args::count)]
+    #[arg(long, default_value_t = 128, value_parser = crate::args::count)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8, value_parser = crate::cli_args::non_negative)]
+    #[arg(long, default_value_t = 0.8, value_parser = crate::args::non_negative)]
     temperature: f32,
     /// Top-k (0 = off).
-    #[arg(long, default_value_t = 40, value_parser = crate::cli_args::count)]
+    #[arg(long, default_value_t = 40, value_parser = crate::args::count)]
     top_k: usize,
     /// Top-p (1 = off).
-    #[arg(long, default_value_t = 0.95, value_parser = crate::cli_args::unit_interval)]
+    #[arg(long, default_value_t = 0.95, value_parser = crate::args::unit_interval)]
     top_p: f32,
     /// Min-p (0 = off).
-    #[arg(long, default_value_t = 0.05, value_parser = crate::cli_args::unit_interval)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::args::unit_interval)]
     min_p: f32,
     /// Repetition penalty (1 = off).
-    #[arg(long, default_value_t = 1.0, value_parser = crate::cli_args::positive)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::positive)]
     repeat_penalty: f32,
     /// RNG seed.
-    #[arg(long, default_value_t = 0, value_parser = crate::cli_args::seed)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::seed)]
     seed: u64,
     /// Context length.
-    #[arg(long, default_value_t = 2048, value_parser = crate::cli_args::context_length)]
+    #[arg(long, default_value_t = 2048, value_parser = crate::args::context_length)]
     ctx: usize,
     /// Keep generating past end-of-generation tokens.
     #[arg(long)]
@@ -190,14 +190,14 @@ struct PerplexityArgs {
     #[arg(long)]
     file: PathBuf,
     /// Window length in tokens.
-    #[arg(long, default_value_t = 512, value_parser = crate::cli_args::context_length)]
+    #[arg(long, default_value_t = 512, value_parser = crate::args::context_length)]
     ctx: usize,
     /// Score at most this many tokens of the file.
-    #[arg(long, default_value_t = 1024, value_parser = crate::cli_args::context_length)]
+    #[arg(long, default_value_t = 1024, value_parser = crate::args::context_length)]
     max_tokens: usize,
     /// The first N tokens of each window are an unscored prompt (a LoPA adapter's soft
     /// prompt is made from them; with the default 1 it would see only the first token).
-    #[arg(long, default_value_t = 1, value_parser = crate::cli_args::positive_count)]
+    #[arg(long, default_value_t = 1, value_parser = crate::args::positive_count)]
     prompt_tokens: usize,
     /// Print JSON.
     #[arg(long)]
@@ -205,7 +205,7 @@ struct PerplexityArgs {
 }
 
 fn main() {
-    let matches = cli_args::allow_negative_numbers(Cli::command()).get_matches();
+    let matches = args::allow_negative_numbers(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     graft_ggml::set_log_level(match cli.verbose {
         0 => graft_ggml::LogLevel::Off,
@@ -237,11 +237,11 @@ fn main() {
             reps,
         })
         .map(|v| println!("{v:#}")),
-        Cmd::Chat(a) => adapters_cli::chat(a),
-        Cmd::Train(a) => train_cli::train(*a),
-        Cmd::Merge(a) => adapters_cli::merge(a),
-        Cmd::ImportPeft(a) => adapters_cli::import_peft(a),
-        Cmd::ExportPeft(a) => adapters_cli::export_peft(a),
+        Cmd::Chat(a) => adapters::chat(a),
+        Cmd::Train(a) => train::train(*a),
+        Cmd::Merge(a) => adapters::merge(a),
+        Cmd::ImportPeft(a) => adapters::import_peft(a),
+        Cmd::ExportPeft(a) => adapters::export_peft(a),
         Cmd::Bench {
             model,
             threads,

@@ -62,3 +62,23 @@ def ensure(out: Path, expected: str | None, force: bool, write: Callable[[Path],
     status = "" if not expected else ("ok" if ok else f"MISMATCH (expected {expected})")
     print(f"{label}: sha256 {digest}  {out.stat().st_size} bytes  {status}")
     return digest, ok
+
+
+def geometry(model: Path) -> tuple[str, int, dict[str, tuple[int, int]]]:
+    """(architecture, layers, {target kind: (n_in, n_out)}) read from a llama/qwen2 model's
+    header."""
+    r = gguf.GGUFReader(model)
+
+    def field(key: str):
+        f = r.fields[key]
+        v = f.parts[f.data[0]]
+        return bytes(v).decode() if v.dtype == np.uint8 else int(v[0])
+
+    arch = field("general.architecture")
+    d = field(f"{arch}.embedding_length")
+    ff = field(f"{arch}.feed_forward_length")
+    n_head = field(f"{arch}.attention.head_count")
+    kv = d // n_head * field(f"{arch}.attention.head_count_kv")
+    shape = {"attn_q": (d, d), "attn_k": (d, kv), "attn_v": (d, kv), "attn_output": (d, d),
+             "ffn_gate": (d, ff), "ffn_up": (d, ff), "ffn_down": (ff, d)}
+    return arch, field(f"{arch}.block_count"), shape

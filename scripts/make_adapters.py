@@ -58,6 +58,7 @@ N_EMBD = 576
 N_FF = 1536
 N_EMBD_KV = 192  # 3 kv heads x 64
 ALL_LAYERS = list(range(N_LAYER))
+ARCH = "llama"  # general.architecture of the files (the base's)
 KINDS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
 # (n_in, n_out) of y = W x for each kind; the GGUF tensor is ne=[n_in, n_out]
 SHAPE = {
@@ -114,7 +115,7 @@ class Adapter:
         self.tensors.append((name, np.ascontiguousarray(arr, dtype=np.float32), qtype))
 
     def write(self, path: Path) -> None:
-        w = gguf.GGUFWriter(part_path(path), "llama")
+        w = gguf.GGUFWriter(part_path(path), ARCH)
         w.add_type("adapter")  # general.type
         w.add_name(path.stem)  # general.name
         w.add_string("adapter.type", self.adapter_type)

@@ -8,8 +8,15 @@
   wegeft-r64-all.gguf    WeGeFT rank 64, a pair per target kind per layer, F32
   lora-r8-qv-{0..9}.gguf ten small LoRAs (RSS with 10 adapters loaded)
 
+With --model M (any llama/qwen2 GGUF), instead: the two adapters of the batched-decoding
+benchmark for that model's geometry, into .cache/adapters/bench/<model stem>/:
+
+  lora-r8-qv.gguf        LoRA rank 8 on attn_q and attn_v of all layers, F32
+  diablo-n64-all.gguf    DiaBlo N=64 on all 7 targets of all layers, F32
+
 Uses the builders of make_adapters.py (gguf + numpy only).
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_adapters as ma  # noqa: E402
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", type=Path, help="make the batched-benchmark adapters for this model")
+args = ap.parse_args()
 out = ma.ROOT / ".cache" / "adapters" / "bench"
+if args.model:
+    from gguf_gen import geometry  # noqa: E402
+
+    ma.ARCH, n_layer, ma.SHAPE = geometry(args.model)
+    ma.ALL_LAYERS = list(range(n_layer))
+    out = out / args.model.name.removesuffix(".gguf")
 out.mkdir(parents=True, exist_ok=True)
 jobs = [
     lambda: ma.make_lora("lora-r16-all.gguf", 501, 16, 32.0, ma.KINDS, ma.ALL_LAYERS, QT.F16, 0.05),
@@ -30,6 +46,12 @@ jobs = [
                               QT.F32, 0.05))
     for i in range(10)
 ]
+if args.model:
+    jobs = [
+        lambda: ma.make_lora("lora-r8-qv.gguf", 701, 8, 16.0, ["attn_q", "attn_v"], ma.ALL_LAYERS, QT.F32,
+                             0.05),
+        lambda: ma.make_diablo("diablo-n64-all.gguf", 702, 64, ma.KINDS, ma.ALL_LAYERS, QT.F32, 0.05),
+    ]
 for job in jobs:
     ad = job()
     p = out / ad.file

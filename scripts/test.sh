@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI. From a fresh machine it installs what is missing,
 # fetches the test data, computes llama.cpp's reference outputs for this CPU (cached outside the
-# clone), then runs formatting, lints, a short fuzz run of the GGUF reader, every test binary,
+# clone), then runs formatting, lints, a short run of each fuzz target, every test binary,
 # the bindings' tests and the aarch64 tests under qemu. Every stage runs even after a failure
 # (and every test binary within `cargo test`); the failed stages are listed at the end.
 set -euo pipefail
@@ -29,7 +29,7 @@ stage() {
 }
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-stage "fuzz smoke" scripts/fuzz_smoke.sh "${GRAFT_FUZZ_SECONDS:-60}"
+stage "fuzz smoke" scripts/fuzz_smoke.sh "${GRAFT_FUZZ_SECONDS:-30}"
 stage "cargo test" cargo test --workspace --no-fail-fast
 stage "bindings" scripts/test_bindings.sh
 if [[ "${GRAFT_SKIP_AARCH64:-0}" == 1 ]]; then

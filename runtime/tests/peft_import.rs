@@ -11,7 +11,7 @@ use common::{check_greedy, ids, max_diff, read_f32};
 use std::path::Path;
 use std::sync::Arc;
 
-use graft::adapter::{export_peft, import_peft};
+use graft::adapter::{export_peft, import_peft, import_peft_bytes};
 use graft::{ActiveAdapters, Adapter, LogitsFor, Model, Session, SessionConfig};
 use serde_json::Value;
 
@@ -69,6 +69,22 @@ fn peft_adapters_match_peft_transformers() {
         import_peft(&model, &dir().join(name), &out).unwrap();
         let imported = Adapter::load(&model, &out).unwrap();
         check(&model, imported.clone(), &fx, &format!("{name} (gguf)"));
+        // Imported from bytes in memory (an app's assets, a download): the same.
+        let d = dir().join(name);
+        let bytes = import_peft_bytes(
+            &model,
+            &std::fs::read_to_string(d.join("adapter_config.json")).unwrap(),
+            &std::fs::read(d.join("adapter_model.safetensors")).unwrap(),
+        )
+        .unwrap();
+        let g = graft_formats::Gguf::from_bytes(bytes).unwrap();
+        let from_bytes = Adapter::from_gguf(&model, Arc::new(g), name.into()).unwrap();
+        check(
+            &model,
+            Arc::new(from_bytes),
+            &fx,
+            &format!("{name} (bytes)"),
+        );
         // Export back to PEFT and re-import: same logits as the imported file.
         let exp =
             std::env::temp_dir().join(format!("graft-peft-export-{name}-{}", std::process::id()));

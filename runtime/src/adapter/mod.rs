@@ -27,7 +27,7 @@ use crate::model::{FileKind, Model};
 
 pub(crate) use active::dropout_mask_name;
 pub use active::ActiveAdapters;
-pub use peft::{export_peft, huggingface_id, import_peft};
+pub use peft::{export_peft, huggingface_id, import_peft, import_peft_bytes};
 
 /// The linear layers an adapter can target, by the base tensor they modify.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -105,47 +105,85 @@ fn to_f32(view: &safetensors::tensor::TensorView<'_>, name: &str) -> Result<Vec<
     })
 }
 
-fn read_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::InvalidAdapter(format!("{}: {e}", path.display()))
+fn read_err(file: &str, e: impl std::fmt::Display) -> Error {
+    Error::InvalidAdapter(format!("{file}: {e}"))
 }
 
 /// Converts the PEFT directory `dir` into GGUF LoRA bytes for `model`.
 pub(crate) fn import_peft_to_gguf_bytes(model: &Model, dir: &Path) -> Result<Vec<u8>> {
-    Ok(import_writer(model, dir)?.to_bytes()?)
+    Ok(import_dir(model, dir)?.to_bytes()?)
 }
 
 /// Imports the PEFT LoRA in `dir` for `model` and writes it as a GGUF LoRA at `out`
 /// (atomically).
 pub fn import_peft(model: &Model, dir: &Path, out: &Path) -> Result<()> {
-    import_writer(model, dir)?.write_atomic(out)?;
+    import_dir(model, dir)?.write_atomic(out)?;
     Ok(())
 }
 
-fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
+/// Converts a PEFT LoRA given as the text of its `adapter_config.json` and the bytes of its
+/// `adapter_model.safetensors` into GGUF LoRA bytes for `model` (for adapters that arrive over
+/// the network or from an app's assets rather than from a directory).
+pub fn import_peft_bytes(model: &Model, config_json: &str, safetensors: &[u8]) -> Result<Vec<u8>> {
+    let files = PeftFiles {
+        config: "adapter_config.json",
+        tensors: "adapter_model.safetensors",
+        description: "imported from PEFT (in memory)".into(),
+    };
+    Ok(import_parts(model, config_json, safetensors, &files)?.to_bytes()?)
+}
+
+fn import_dir(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
     let cfg_path = dir.join("adapter_config.json");
     let st_path = dir.join("adapter_model.safetensors");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
         path: cfg_path.display().to_string(),
         cause: e,
     })?;
-    let cfg: PeftConfig = serde_json::from_str(&cfg_text).map_err(|e| read_err(&cfg_path, e))?;
+    let bytes = std::fs::read(&st_path).map_err(|e| Error::Io {
+        path: st_path.display().to_string(),
+        cause: e,
+    })?;
+    let (config, tensors) = (
+        cfg_path.display().to_string(),
+        st_path.display().to_string(),
+    );
+    let files = PeftFiles {
+        config: &config,
+        tensors: &tensors,
+        description: format!("imported from PEFT {}", dir.display()),
+    };
+    import_parts(model, &cfg_text, &bytes, &files)
+}
+
+/// How errors and the description name the two inputs.
+struct PeftFiles<'a> {
+    config: &'a str,
+    tensors: &'a str,
+    description: String,
+}
+
+fn import_parts(
+    model: &Model,
+    cfg_text: &str,
+    bytes: &[u8],
+    files: &PeftFiles<'_>,
+) -> Result<GgufWriter<'static>> {
+    let (cfg_path, st_path) = (files.config, files.tensors);
+    let cfg: PeftConfig = serde_json::from_str(cfg_text).map_err(|e| read_err(cfg_path, e))?;
     if cfg.peft_type.as_deref().is_some_and(|t| t != "LORA") {
         return Err(read_err(
-            &cfg_path,
+            cfg_path,
             format!("peft_type {:?} is not LORA", cfg.peft_type),
         ));
     }
     if cfg.use_dora || cfg.fan_in_fan_out || cfg.bias.as_deref().is_some_and(|b| b != "none") {
         return Err(read_err(
-            &cfg_path,
+            cfg_path,
             "DoRA, fan_in_fan_out and LoRA biases are not supported",
         ));
     }
-    let bytes = std::fs::read(&st_path).map_err(|e| Error::Io {
-        path: st_path.display().to_string(),
-        cause: e,
-    })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| read_err(&st_path, e))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| read_err(st_path, e))?;
     let c = model.config();
     let mut w = GgufWriter::new();
     w.add_kv("general.type", "adapter");
@@ -154,10 +192,7 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
     w.add_kv("adapter.lora.alpha", Value::F32(0.0));
     w.add_kv("adapter.base.fingerprint", model.fingerprint());
     w.add_kv("adapter.base.quantization", model.quantization());
-    w.add_kv(
-        "adapter.description",
-        format!("imported from PEFT {}", dir.display()),
-    );
+    w.add_kv("adapter.description", files.description.clone());
     let mut seen = 0usize;
     let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     for name in &names {
@@ -166,7 +201,7 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
                 continue;
             }
             return Err(read_err(
-                &st_path,
+                st_path,
                 format!("unsupported tensor {name} (only LoRA A/B are imported)"),
             ));
         }
@@ -175,14 +210,14 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
             .trim_start_matches("base_model.model.");
         let (layer, kind) = parse_module(module).ok_or_else(|| {
             read_err(
-                &st_path,
+                st_path,
                 format!("{name}: not a llama/qwen2 attention or MLP projection"),
             )
         })?;
         let target = Target { layer, kind };
         if layer >= c.n_layer {
             return Err(read_err(
-                &st_path,
+                st_path,
                 format!(
                     "{name}: layer {layer} but the base has {} layers",
                     c.n_layer
@@ -190,10 +225,10 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
             ));
         }
         let b_name = name.replace(".lora_A.weight", ".lora_B.weight");
-        let a = st.tensor(name).map_err(|e| read_err(&st_path, e))?;
+        let a = st.tensor(name).map_err(|e| read_err(st_path, e))?;
         let b = st.tensor(&b_name).map_err(|_| {
             read_err(
-                &st_path,
+                st_path,
                 format!("{b_name} is missing (lora_A without lora_B)"),
             )
         })?;
@@ -201,13 +236,13 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
         let r = a.shape().first().copied().unwrap_or(0);
         if a.shape() != [r, n_in] || r == 0 {
             return Err(read_err(
-                &st_path,
+                st_path,
                 format!("{name} has shape {:?}, expected [r, {n_in}]", a.shape()),
             ));
         }
         if b.shape() != [n_out, r] {
             return Err(read_err(
-                &st_path,
+                st_path,
                 format!(
                     "{b_name} has shape {:?}, expected [{n_out}, {r}]",
                     b.shape()
@@ -221,7 +256,7 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
             .map_or(cfg.r, |(_, v)| *v);
         if rank != r {
             return Err(read_err(
-                &st_path,
+                st_path,
                 format!("{name} has rank {r}, the config says {rank}"),
             ));
         }
@@ -253,7 +288,7 @@ fn import_writer(model: &Model, dir: &Path) -> Result<GgufWriter<'static>> {
         seen += 1;
     }
     if seen == 0 {
-        return Err(read_err(&st_path, "no LoRA tensors found"));
+        return Err(read_err(st_path, "no LoRA tensors found"));
     }
     Ok(w)
 }

@@ -24,6 +24,9 @@ use graft::scheduler::{Event, Job, Scheduler, SchedulerConfig};
 use graft::tokenizer::ChatMessage;
 use graft::{ActiveAdapters, Model, SamplerConfig};
 use serde_json::{json, Value};
+
+mod request;
+use request::{Endpoint, Input, Limits};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
 
@@ -204,16 +207,7 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The body as a JSON object, or a 400 that says why not.
-fn parse_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad("body", "the body must be a JSON object")),
-        Err(e) => Err(ApiError::bad("body", format!("malformed JSON: {e}"))),
-    }
-}
-
-/// What both endpoints read besides the prompt.
+/// What both endpoints hand the scheduler besides the prompt.
 struct Params {
     adapters: ActiveAdapters,
     model: String,
@@ -223,149 +217,64 @@ struct Params {
     stream: bool,
 }
 
-fn number(
-    m: &serde_json::Map<String, Value>,
-    key: &'static str,
-    ok: impl Fn(f64) -> bool,
-    want: &str,
-) -> Result<Option<f64>, ApiError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_f64() {
-            Some(x) if ok(x) => Ok(Some(x)),
-            _ => Err(ApiError::bad(
-                key,
-                format!("'{key}' must be {want}, got {v}"),
-            )),
-        },
-    }
-}
-
-fn params(
+/// Checks the key, parses the body and looks its adapters up (loading them on first use).
+fn accept(
     state: &AppState,
-    m: &serde_json::Map<String, Value>,
-    default_max_tokens: usize,
-) -> Result<Params, ApiError> {
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<(Input, Params), ApiError> {
+    check_key(state, headers)?;
     let limit = state.scheduler.n_ctx_seq() - 1;
-    let temperature = number(
-        m,
-        "temperature",
-        |x| (0.0..=2.0).contains(&x),
-        "a number within [0, 2]",
-    )?;
-    let top_p = number(
-        m,
-        "top_p",
-        |x| x > 0.0 && x <= 1.0,
-        "a number within (0, 1]",
-    )?;
-    let seed = number(
-        m,
-        "seed",
-        |x| x >= 0.0 && x.fract() == 0.0,
-        "a whole number >= 0",
-    )?;
-    let max_tokens = number(
-        m,
-        "max_tokens",
-        |x| x >= 1.0 && x.fract() == 0.0 && x <= limit as f64,
-        &format!("a whole number within [1, {limit}]"),
-    )?;
-    let stream = match m.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => {
-            return Err(ApiError::bad(
-                "stream",
-                format!("'stream' must be true or false, got {v}"),
-            ))
-        }
+    let limits = Limits {
+        max_tokens: limit,
+        base_name: &state.name,
     };
-    let stop = match m.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => a
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect(),
-        Some(_) => {
-            return Err(ApiError::bad(
-                "stop",
-                "'stop' must be a string or up to 4 strings",
-            ))
-        }
-    };
-    // The adapters: "adapters": [{"name", "scale"}], else "model" naming one.
+    let r =
+        request::parse(endpoint, body, &limits).map_err(|e| ApiError::bad(e.param, e.message))?;
     let mut adapters = ActiveAdapters::none();
-    let model = m
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(&state.name)
-        .to_string();
-    let mut use_adapter = |name: &str, scale: f32, param: &'static str| -> Result<(), ApiError> {
-        let a = state.cache.get(name).map_err(|e| match e {
+    for u in &r.adapters {
+        let a = state.cache.get(&u.name).map_err(|e| match e {
             graft::Error::Registry(msg) => ApiError {
                 status: StatusCode::NOT_FOUND,
                 message: msg,
-                param: Some(param),
+                param: Some(r.adapters_param),
             },
             e => ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
-                message: format!("adapter {name:?}: {e}"),
-                param: Some(param),
+                message: format!("adapter {:?}: {e}", u.name),
+                param: Some(r.adapters_param),
             },
         })?;
-        adapters.set(a, scale);
-        Ok(())
-    };
-    match m.get("adapters") {
-        None | Some(Value::Null) => {
-            if model != state.name && model != "base" && !model.is_empty() {
-                use_adapter(&model, 1.0, "model")?;
-            }
-        }
-        Some(Value::Array(list)) => {
-            for item in list {
-                let name = item.get("name").and_then(Value::as_str).ok_or_else(|| {
-                    ApiError::bad("adapters", "each of 'adapters' needs a \"name\" string")
-                })?;
-                let scale = match item.get("scale") {
-                    None => 1.0,
-                    Some(v) => v.as_f64().filter(|s| s.is_finite()).ok_or_else(|| {
-                        ApiError::bad("adapters", "an adapter's \"scale\" must be a number")
-                    })?,
-                };
-                use_adapter(name, scale as f32, "adapters")?;
-            }
-        }
-        Some(_) => {
-            return Err(ApiError::bad(
-                "adapters",
-                "'adapters' must be a list of {\"name\", \"scale\"}",
-            ))
-        }
+        adapters.set(a, u.scale);
     }
-    let seed = seed.map(|s| s as u64).unwrap_or_else(|| {
+    let seed = r.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    Ok(Params {
+    // Completions default to 16 tokens (OpenAI's default); chat runs to the end of the context.
+    let default_max_tokens = match endpoint {
+        Endpoint::Completions => 16.min(limit),
+        Endpoint::ChatCompletions => limit,
+    };
+    let params = Params {
         adapters,
-        model,
+        model: r.model.unwrap_or_else(|| state.name.clone()),
         sampler: SamplerConfig {
-            temperature: temperature.unwrap_or(1.0) as f32,
+            temperature: r.temperature.unwrap_or(1.0) as f32,
             top_k: 0,
-            top_p: top_p.unwrap_or(1.0) as f32,
+            top_p: r.top_p.unwrap_or(1.0) as f32,
             min_p: 0.0,
             repeat_penalty: 1.0,
             seed,
             ..SamplerConfig::default()
         },
-        max_tokens: max_tokens.map_or(default_max_tokens.min(limit), |x| x as usize),
-        stop,
-        stream,
-    })
+        max_tokens: r.max_tokens.unwrap_or(default_max_tokens),
+        stop: r.stop,
+        stream: r.stream,
+    };
+    Ok((r.input, params))
 }
 
 fn finish_reason(r: StopReason) -> &'static str {
@@ -381,16 +290,12 @@ async fn completions(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let r = (|| {
-        check_key(&state, &headers)?;
-        let m = parse_body(&body)?;
-        let prompt = match m.get("prompt") {
-            Some(Value::String(s)) => s.clone(),
-            _ => return Err(ApiError::bad("prompt", "'prompt' must be a string")),
+    let r = accept(&state, &headers, Endpoint::Completions, &body).map(|(input, p)| {
+        let Input::Prompt(prompt) = input else {
+            unreachable!("request::parse gives a prompt for /v1/completions")
         };
-        let p = params(&state, &m, 16)?;
-        Ok((state.model.tokenizer().encode(&prompt, true, true), p))
-    })();
+        (state.model.tokenizer().encode(&prompt, true, true), p)
+    });
     respond(state, r, false).await
 }
 
@@ -399,39 +304,21 @@ async fn chat_completions(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let r = (|| {
-        check_key(&state, &headers)?;
-        let m = parse_body(&body)?;
-        let bad = || {
-            ApiError::bad(
-                "messages",
-                "'messages' must be a list of {\"role\", \"content\"} strings",
-            )
+    let r = accept(&state, &headers, Endpoint::ChatCompletions, &body).and_then(|(input, p)| {
+        let Input::Messages(list) = input else {
+            unreachable!("request::parse gives messages for /v1/chat/completions")
         };
-        let list = m
-            .get("messages")
-            .and_then(Value::as_array)
-            .ok_or_else(bad)?;
-        let mut messages = Vec::with_capacity(list.len());
-        for item in list {
-            let role = item.get("role").and_then(Value::as_str).ok_or_else(bad)?;
-            let content = item
-                .get("content")
-                .and_then(Value::as_str)
-                .ok_or_else(bad)?;
-            messages.push(ChatMessage::new(role, content));
-        }
-        if messages.is_empty() {
-            return Err(bad());
-        }
-        let p = params(&state, &m, usize::MAX)?;
+        let messages: Vec<ChatMessage> = list
+            .iter()
+            .map(|(role, content)| ChatMessage::new(role, content))
+            .collect();
         let text = state
             .model
             .tokenizer()
             .apply_chat_template(&messages, true)
             .map_err(|e| ApiError::bad("messages", e.to_string()))?;
         Ok((state.model.tokenizer().encode(&text, true, true), p))
-    })();
+    });
     respond(state, r, true).await
 }
 

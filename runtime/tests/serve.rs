@@ -125,21 +125,24 @@ fn cli(model: &Path, adapter: Option<&Path>, n: usize) -> String {
         .to_string()
 }
 
+/// The test adapters (`.cache/adapters/`) every server fixture serves: each kind and dtype.
+const ADAPTERS: [&str; 7] = [
+    "lora-qv-r8",
+    "diablo-n64",
+    "diablo-n7",
+    "wegeft-r8",
+    "lopa-random",
+    "lora-all-r4-f16",
+    "lora-ffn-r32-q8",
+];
+
 /// The model and a fresh directory of adapters for test `test`.
 fn fixture(test: &str) -> Option<(PathBuf, PathBuf)> {
     let model = common::model("SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let dir = std::env::temp_dir().join(format!("graft-serve-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for a in [
-        "lora-qv-r8",
-        "diablo-n64",
-        "diablo-n7",
-        "wegeft-r8",
-        "lopa-random",
-        "lora-all-r4-f16",
-        "lora-ffn-r32-q8",
-    ] {
+    for a in ADAPTERS {
         let src = common::repo_root().join(format!(".cache/adapters/{a}.gguf"));
         std::fs::copy(&src, dir.join(format!("{a}.gguf"))).unwrap();
     }
@@ -151,16 +154,7 @@ fn concurrent_requests_with_different_adapters_match_the_cli() {
     let Some((model, dir)) = fixture("match") else {
         return;
     };
-    let names = [
-        "base",
-        "lora-qv-r8",
-        "diablo-n64",
-        "diablo-n7",
-        "wegeft-r8",
-        "lopa-random",
-        "lora-all-r4-f16",
-        "lora-ffn-r32-q8",
-    ];
+    let names: Vec<&str> = std::iter::once("base").chain(ADAPTERS).collect();
     let n = 16;
     let expected: Vec<String> = names
         .iter()

@@ -8,6 +8,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# ggml's cmake build is shared by every profile and target directory (backends/ggml-sys/build.rs);
+# keeping it beside the other caches lets fresh clones (CI) reuse it too.
+export GRAFT_GGML_CACHE="${GRAFT_GGML_CACHE:-${GRAFT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/graft}/ggml}"
+T0=$SECONDS
+
 echo "== machine"
 scripts/machine_info.sh
 echo "== set-up"
@@ -15,17 +20,19 @@ scripts/install_deps.sh
 scripts/machine_info.sh | sed -n '/^cmake/p'
 scripts/setup_test_data.sh
 scripts/references.sh
+echo "== set-up took $((SECONDS - T0)) s"
 
 # Every stage runs even after one fails; the failed ones are listed at the end.
 failed=()
 stage() {
-    local name=$1
+    local name=$1 t=$SECONDS
     shift
     echo "== $name"
     if ! "$@"; then
         failed+=("$name")
         echo "!! $name failed"
     fi
+    echo "== $name took $((SECONDS - t)) s"
 }
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
@@ -37,6 +44,7 @@ if [[ "${GRAFT_SKIP_AARCH64:-0}" == 1 ]]; then
 else
     stage "aarch64 (cross-built, run under qemu-user)" scripts/test_aarch64.sh
 fi
+echo "== all stages took $((SECONDS - T0)) s"
 if [[ ${#failed[@]} -gt 0 ]]; then
     echo "FAILED stages: ${failed[*]}" >&2
     exit 1

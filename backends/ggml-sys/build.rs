@@ -3,8 +3,17 @@
 //!
 //! The source directory is found with `cargo metadata`; `GRAFT_GGML_SRC` (a path to a
 //! `llama.cpp/ggml` directory) overrides it.
+//!
+//! The cmake build does not depend on cargo's profile, so it is built once per configuration
+//! and shared by every profile, target directory and tool (clippy, test, the bindings' release
+//! builds, the fuzz crate): in `GRAFT_GGML_CACHE/<target>-<key>` (default: the workspace's
+//! `target/ggml`), where the key hashes everything the build depends on (sources, flags,
+//! features, compiler environment, this file). With `GRAFT_GGML_SRC` set, ggml is built in
+//! `OUT_DIR` as usual, so edits to those sources are picked up incrementally.
 
 use std::env;
+use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,6 +25,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cmake/CMakeLists.txt");
     println!("cargo:rerun-if-env-changed=GRAFT_GGML_SRC");
     println!("cargo:rerun-if-env-changed=GRAFT_GGML_NATIVE");
+    println!("cargo:rerun-if-env-changed=GRAFT_GGML_CACHE");
 
     let ggml_src = find_ggml_source();
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -33,27 +43,36 @@ fn main() {
             .unwrap_or(true);
     let on_off = |b: bool| if b { "ON" } else { "OFF" };
 
-    let mut cfg = cmake::Config::new(manifest_dir.join("cmake"));
-    cfg.define("GGML_SOURCE_DIR", &ggml_src)
-        .define("BUILD_SHARED_LIBS", "OFF")
-        .define("GGML_BUILD_TESTS", "OFF")
-        .define("GGML_BUILD_EXAMPLES", "OFF")
-        .define("GGML_CCACHE", "OFF")
-        .define("GGML_NATIVE", on_off(native))
-        .define("GGML_OPENMP", "ON")
+    let mut defines: Vec<(&str, String)> = vec![
+        ("GGML_SOURCE_DIR", ggml_src.display().to_string()),
+        ("BUILD_SHARED_LIBS", "OFF".into()),
+        ("GGML_BUILD_TESTS", "OFF".into()),
+        ("GGML_BUILD_EXAMPLES", "OFF".into()),
+        ("GGML_CCACHE", "OFF".into()),
+        ("GGML_NATIVE", on_off(native).into()),
+        ("GGML_OPENMP", "ON".into()),
         // llama.cpp turns tinyBLAS (llamafile sgemm) on by default; so do we, for the same
         // kernels (and results) in prompt processing.
-        .define("GGML_LLAMAFILE", "ON")
-        .define("GGML_CUDA", on_off(cuda))
-        .define("GGML_METAL", on_off(metal))
-        .define("GGML_METAL_EMBED_LIBRARY", on_off(metal))
-        .define("GGML_VULKAN", on_off(vulkan))
-        .define("CMAKE_BUILD_TYPE", "Release")
-        .profile("Release");
+        ("GGML_LLAMAFILE", "ON".into()),
+        ("GGML_CUDA", on_off(cuda).into()),
+        ("GGML_METAL", on_off(metal).into()),
+        ("GGML_METAL_EMBED_LIBRARY", on_off(metal).into()),
+        ("GGML_VULKAN", on_off(vulkan).into()),
+        ("CMAKE_BUILD_TYPE", "Release".into()),
+    ];
     if target.contains("android") || target.contains("aarch64") && target != host {
-        cfg.define("GGML_OPENMP", "OFF");
+        defines.push(("GGML_OPENMP", "OFF".into()));
     }
-    let dst = cfg.build();
+    let mut cfg = cmake::Config::new(manifest_dir.join("cmake"));
+    cfg.profile("Release");
+    for (k, v) in &defines {
+        cfg.define(k, v);
+    }
+    let dst = if env::var_os("GRAFT_GGML_SRC").is_some() {
+        cfg.build()
+    } else {
+        build_shared(&mut cfg, &defines, &manifest_dir, &target, native)
+    };
 
     for dir in ["lib", "lib64"] {
         println!("cargo:rustc-link-search=native={}", dst.join(dir).display());
@@ -129,6 +148,59 @@ fn link_system_libs(target: &str, cuda: bool, metal: bool, vulkan: bool) {
     if vulkan {
         println!("cargo:rustc-link-lib=vulkan");
     }
+}
+
+/// Builds ggml in the shared cache directory of this configuration, unless a complete build is
+/// already there. A lock file serializes cargo processes that build the same configuration.
+fn build_shared(
+    cfg: &mut cmake::Config,
+    defines: &[(&str, String)],
+    manifest_dir: &Path,
+    target: &str,
+    native: bool,
+) -> PathBuf {
+    let root = env::var_os("GRAFT_GGML_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir.join("../../target/ggml"));
+    let mut h = DefaultHasher::new();
+    target.hash(&mut h);
+    defines.hash(&mut h);
+    for file in ["build.rs", "cmake/CMakeLists.txt"] {
+        fs::read(manifest_dir.join(file))
+            .expect("reading the ggml-sys build inputs")
+            .hash(&mut h);
+    }
+    // The compiler environment the cmake crate passes on (CC, CFLAGS, CC_<target>, ...).
+    let target_us = target.replace('-', "_");
+    for var in ["CC", "CXX", "CFLAGS", "CXXFLAGS", "AR", "CMAKE_GENERATOR"] {
+        for name in [
+            var.to_string(),
+            format!("{var}_{target}"),
+            format!("{var}_{target_us}"),
+            format!("TARGET_{var}"),
+        ] {
+            println!("cargo:rerun-if-env-changed={name}");
+            (name.clone(), env::var_os(&name)).hash(&mut h);
+        }
+    }
+    // -march=native compiles for this CPU: a cache moved to another machine must not be reused.
+    if native {
+        if let Ok(info) = fs::read_to_string("/proc/cpuinfo") {
+            info.lines()
+                .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+                .hash(&mut h);
+        }
+    }
+    let dst = root.join(format!("{target}-{:016x}", h.finish()));
+    let done = dst.join("graft-build-complete");
+    fs::create_dir_all(&dst).expect("creating the ggml build cache directory");
+    let lock = fs::File::create(dst.join("graft-build.lock")).expect("creating the build lock");
+    lock.lock().expect("locking the ggml build cache directory");
+    if !done.exists() {
+        cfg.out_dir(&dst).build();
+        fs::write(&done, b"").expect("marking the ggml build complete");
+    }
+    dst
 }
 
 /// Finds `<llama-cpp-sys-2>/llama.cpp/ggml`.

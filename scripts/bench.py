@@ -12,6 +12,7 @@ Usage:
                            [--python PATH] [--json OUT] [--markdown]
                            [--max-noise PCT] [--retries N] [--quiet-wait S]
                            [--adapter A.gguf]... [--graft-only] [--variant SPEC]...
+                           [--busy N]
 
 --adapter (repeatable) makes every listed adapter active (scale 1) in both engines: graft gets
 --adapter A, llama.cpp --lora A (so LoRA adapters only, unless --graft-only). The table then
@@ -22,6 +23,10 @@ llama_adapter_lora_init) and, with two or more, graft's adapter_switch_us.
 other instead: SPEC is `none` (no adapter) or comma-separated adapter files, optionally
 prefixed with `LABEL=`; the variants run interleaved (v1, v2, v3, v1, v2, ...) and the table
 gives each one's tok/s and its change against the first variant.
+
+--busy N runs N CPU-bound processes (a busy loop each) throughout, for both engines: speed
+under load, as on a phone or laptop running other work (implies --max-noise -1). graft runs
+only as many threads as there are free cores (GRAFT_ADAPTIVE_THREADS=0 turns that off, to compare).
 
 --python is the interpreter that has llama-cpp-python; default: $GRAFT_REF_PYTHON, else the venv
 that `scripts/references.sh --env` makes (llama-cpp-python 0.3.36 built for this CPU, cached under
@@ -347,7 +352,7 @@ def run_variants(args, graft: str, graft_version: str, model: Path, common: list
         for f in files:
             cmd += ["--adapter", f]
         cmds.append(cmd)
-    busy = busy_pct()
+    busy = None if args.busy else busy_pct()
     if busy is not None and busy > 10:
         print(f"bench.py: warning: the machine is {busy:.0f}% busy before starting; "
               "results will be noisy (stop other work first)", file=sys.stderr)
@@ -379,7 +384,9 @@ def run_variants(args, graft: str, graft_version: str, model: Path, common: list
     print(f"threads:  {args.threads}, flash_attn: {args.flash_attn}, {args.rounds} rounds x "
           f"{args.reps} reps, {len(variants)} graft variants interleaved ({elapsed:.0f} s)")
     print(f"versions: {graft_version}")
-    if foreign:
+    if args.busy:
+        print(f"load:     {args.busy} CPU-bound busy loop(s) ran throughout (speed under load)")
+    elif foreign:
         print(f"noise:    other processes used up to {max(foreign):.1f}% of the CPUs during a kept "
               f"run ({len(discarded)} noisy run(s) discarded and rerun)")
     for label, files in variants:
@@ -440,6 +447,8 @@ def main() -> int:
                     help="adapter active during the runs, both engines (repeatable)")
     ap.add_argument("--graft-only", action="store_true",
                     help="run graft only (no llama.cpp), e.g. for non-LoRA adapters")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="run N CPU-bound busy loops during every run (speed under load)")
     ap.add_argument("--variant", action="append", default=[], metavar="SPEC",
                     help="graft configuration to compare: none | [LABEL=]A.gguf[,B.gguf...] "
                          "(repeatable; implies --graft-only)")
@@ -449,7 +458,9 @@ def main() -> int:
     for a in args.adapter:
         if not os.path.isfile(a):
             die(f"adapter not found: {a}")
-    if args.max_noise is not None and args.max_noise < 0:
+    if args.busy < 0:
+        die("--busy must be >= 0")
+    if args.max_noise is not None and args.max_noise < 0 or args.busy:
         args.max_noise = None
 
     model = Path(args.model)
@@ -487,11 +498,23 @@ def main() -> int:
         if not label:
             label = "no adapter" if not files else ", ".join(Path(f).stem for f in files)
         variants.append((label, files))
-    if variants:
-        return run_variants(args, graft, graft_version, model, common, variants)
+    busy_procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                  for _ in range(args.busy)]
+    try:
+        if variants:
+            return run_variants(args, graft, graft_version, model, common, variants)
+        return run_pair(args, graft, graft_version, llama_version, model, graft_cmd, llama_cmd)
+    finally:
+        for p in busy_procs:
+            p.kill()
+            p.wait()
 
+
+def run_pair(args, graft: str, graft_version: str, llama_version: str | None, model: Path,
+             graft_cmd: list[str], llama_cmd: list[str]) -> int:
+    """graft and llama.cpp interleaved, --rounds times; prints the table."""
     load_before = loadavg()
-    busy = busy_pct()
+    busy = None if args.busy else busy_pct()
     if busy is not None and busy > 10:
         print(f"bench.py: warning: the machine is {busy:.0f}% busy before starting; "
               "results will be noisy (stop other work first)", file=sys.stderr)
@@ -533,7 +556,8 @@ def main() -> int:
         "loadavg_after": loadavg(),
         "foreign_cpu_pct_max": max(foreign) if foreign else None,
         "env": {k: v for k, v in os.environ.items()
-                if k.startswith(("OMP_", "GOMP_", "GGML_", "KMP_"))},
+                if k.startswith(("OMP_", "GOMP_", "GGML_", "KMP_", "GRAFT_ADAPTIVE"))},
+        "busy_processes": args.busy,
     }
     info = {
         "machine": machine,
@@ -569,7 +593,9 @@ def main() -> int:
               f"n_batch {l0.get('n_batch')}, n_ubatch {l0.get('n_ubatch')})")
     if args.adapter:
         print(f"adapters: {', '.join(args.adapter)} (all active, scale 1)")
-    if foreign:
+    if args.busy:
+        print(f"load:     {args.busy} CPU-bound busy loop(s) ran throughout (speed under load)")
+    elif foreign:
         print(f"noise:    other processes used up to {max(foreign):.1f}% of the CPUs during a kept "
               f"run ({len(discarded)} noisy run(s) discarded and rerun)"
               + ("  <-- WARNING: rerun on a quiet machine" if max(foreign) > 5 else ""))

@@ -182,10 +182,21 @@ impl Session {
         self.soft_source_len = self.soft_source_len.min(n);
     }
 
-    /// Sets the number of CPU threads.
+    /// Sets the number of CPU threads (the most used; see [`Session::set_adaptive_threads`]).
     pub fn set_threads(&mut self, n: usize) {
         self.cfg.n_threads = n.max(1);
         self.c.backend.set_threads(self.cfg.n_threads);
+    }
+
+    /// Whether fewer threads run while other processes keep cores busy (on by default unless
+    /// `GRAFT_ADAPTIVE_THREADS=0`; see `graft_ggml::threads`). Results do not depend on it.
+    pub fn set_adaptive_threads(&mut self, on: bool) {
+        self.c.backend.set_adaptive_threads(on);
+    }
+
+    /// The number of threads the last evaluation ran with.
+    pub fn threads_in_use(&self) -> usize {
+        self.c.backend.threads()
     }
 
     /// Appends `tokens` to the context and evaluates them in batches of `n_batch`.

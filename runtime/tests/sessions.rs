@@ -44,6 +44,46 @@ fn batching_does_not_change_logits() {
     assert!(max_diff(&last, &whole[(toks.len() - 1) * n_vocab..]) < 1e-3);
 }
 
+/// The CPU backend runs fewer threads while other processes keep cores busy; that is only
+/// sound if the thread count never changes a result. Prompt and decode logits with 1, 2 and 3
+/// threads must be bit-identical, for every weight type.
+#[test]
+fn thread_count_does_not_change_logits() {
+    for file in [
+        "qwen2-tiny.gguf",
+        "qwen2-tiny.F16.gguf",
+        "qwen2-tiny.Q8_0.gguf",
+        "qwen2-tiny.Q4_0.gguf",
+        "qwen2-tiny.Q4_1.gguf",
+    ] {
+        let Some(path) = common::model(file) else {
+            continue;
+        };
+        let m = Arc::new(Model::load(path).unwrap());
+        let toks = prompt(70, m.config().n_vocab);
+        let run = |threads: usize| {
+            let mut s = session(&m, 512);
+            s.set_threads(threads);
+            s.set_adaptive_threads(false);
+            let mut out = s.decode(&toks[..64], LogitsFor::All).unwrap();
+            for &t in &toks[64..] {
+                out.extend(s.decode(&[t], LogitsFor::Last).unwrap());
+            }
+            assert_eq!(s.threads_in_use(), threads);
+            out
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let other = run(threads);
+            let same = one
+                .iter()
+                .zip(&other)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{file}: {threads} threads changed the logits");
+        }
+    }
+}
+
 #[test]
 fn incremental_decoding_matches_one_pass() {
     let Some(m) = model() else { return };

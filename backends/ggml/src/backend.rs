@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use crate::context::{Context, Graph, Tensor};
 use crate::sys;
+use crate::threads::ThreadGovernor;
 use crate::{Error, Result};
 
 /// A compute backend.
 pub struct Backend {
     ptr: NonNull<sys::ggml_backend>,
     kind: BackendKind,
+    threads: ThreadGovernor,
 }
 
 /// Which device a [`Backend`] runs on.
@@ -29,15 +31,18 @@ pub enum BackendKind {
 unsafe impl Send for Backend {}
 
 impl Backend {
-    /// The CPU backend with `n_threads` worker threads.
+    /// The CPU backend with at most `n_threads` worker threads: fewer while other processes
+    /// keep cores busy (see [`crate::threads`]; [`Backend::set_adaptive_threads`] turns that
+    /// off).
     pub fn cpu(n_threads: usize) -> Result<Self> {
         crate::log::install();
         // SAFETY: plain constructor.
         let p = unsafe { sys::ggml_backend_cpu_init() };
         let ptr = NonNull::new(p).ok_or_else(|| Error::Alloc("ggml_backend_cpu_init".into()))?;
-        let b = Self {
+        let mut b = Self {
             ptr,
             kind: BackendKind::Cpu,
+            threads: ThreadGovernor::new(n_threads),
         };
         b.set_threads(n_threads);
         Ok(b)
@@ -53,8 +58,25 @@ impl Backend {
         self.kind
     }
 
-    /// Sets the number of CPU threads used by graph computation.
-    pub fn set_threads(&self, n: usize) {
+    /// Sets the (largest) number of CPU threads used by graph computation.
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads.set_max(n);
+        self.apply_threads(self.threads.current());
+    }
+
+    /// Whether the thread count follows the cores other processes leave free (on by default,
+    /// unless `GRAFT_ADAPTIVE_THREADS=0`), or stays at the number set.
+    pub fn set_adaptive_threads(&mut self, on: bool) {
+        self.threads.set_adaptive(on);
+        self.apply_threads(self.threads.current());
+    }
+
+    /// The thread count the last graph ran with (or the next will, before any ran).
+    pub fn threads(&self) -> usize {
+        self.threads.current()
+    }
+
+    fn apply_threads(&self, n: usize) {
         if self.kind == BackendKind::Cpu {
             // SAFETY: a CPU backend made by ggml_backend_cpu_init.
             unsafe { sys::ggml_backend_cpu_set_n_threads(self.ptr.as_ptr(), n.max(1) as i32) }
@@ -78,6 +100,9 @@ impl Backend {
 
     /// Runs `graph` to completion.
     pub fn compute(&mut self, graph: &Graph<'_>) -> Result<()> {
+        if let Some(n) = self.threads.update() {
+            self.apply_threads(n);
+        }
         // SAFETY: the graph's tensors are all allocated (callers use GraphAllocator) and
         // outlive this call.
         let status = unsafe { sys::ggml_backend_graph_compute(self.raw(), graph.raw()) };

@@ -15,6 +15,7 @@ mod context;
 mod error;
 mod log;
 mod ops;
+pub mod threads;
 
 pub use backend::{Backend, BackendKind, Buffer, GraphAllocator, HostMemory};
 pub use context::{Context, FrozenContext, Graph, Tensor, TensorId};

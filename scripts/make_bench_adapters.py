@@ -6,6 +6,8 @@
   lora-r16-all-b.gguf    the same shape, another seed (for switch timing)
   diablo-n64-all.gguf    DiaBlo N=64 on all 7 targets of all layers, F32
   wegeft-r64-all.gguf    WeGeFT rank 64, a pair per target kind per layer, F32
+  wegeft-r16-shared.gguf WeGeFT rank 16 in the paper's LLM layout: one pair per target kind,
+                         shared by all layers, all 7 kinds, F32
   lora-r8-qv-{0..9}.gguf ten small LoRAs (RSS with 10 adapters loaded)
 
 With --model M (any llama/qwen2 GGUF), instead: the two adapters of the batched-decoding
@@ -41,6 +43,7 @@ jobs = [
     lambda: ma.make_diablo("diablo-n64-all.gguf", 503, 64, ma.KINDS, ma.ALL_LAYERS, QT.F32, 0.05),
     lambda: ma.make_wegeft("wegeft-r64-all.gguf", 504, 64, 64.0, {k: ma.ALL_LAYERS for k in ma.KINDS}, [],
                            QT.F32, 0.1),
+    lambda: ma.make_wegeft("wegeft-r16-shared.gguf", 505, 16, 16.0, {}, ma.KINDS, QT.F32, 0.1),
 ] + [
     (lambda i=i: ma.make_lora(f"lora-r8-qv-{i}.gguf", 600 + i, 8, 16.0, ["attn_q", "attn_v"], ma.ALL_LAYERS,
                               QT.F32, 0.05))

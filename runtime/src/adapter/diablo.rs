@@ -50,8 +50,8 @@ pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
 
 /// `y + s · blockdiag(D) x` for `x [n_in, n]`, `y [n_out, n]`: the blocks that lie inside
 /// both dimensions in one batched matmul, each edge block (where N does not divide a size) as
-/// a small matmul on its in-range part, added into `y` with `acc` (differentiable, so the same
-/// code trains the blocks).
+/// a small matmul on its in-range part, added into `y` with `add` or `acc` (both
+/// differentiable, so the same code trains the blocks).
 pub(crate) fn apply<'a>(
     ctx: &'a Context,
     d: Tensor<'a>,
@@ -68,21 +68,37 @@ pub(crate) fn apply<'a>(
     let full = (n_in / bi).min(n_out / bo).min(nb as i64);
     let ynb = y.nb();
     let yb = [ynb[1], ynb[2], ynb[3]];
+    // When the blocks tile both dimensions exactly (the usual case: N divides both sizes), the
+    // product is added with one plain `add` over `y` seen as [bs_out, N, n], reading the
+    // matmul's [bs_out, n, N] result through a permuted view: no copies, no `acc` (which
+    // copies `y` and waits at an extra barrier). Otherwise the in-range blocks go through `acc`.
+    let tiles = full == nb as i64 && full * bi == n_in && full * bo == n_out && y.is_contiguous();
     let mut y = y;
     if full > 0 {
         let dv = ctx.view(d, &[bi, bo, full], &[d.nb()[1], d.nb()[2]], 0);
-        let out = if n == 1 {
+        if n == 1 {
             // One token (decode): x is already [bs_in, 1, full] and the result [bs_out*full].
             let xr = ctx.view(x, &[bi, 1, full], &[bi as usize * 4, bi as usize * 4], 0);
-            ctx.reshape(ctx.mul_mat(dv, xr), &[bo * full, 1])
+            let out = scaled(ctx.reshape(ctx.mul_mat(dv, xr), &[bo * full, 1]));
+            y = if tiles {
+                ctx.add(y, out)
+            } else {
+                ctx.acc(y, out, yb, 0)
+            };
         } else {
             let xs = x.nb()[1];
             let xv = ctx.view(x, &[bi, full, n], &[bi as usize * 4, xs], 0);
             let xr = ctx.cont(ctx.permute(xv, [0, 2, 1, 3])); // [bs_in, n, full]
-            let out = ctx.mul_mat(dv, xr); // [bs_out, n, full]
-            ctx.reshape(ctx.cont(ctx.permute(out, [0, 2, 1, 3])), &[bo * full, n])
-        };
-        y = ctx.acc(y, scaled(out), yb, 0);
+            let out = scaled(ctx.mul_mat(dv, xr)); // [bs_out, n, full]
+            y = if tiles {
+                let y3 = ctx.reshape(y, &[bo, full, n]);
+                let sum = ctx.add(y3, ctx.permute(out, [0, 2, 1, 3]));
+                ctx.reshape(sum, &[n_out, n])
+            } else {
+                let out = ctx.reshape(ctx.cont(ctx.permute(out, [0, 2, 1, 3])), &[bo * full, n]);
+                ctx.acc(y, out, yb, 0)
+            };
+        }
     }
     for b in full..nb as i64 {
         let (in_lo, out_lo) = (b * bi, b * bo);

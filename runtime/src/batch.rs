@@ -28,6 +28,7 @@ use crate::model::layers::{AttnPiece, RowAdapters, RowGroup};
 use crate::model::llama::BatchShape;
 use crate::model::Model;
 use crate::session::N_KV_PAD;
+use graft_ggml::BackendChoice;
 
 /// Settings of a [`BatchDecoder`].
 #[derive(Clone, Debug)]
@@ -103,7 +104,14 @@ impl BatchDecoder {
             .n_seq_max
             .checked_mul(cfg.n_ctx_seq)
             .ok_or_else(|| Error::InvalidRequest("n_seq_max x n_ctx_seq overflows".into()))?;
-        let c = Compute::new(&model, cells, cfg.n_threads, cfg.flash_attn, cfg.kv_f32)?;
+        let c = Compute::new(
+            &model,
+            cells,
+            cfg.n_threads,
+            cfg.flash_attn,
+            cfg.kv_f32,
+            BackendChoice::Auto,
+        )?;
         Ok(Self {
             slots: vec![false; cfg.n_seq_max],
             model,

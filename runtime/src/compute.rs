@@ -2,7 +2,7 @@
 //! owns (backend, graph allocator, graph context, KV cache, input staging) and the one way a
 //! forward graph is run over it.
 
-use graft_ggml::{Backend, Context, GraphAllocator};
+use graft_ggml::{Backend, BackendChoice, Context, GraphAllocator};
 use half::f16;
 
 use crate::error::Result;
@@ -36,14 +36,17 @@ pub(crate) struct Compute {
 }
 
 impl Compute {
-    /// A CPU backend with `n_threads` and a KV cache of `n_cells` positions.
+    /// The backend `choice` (the CPU in this version; anything else is a clear error) with
+    /// `n_threads` and a KV cache of `n_cells` positions.
     pub fn new(
         model: &Model,
         n_cells: usize,
         n_threads: usize,
         flash_attn: bool,
         kv_f32: bool,
+        choice: BackendChoice,
     ) -> Result<Self> {
+        graft_ggml::check_choice(choice)?;
         let backend = Backend::cpu(n_threads)?;
         let kv = KvCache::new(model.config(), n_cells, flash_attn, kv_f32, &backend)?;
         Ok(Self {
@@ -130,4 +133,31 @@ impl Compute {
 fn graph_context(model: &Model, n_adapters: usize) -> Result<Context> {
     let nodes = llama::max_nodes(model, n_adapters);
     Ok(Context::new(nodes + 64, nodes)?)
+}
+
+/// Where graphs ran, for reports (`generate --json`, the bench and train summaries): the
+/// backend, its device, and how many graph nodes ran on that device out of all, so that a
+/// fall-back to the CPU is visible.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BackendReport {
+    /// `cpu` (and, with GPU backends, `cuda`, `vulkan`, ...).
+    pub name: String,
+    /// The device's description (the CPU's model name).
+    pub device: String,
+    /// Graph nodes that ran on that device.
+    pub nodes_on_device: u64,
+    /// All graph nodes computed.
+    pub nodes_total: u64,
+}
+
+impl BackendReport {
+    pub(crate) fn of(backend: &Backend) -> Self {
+        let stats = backend.stats();
+        Self {
+            name: backend.kind().as_str().to_string(),
+            device: backend.device_description(),
+            nodes_on_device: stats.nodes_on_device,
+            nodes_total: stats.nodes_total,
+        }
+    }
 }

@@ -116,6 +116,8 @@ pub struct Generation {
     pub stop_reason: StopReason,
     /// Timings.
     pub timings: Timings,
+    /// Where the session's graphs ran (totals over the session's life).
+    pub backend: crate::BackendReport,
 }
 
 impl Engine {
@@ -274,6 +276,7 @@ impl Engine {
             text,
             stop_reason: stop,
             timings,
+            backend: session.backend_report(),
         })
     }
 }

@@ -32,8 +32,10 @@ pub mod train;
 
 pub use adapter::{ActiveAdapters, Adapter, AdapterKind};
 pub use batch::{BatchConfig, BatchDecoder, SeqId};
+pub use compute::BackendReport;
 pub use engine::{Engine, GenerateRequest, Generation, Timings};
 pub use error::{Error, Result};
+pub use graft_ggml::{check_choice as check_backend, devices, BackendChoice, Device, DeviceType};
 pub use model::{Arch, Model, ModelConfig};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{LogitsFor, Session, SessionConfig};

@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use crate::adapter::lopa::mean_embedding;
 use crate::adapter::ActiveAdapters;
-use crate::compute::Compute;
+use crate::compute::{BackendReport, Compute};
 use crate::error::{Error, Result};
 use crate::model::layers::RowAdapters;
 use crate::model::llama::BatchShape;
 use crate::model::Model;
+use graft_ggml::BackendChoice;
 
 /// Session settings.
 #[derive(Clone, Debug)]
@@ -29,6 +30,9 @@ pub struct SessionConfig {
     /// Keep the KV cache in F32 instead of F16 (exact, twice the memory; not with flash
     /// attention).
     pub kv_f32: bool,
+    /// The backend graphs run on (`Auto`: the CPU in this version; a GPU backend is an error
+    /// that says whether this build has it).
+    pub backend: BackendChoice,
 }
 
 impl Default for SessionConfig {
@@ -39,6 +43,7 @@ impl Default for SessionConfig {
             n_threads: default_threads(),
             flash_attn: false,
             kv_f32: false,
+            backend: BackendChoice::Auto,
         }
     }
 }
@@ -103,7 +108,14 @@ impl Session {
                 "n_ctx, n_batch and n_threads must be positive".into(),
             ));
         }
-        let c = Compute::new(&model, cfg.n_ctx, cfg.n_threads, cfg.flash_attn, cfg.kv_f32)?;
+        let c = Compute::new(
+            &model,
+            cfg.n_ctx,
+            cfg.n_threads,
+            cfg.flash_attn,
+            cfg.kv_f32,
+            cfg.backend,
+        )?;
         Ok(Self {
             model,
             cfg,
@@ -197,6 +209,11 @@ impl Session {
     /// The number of threads the last evaluation ran with.
     pub fn threads_in_use(&self) -> usize {
         self.c.backend.threads()
+    }
+
+    /// Where this session's graphs ran: backend, device and node counts so far.
+    pub fn backend_report(&self) -> BackendReport {
+        BackendReport::of(&self.c.backend)
     }
 
     /// Appends `tokens` to the context and evaluates them in batches of `n_batch`.

@@ -141,6 +141,7 @@ fn session(m: &Arc<Model>) -> Session {
             n_threads: 1,
             flash_attn: false,
             kv_f32: false,
+            ..Default::default()
         },
     )
     .unwrap()

@@ -75,6 +75,7 @@ fn session(m: &Arc<Model>, set: ActiveAdapters, kv_f32: bool) -> Session {
             n_threads: 2,
             flash_attn: false,
             kv_f32,
+            ..Default::default()
         },
     )
     .unwrap();

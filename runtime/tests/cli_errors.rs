@@ -877,3 +877,88 @@ fn bad_input_sweep() {
         assert!(!out.exists(), "{args:?} wrote {o}");
     }
 }
+
+/// `graft devices` lists the CPU with its memory (text and JSON); a backend this build lacks
+/// is one clear error naming what is available, on every command that takes `--backend`, and
+/// `generate --json` says where its graphs ran.
+#[test]
+fn devices_and_backend_choice() {
+    let Some((m, d)) = fixture("backends") else {
+        return;
+    };
+    let o = run(&["devices", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cpu = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "cpu")
+        .expect("a CPU device");
+    assert_eq!(cpu["backend"], "cpu");
+    assert!(cpu["memory_total"].as_u64().unwrap() > 0);
+    assert!(v["usable_backends"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("cpu")));
+    let o = run(&["devices"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("CPU"));
+
+    let data = data(&d);
+    let out = d.join("x.gguf");
+    for args in [
+        vec!["generate", "--model", s(&m), "--prompt", "hi"],
+        vec!["perplexity", "--model", s(&m), "--file", s(&data)],
+        vec!["bench", "--model", s(&m), "--pp", "4", "--tg", "2"],
+        vec![
+            "train",
+            "--model",
+            s(&m),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+        ],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--backend", "vulkan"]);
+        let err = assert_one_error(&run(&a), "the vulkan backend is not available");
+        assert!(err.contains("available: cpu"), "{err}");
+        assert!(!out.exists(), "nothing written on a failed start");
+    }
+    let o = run(&[
+        "generate",
+        "--model",
+        s(&m),
+        "--prompt",
+        "hi",
+        "--backend",
+        "tpu",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unknown backend 'tpu'"));
+
+    let o = run(&[
+        "generate",
+        "--model",
+        s(&m),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let b = &v["backend"];
+    assert_eq!(b["name"], "cpu");
+    let total = b["nodes_total"].as_u64().unwrap();
+    assert!(
+        total > 0 && b["nodes_on_device"].as_u64() == Some(total),
+        "{b}"
+    );
+}

@@ -33,6 +33,7 @@ fn check(model: &Arc<Model>, adapter: Arc<Adapter>, fx: &Value, label: &str) {
                 n_threads: 2,
                 flash_attn: false,
                 kv_f32: true,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -40,6 +40,7 @@ fn session(model: &Arc<Model>, fx: &Value) -> Session {
             n_threads: 2,
             flash_attn: false,
             kv_f32: false,
+            ..Default::default()
         },
     )
     .unwrap()

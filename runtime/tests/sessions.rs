@@ -21,6 +21,7 @@ fn session(m: &Arc<Model>, n_batch: usize) -> Session {
             n_threads: 1,
             flash_attn: false,
             kv_f32: false,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -190,6 +191,7 @@ fn flash_attention_agrees_with_matmul_attention() {
             n_threads: 1,
             flash_attn: true,
             kv_f32: false,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -18,6 +18,19 @@ pub struct Backend {
     ptr: NonNull<sys::ggml_backend>,
     kind: BackendKind,
     threads: ThreadGovernor,
+    stats: ComputeStats,
+}
+
+/// What a [`Backend`] has computed so far: graphs, and their nodes by where they ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ComputeStats {
+    /// Graphs computed.
+    pub graphs: u64,
+    /// Nodes of those graphs.
+    pub nodes_total: u64,
+    /// Nodes that ran on the backend's own device (all of them on the CPU backend; with a
+    /// scheduler over a GPU, the rest fell back to the CPU).
+    pub nodes_on_device: u64,
 }
 
 /// Which device a [`Backend`] runs on.
@@ -25,6 +38,15 @@ pub struct Backend {
 pub enum BackendKind {
     /// ggml's CPU backend.
     Cpu,
+}
+
+impl BackendKind {
+    /// The name `--backend` and reports use (`cpu`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+        }
+    }
 }
 
 // SAFETY: a ggml backend may be used from any thread, one at a time (&mut for compute).
@@ -43,6 +65,7 @@ impl Backend {
             ptr,
             kind: BackendKind::Cpu,
             threads: ThreadGovernor::new(n_threads),
+            stats: ComputeStats::default(),
         };
         b.set_threads(n_threads);
         Ok(b)
@@ -56,6 +79,24 @@ impl Backend {
     /// Which device this is.
     pub fn kind(&self) -> BackendKind {
         self.kind
+    }
+
+    /// ggml's description of the device this backend runs on (the CPU's model name).
+    pub fn device_description(&self) -> String {
+        // SAFETY: a valid backend; ggml returns a device owned by its registry (or null).
+        let dev = unsafe { sys::ggml_backend_get_device(self.raw()) };
+        if dev.is_null() {
+            return String::new();
+        }
+        // SAFETY: a valid device; the string lives as long as the registry.
+        let p = unsafe { sys::ggml_backend_dev_description(dev) };
+        if p.is_null() {
+            return String::new();
+        }
+        // SAFETY: NUL-terminated, owned by ggml.
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Sets the (largest) number of CPU threads used by graph computation.
@@ -109,7 +150,16 @@ impl Backend {
         if status != sys::GGML_STATUS_SUCCESS {
             return Err(Error::Compute(status));
         }
+        let n = graph.n_nodes().max(0) as u64;
+        self.stats.graphs += 1;
+        self.stats.nodes_total += n;
+        self.stats.nodes_on_device += n;
         Ok(())
+    }
+
+    /// What this backend has computed so far.
+    pub fn stats(&self) -> ComputeStats {
+        self.stats
     }
 }
 

@@ -12,6 +12,14 @@ pub enum Error {
     /// A backend or feature that this build does not include.
     #[error("{0} is not compiled into this build (enable the cargo feature)")]
     NotCompiled(&'static str),
+    /// A backend this build has no device for.
+    #[error("the {wanted} backend is not available in this build (available: {available})")]
+    BackendUnavailable {
+        /// The backend asked for.
+        wanted: String,
+        /// The backends this build has, comma-separated.
+        available: String,
+    },
     /// A capability the backend does not have.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -12,13 +12,15 @@
 
 mod backend;
 mod context;
+mod device;
 mod error;
 mod log;
 mod ops;
 pub mod threads;
 
-pub use backend::{Backend, BackendKind, Buffer, GraphAllocator, HostMemory};
+pub use backend::{Backend, BackendKind, Buffer, ComputeStats, GraphAllocator, HostMemory};
 pub use context::{Context, FrozenContext, Graph, Tensor, TensorId};
+pub use device::{available_backends, check_choice, devices, BackendChoice, Device, DeviceType};
 pub use error::{Error, Result};
 pub use graft_ggml_sys as sys;
 pub use log::{set_log_level, LogLevel};

@@ -40,6 +40,10 @@ pub struct EngineOptions {
     /// Keep the KV cache in f32 instead of f16 (exact, twice the memory).
     #[uniffi(default = false)]
     pub kv_f32: bool,
+    /// Backend graphs run on: `auto`, `cpu`, `wgpu`, `cuda`, `metal` or `vulkan` (`auto` is the
+    /// CPU in this version; one this build lacks is an `InvalidArgument` naming those it has).
+    #[uniffi(default = "auto")]
+    pub backend: String,
 }
 
 impl Default for EngineOptions {
@@ -48,6 +52,7 @@ impl Default for EngineOptions {
             threads: None,
             context_length: 2048,
             kv_f32: false,
+            backend: "auto".into(),
         }
     }
 }
@@ -193,6 +198,8 @@ impl Engine {
         if options.context_length < 2 {
             return Err(arg("context_length must be at least 2"));
         }
+        let backend: graft::BackendChoice = options.backend.parse().map_err(arg)?;
+        graft::check_backend(backend).map_err(|e| arg(e.to_string()))?;
         let path = PathBuf::from(&model_path);
         if path.is_dir() {
             return Err(GraftError::File(format!(
@@ -203,6 +210,7 @@ impl Engine {
             n_ctx: options.context_length as usize,
             n_threads: threads,
             kv_f32: options.kv_f32,
+            backend,
             ..SessionConfig::default()
         };
         let engine = graft::Engine::load_with(&path, cfg)

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use graft::adapter::registry::{AdapterRegistry, LoadPolicy};
-use graft::{ActiveAdapters, LogitsFor, Model, Session, SessionConfig};
+use graft::{ActiveAdapters, BackendChoice, LogitsFor, Model, Session, SessionConfig};
 use serde_json::{json, Value};
 
 pub struct BenchArgs<'a> {
@@ -18,6 +18,7 @@ pub struct BenchArgs<'a> {
     pub tg: &'a [usize],
     pub reps: usize,
     pub flash_attn: bool,
+    pub backend: BackendChoice,
     /// Adapters active during the runs, with scales.
     pub adapters: Vec<(std::path::PathBuf, f32)>,
 }
@@ -41,6 +42,7 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
             n_threads: a.threads,
             flash_attn: a.flash_attn,
             kv_f32: false,
+            backend: a.backend,
         },
     )?;
     let registry = AdapterRegistry::new(model.clone());
@@ -114,6 +116,8 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
         "adapter_switch_us": switch_us,
         "peak_rss_mb": peak_rss_mb(),
         "results": results,
+        "backend": session.backend_report(),
+        "threads_last": session.threads_in_use(),
     }))
 }
 

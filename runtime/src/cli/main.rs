@@ -10,7 +10,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use graft::adapter::registry::{AdapterRegistry, LoadPolicy};
 use graft::perplexity::perplexity_with_prompt;
-use graft::{ActiveAdapters, Engine, GenerateRequest, SamplerConfig, Session, SessionConfig};
+use graft::{
+    ActiveAdapters, BackendChoice, Engine, GenerateRequest, SamplerConfig, Session, SessionConfig,
+};
 use serde_json::json;
 
 mod adapters;
@@ -66,6 +68,15 @@ enum Cmd {
         /// Adapter and scale (repeatable).
         #[arg(long = "adapter-scaled", num_args = 2, value_names = ["A.gguf", "S"])]
         adapters_scaled: Vec<String>,
+        /// Backend graphs run on (see `graft devices`).
+        #[arg(long, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+    },
+    /// List the backends and devices this build can use, with their memory.
+    Devices {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Decode many sequences with different adapters at once (batched) against one after
     /// another, on one loaded model.
@@ -141,6 +152,10 @@ pub(crate) struct ModelArgs {
     /// Use ggml's flash-attention kernel.
     #[arg(long)]
     pub flash_attn: bool,
+    /// Backend graphs run on: auto, cpu, wgpu, cuda, metal or vulkan (`graft devices` lists
+    /// what this build has; auto is the CPU in this version).
+    #[arg(long, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
 }
 
 #[derive(Args)]
@@ -251,6 +266,7 @@ fn main() {
             flash_attn,
             adapters,
             adapters_scaled,
+            backend,
         } => parse_scaled(&adapters_scaled).and_then(|scaled| {
             let adapters = adapters
                 .into_iter()
@@ -264,10 +280,12 @@ fn main() {
                 tg: &tg,
                 reps,
                 flash_attn,
+                backend,
                 adapters,
             })
             .map(|v| println!("{v}"))
         }),
+        Cmd::Devices { json } => devices(json),
     };
     if let Err(e) = r {
         eprintln!("error: {}", report(&e));
@@ -344,6 +362,7 @@ pub(crate) fn load(
         n_threads: m.threads.unwrap_or_else(graft::session::default_threads),
         flash_attn: m.flash_attn,
         kv_f32: false,
+        backend: m.backend,
         ..SessionConfig::default()
     };
     let engine = Engine::load_with(&m.model, cfg)
@@ -375,6 +394,54 @@ pub(crate) fn load(
         active.set(a, *scale);
     }
     Ok((engine, registry, active))
+}
+
+/// `graft devices`: every device of every backend compiled in, with its memory, and which
+/// `--backend` names this build accepts.
+fn devices(as_json: bool) -> Result<()> {
+    let devs = graft::devices();
+    let usable: Vec<&str> = BackendChoice::ALL
+        .iter()
+        .filter(|c| graft::check_backend(**c).is_ok())
+        .map(|c| c.as_str())
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let list: Vec<_> = devs
+            .iter()
+            .map(|d| {
+                json!({"backend": d.backend, "name": d.name, "description": d.description,
+                       "type": d.kind.as_str(), "memory_free": d.memory_free,
+                       "memory_total": d.memory_total})
+            })
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            json!({"devices": list, "usable_backends": usable})
+        )?;
+        return Ok(());
+    }
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let w = devs.iter().map(|d| d.name.len()).max().unwrap_or(0);
+    for d in &devs {
+        writeln!(
+            out,
+            "{:<7} {:<w$}  {:<5}  {:>9.0} MiB free of {:>9.0} MiB  {}",
+            d.backend,
+            d.name,
+            d.kind.as_str(),
+            mib(d.memory_free),
+            mib(d.memory_total),
+            d.description
+        )?;
+    }
+    writeln!(
+        out,
+        "--backend accepts: {} (graft's graphs run on the CPU backend in this version)",
+        usable.join(", ")
+    )?;
+    Ok(())
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -425,6 +492,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 "prefill_ms": g.timings.prefill_ms,
                 "decode_ms": g.timings.decode_ms,
             },
+            "backend": g.backend,
         });
         writeln!(stdout, "{out}")?;
     } else {

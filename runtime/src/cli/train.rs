@@ -111,6 +111,9 @@ pub struct TrainArgs {
     /// CPU threads.
     #[arg(long, value_parser = crate::args::positive_count)]
     threads: Option<usize>,
+    /// Backend the training graphs run on (see `graft devices`).
+    #[arg(long, default_value_t = graft::BackendChoice::Auto)]
+    backend: graft::BackendChoice,
     /// Print JSON lines (one per step, then a summary) instead of a progress bar.
     #[arg(long)]
     json: bool,
@@ -204,6 +207,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         ctx: a.ctx,
         seed: a.seed,
         threads,
+        backend: a.backend,
         ..TrainConfig::default()
     };
     let mut trainer = match &a.resume {
@@ -331,6 +335,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }),
         },
         "interrupted": report.stopped,
+        "backend": trainer.backend_report(),
     });
     // The result goes to stdout (progress and notes to stderr): one line with --json.
     if a.json {

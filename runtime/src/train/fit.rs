@@ -91,6 +91,7 @@ impl Trainer {
             SessionConfig {
                 n_ctx: ctx + adapters.soft_prompt_len(),
                 n_threads: self.cfg.threads,
+                backend: self.cfg.backend,
                 ..SessionConfig::default()
             },
         )?;

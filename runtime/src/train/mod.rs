@@ -140,6 +140,8 @@ pub struct TrainConfig {
     pub transposed_backward: bool,
     /// CPU threads.
     pub threads: usize,
+    /// The backend the training graphs run on (`Auto`: the CPU in this version).
+    pub backend: graft_ggml::BackendChoice,
 }
 
 impl Default for TrainConfig {
@@ -167,6 +169,7 @@ impl Default for TrainConfig {
             seed: 0,
             transposed_backward: true,
             threads: crate::session::default_threads(),
+            backend: graft_ggml::BackendChoice::Auto,
         }
     }
 }
@@ -485,6 +488,7 @@ impl Trainer {
                 }
             }
         }
+        graft_ggml::check_choice(cfg.backend)?;
         let backend = Backend::cpu(cfg.threads)?;
         let alloc = GraphAllocator::new(&backend)?;
         let nodes = llama::max_nodes(&model, 1) * llama::TRAIN_GRAPH_FACTOR;
@@ -591,6 +595,11 @@ impl Trainer {
                 .map(|p| (p.name.as_str(), p.ne.as_slice(), p.value.as_slice())),
         )?;
         Ok(())
+    }
+
+    /// Where the training graphs ran: backend, device and node counts so far.
+    pub fn backend_report(&self) -> crate::BackendReport {
+        crate::BackendReport::of(&self.backend)
     }
 
     /// Bytes of the pre-transposed weight copies (0 when off or nothing is quantized).

@@ -393,6 +393,14 @@ def test_invalid_arguments(engine):
         s.generate("", 4, 0.0)
     with pytest.raises(graft.GraftError.InvalidArgument):
         graft.Engine.open(str(MODEL), graft.EngineOptions(threads=0))
+    with pytest.raises(graft.GraftError.InvalidArgument) as e:
+        graft.Engine.open(str(MODEL), graft.EngineOptions(backend="vulkan"))
+    assert "available: cpu" in str(e.value)
+    with pytest.raises(graft.GraftError.InvalidArgument):
+        graft.Engine.open(str(MODEL), graft.EngineOptions(backend="tpu"))
+    on_cpu = graft.Engine.open(str(MODEL), graft.EngineOptions(threads=THREADS, backend="cpu"))
+    assert on_cpu.session().generate(PROMPT, 2, 0.0)
+    on_cpu.release()
     with pytest.raises(graft.GraftError.InvalidArgument):
         engine.trainer(graft.TrainOptions(output_path="x.gguf", method="nope",
                                           examples=[graft.TrainExample(completion="a b c")]))

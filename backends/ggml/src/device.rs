@@ -1,0 +1,249 @@
+//! The devices ggml's backend registry knows, and the choice of backend graphs run on.
+//!
+//! Which backends exist is decided when ggml is built (cargo features `cuda`, `metal`,
+//! `vulkan` in graft-ggml-sys); the registry lists each with its devices and their memory.
+//! graft's graphs run on the CPU backend in this version: choosing a GPU backend that is
+//! present says so, and choosing one that is absent names the backends this build has.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::sys;
+use crate::{Error, Result};
+
+/// What kind of device a ggml device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceType {
+    /// The host CPU.
+    Cpu,
+    /// A discrete GPU.
+    Gpu,
+    /// A GPU sharing the host's memory.
+    IntegratedGpu,
+    /// An accelerator used beside the CPU (BLAS, AMX, ...).
+    Accelerator,
+    /// Anything else ggml reports.
+    Other,
+}
+
+impl DeviceType {
+    /// Lower-case name (`cpu`, `gpu`, `igpu`, `accel`, `other`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+            Self::IntegratedGpu => "igpu",
+            Self::Accelerator => "accel",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// One device of ggml's backend registry.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// The backend it belongs to, as graft names it (`cpu`, `cuda`, `metal`, `vulkan`, ...).
+    pub backend: String,
+    /// ggml's name of the device (`CPU`, `CUDA0`, ...).
+    pub name: String,
+    /// ggml's description (the CPU model, the GPU's name).
+    pub description: String,
+    /// Its kind.
+    pub kind: DeviceType,
+    /// Free memory in bytes, as the device reports it.
+    pub memory_free: usize,
+    /// Total memory in bytes.
+    pub memory_total: usize,
+}
+
+fn c_str(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: ggml returns NUL-terminated strings that live as long as the registry.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Every device ggml's registry has, in registry order (GPUs first, the CPU last).
+pub fn devices() -> Vec<Device> {
+    crate::log::install();
+    // SAFETY: the registry is initialised on first use and never freed.
+    let n = unsafe { sys::ggml_backend_dev_count() };
+    (0..n)
+        .filter_map(|i| {
+            // SAFETY: i < count.
+            let dev = unsafe { sys::ggml_backend_dev_get(i) };
+            if dev.is_null() {
+                return None;
+            }
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: a valid device from the registry; the out-pointers are live locals.
+            let (name, description, kind, reg) = unsafe {
+                sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+                (
+                    c_str(sys::ggml_backend_dev_name(dev)),
+                    c_str(sys::ggml_backend_dev_description(dev)),
+                    sys::ggml_backend_dev_type(dev),
+                    sys::ggml_backend_dev_backend_reg(dev),
+                )
+            };
+            let reg_name = if reg.is_null() {
+                String::new()
+            } else {
+                // SAFETY: a valid registry entry.
+                c_str(unsafe { sys::ggml_backend_reg_name(reg) })
+            };
+            let kind = match kind {
+                sys::GGML_BACKEND_DEVICE_TYPE_CPU => DeviceType::Cpu,
+                sys::GGML_BACKEND_DEVICE_TYPE_GPU => DeviceType::Gpu,
+                sys::GGML_BACKEND_DEVICE_TYPE_IGPU => DeviceType::IntegratedGpu,
+                sys::GGML_BACKEND_DEVICE_TYPE_ACCEL => DeviceType::Accelerator,
+                _ => DeviceType::Other,
+            };
+            Some(Device {
+                backend: reg_name.to_ascii_lowercase(),
+                name,
+                description,
+                kind,
+                memory_free: free,
+                memory_total: total,
+            })
+        })
+        .collect()
+}
+
+/// The backend graphs run on, as chosen on the command line or in a session's options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    /// The best device graft can run on: the CPU in this version.
+    #[default]
+    Auto,
+    /// ggml's CPU backend.
+    Cpu,
+    /// graft's wgpu backend.
+    Wgpu,
+    /// ggml's CUDA backend.
+    Cuda,
+    /// ggml's Metal backend.
+    Metal,
+    /// ggml's Vulkan backend.
+    Vulkan,
+}
+
+impl BackendChoice {
+    /// Every choice, in the order `--backend` lists them.
+    pub const ALL: [BackendChoice; 6] = [
+        Self::Auto,
+        Self::Cpu,
+        Self::Wgpu,
+        Self::Cuda,
+        Self::Metal,
+        Self::Vulkan,
+    ];
+
+    /// The name on the command line (`auto`, `cpu`, `wgpu`, `cuda`, `metal`, `vulkan`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+            Self::Metal => "metal",
+            Self::Vulkan => "vulkan",
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let want = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == want)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|c| c.as_str()).collect();
+                format!("unknown backend '{s}' (one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// The backend names this build has devices for (`cpu`, and `cuda`, `vulkan`, ... when built in).
+pub fn available_backends() -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for d in devices() {
+        if !names.contains(&d.backend) {
+            names.push(d.backend);
+        }
+    }
+    names
+}
+
+/// Checks that graft can run graphs on `choice`: `Ok` for `auto` and `cpu`; for any other, an
+/// error that says whether the backend is missing from this build (naming those it has) or
+/// present but not yet driven by graft's graphs.
+pub fn check_choice(choice: BackendChoice) -> Result<()> {
+    match choice {
+        BackendChoice::Auto | BackendChoice::Cpu => Ok(()),
+        other => {
+            let name = other.as_str();
+            let available = available_backends();
+            if available.iter().any(|b| b == name) {
+                Err(Error::Unsupported(format!(
+                    "the {name} backend is in this build, but graft's graphs run on the CPU \
+                     backend only in this version; use --backend cpu"
+                )))
+            } else {
+                Err(Error::BackendUnavailable {
+                    wanted: name.to_string(),
+                    available: available.join(", "),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_is_listed_with_its_memory() {
+        let devs = devices();
+        let cpu = devs
+            .iter()
+            .find(|d| d.kind == DeviceType::Cpu)
+            .expect("a CPU device");
+        assert_eq!(cpu.backend, "cpu");
+        assert!(cpu.memory_total > 0, "{cpu:?}");
+        assert!(available_backends().contains(&"cpu".to_string()));
+    }
+
+    #[test]
+    fn choices_parse_and_absent_backends_are_named() {
+        for c in BackendChoice::ALL {
+            assert_eq!(c.as_str().parse::<BackendChoice>(), Ok(c));
+        }
+        assert_eq!("CUDA".parse::<BackendChoice>(), Ok(BackendChoice::Cuda));
+        let e = "tpu".parse::<BackendChoice>().unwrap_err();
+        assert!(e.contains("tpu") && e.contains("vulkan"), "{e}");
+        check_choice(BackendChoice::Auto).unwrap();
+        check_choice(BackendChoice::Cpu).unwrap();
+        // This crate's tests build ggml with the CPU backend alone.
+        if !available_backends().iter().any(|b| b == "wgpu") {
+            let msg = check_choice(BackendChoice::Wgpu).unwrap_err().to_string();
+            assert!(
+                msg.contains("wgpu") && msg.contains("available: cpu"),
+                "{msg}"
+            );
+        }
+    }
+}

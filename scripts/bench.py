@@ -345,44 +345,52 @@ def emit_table(markdown: bool, header: list[str], rows: list[list[str]],
 
 def run_variants(args, graft: str, graft_version: str, model: Path, common: list[str],
                  variants: list[tuple[str, list[str]]]) -> int:
-    """graft-only: several adapter configurations, interleaved, compared with the first."""
-    cmds = []
-    for _, files in variants:
-        cmd = [graft, "bench"] + common
-        for f in files:
-            cmd += ["--adapter", f]
-        cmds.append(cmd)
+    """graft-only: several adapter configurations compared with the first. Speed: one graft
+    process per round runs every configuration rep by rep (`graft bench --variant`), so each
+    rep of a configuration has a partner rep of the first taken moments apart; the overhead is
+    the median of those paired ratios. Memory and adapter load time: one process per
+    configuration after the rounds."""
+    cmd = [graft, "bench"] + common
+    for label, files in variants:
+        cmd += ["--variant", f"{label}={','.join(files) if files else 'none'}"]
     busy = None if args.busy else busy_pct()
     if busy is not None and busy > 10:
         print(f"bench.py: warning: the machine is {busy:.0f}% busy before starting; "
               "results will be noisy (stop other work first)", file=sys.stderr)
-    runs: list[list[dict]] = [[] for _ in variants]
+    runs: list[dict] = []
     discarded = []
     t0 = time.time()
     for r in range(args.rounds):
-        for i, (label, _) in enumerate(variants):
-            for attempt in range(args.retries + 1):
-                if args.max_noise is not None:
-                    wait_quiet(args.quiet_wait)
-                print(f"round {r + 1}/{args.rounds}: graft [{label}] ...", file=sys.stderr,
-                      flush=True)
-                out = run_json(cmds[i], "graft")
-                f = out.get("foreign_cpu_pct")
-                if args.max_noise is None or f is None or f <= args.max_noise \
-                        or attempt == args.retries:
-                    runs[i].append(out)
-                    break
-                print(f"  other processes used {f:.0f}% of the CPUs during it: discarded, "
-                      "running again", file=sys.stderr, flush=True)
-                discarded.append({"variant": label, "round": r + 1, **out})
+        for attempt in range(args.retries + 1):
+            if args.max_noise is not None:
+                wait_quiet(args.quiet_wait)
+            print(f"round {r + 1}/{args.rounds}: graft, {len(variants)} variants interleaved ...",
+                  file=sys.stderr, flush=True)
+            out = run_json(cmd, "graft")
+            f = out.get("foreign_cpu_pct")
+            if args.max_noise is None or f is None or f <= args.max_noise \
+                    or attempt == args.retries:
+                runs.append(out)
+                break
+            print(f"  other processes used {f:.0f}% of the CPUs during it: discarded, "
+                  "running again", file=sys.stderr, flush=True)
+            discarded.append({"round": r + 1, **out})
+    # Memory and load time, each configuration in a process of its own (one rep).
+    own: list[dict] = []
+    one_rep = common[:common.index("--reps")] + ["--reps", "1"] + common[common.index("--reps") + 2:]
+    for label, files in variants:
+        c = [graft, "bench"] + one_rep
+        for f_ in files:
+            c += ["--adapter", f_]
+        print(f"memory: graft [{label}] ...", file=sys.stderr, flush=True)
+        own.append(run_json(c, "graft"))
     elapsed = time.time() - t0
-    sums = [summarize(rs) for rs in runs]
-    foreign = [x["foreign_cpu_pct"] for rs in runs for x in rs
-               if x.get("foreign_cpu_pct") is not None]
+    foreign = [x["foreign_cpu_pct"] for x in runs if x.get("foreign_cpu_pct") is not None]
     print(f"machine:  {cpu_model()}, nproc {n_cpus()}")
     print(f"model:    {model}")
     print(f"threads:  {args.threads}, flash_attn: {args.flash_attn}, {args.rounds} rounds x "
-          f"{args.reps} reps, {len(variants)} graft variants interleaved ({elapsed:.0f} s)")
+          f"{args.reps} reps, {len(variants)} graft variants interleaved rep by rep in one "
+          f"process per round ({elapsed:.0f} s)")
     print(f"versions: {graft_version}")
     if args.busy:
         print(f"load:     {args.busy} CPU-bound busy loop(s) ran throughout (speed under load)")
@@ -392,32 +400,44 @@ def run_variants(args, graft: str, graft_version: str, model: Path, common: list
     for label, files in variants:
         print(f"variant:  {label}: {' '.join(files) if files else '(no adapter)'}")
     print()
-    base = sums[0]
+    tests = [t["test"] for t in runs[0]["variants"][0]["results"]]
+    # rates[v][t] = per round, the list of rep rates
+    rates = [[[run["variants"][v]["results"][ti]["tokens_per_s"] for run in runs]
+              for ti in range(len(tests))] for v in range(len(variants))]
     header = ["test"] + [label for label, _ in variants]
     rows = []
-    for t in base["order"]:
-        b = base["tests"][t]["median_tokens_per_s"]
+    summary = []
+    for ti, t in enumerate(tests):
         row = [f"{t} (tok/s, higher is better)"]
-        for k, s_ in enumerate(sums):
-            v = s_["tests"][t]
-            cell = f"{v['median_tokens_per_s']:.1f} ±{v['spread_pct']:.0f}%"
-            if k > 0:
-                cell += f" ({(b / v['median_tokens_per_s'] - 1) * 100:+.1f}% time/token)"
+        for v in range(len(variants)):
+            per_round = [statistics.median(x) for x in rates[v][ti]]
+            med = statistics.median([x for rr in rates[v][ti] for x in rr])
+            cell = f"{med:.1f} ±{spread_pct(per_round, med):.0f}%"
+            entry = {"variant": variants[v][0], "test": t, "median_tokens_per_s": med}
+            if v > 0:
+                paired = sorted(b / x - 1 for rb, rv in zip(rates[0][ti], rates[v][ti])
+                                for b, x in zip(rb, rv))
+                q = len(paired) // 4
+                mid = statistics.median(paired)
+                cell += f" ({mid * 100:+.1f}% time/token, IQR {paired[q] * 100:+.0f}..{paired[-1 - q] * 100:+.0f})"
+                entry["paired_overhead"] = mid
+                entry["paired_ratios"] = paired
             row.append(cell)
+            summary.append(entry)
         rows.append(row)
-    rows.append(["peak RSS MiB"] + [fmt(s_["peak_rss_mb"]) for s_ in sums])
+    rows.append(["peak RSS MiB (own process)"] + [fmt(o.get("peak_rss_mb")) for o in own])
     rows.append(["adapter load ms (sum of files)"]
-                + [fmt(sum(adapter_load_ms(rs).values()), 2) for rs in runs])
-    notes = [FOOTNOTES[0], "(+x% time/token) = time per token against the first column: "
-             "the adapter's overhead."]
+                + [fmt(sum(a["load_ms"] for a in o.get("adapters", [])), 2) for o in own])
+    notes = [FOOTNOTES[0], "(+x% time/token) = the median over all reps of the paired ratio "
+             "(first column's rep / this column's rep taken right after it) - 1: the adapter's "
+             "overhead; IQR = the middle half of those ratios."]
     emit_table(args.markdown, header, rows, notes)
     if args.json:
         args.json.write_text(json.dumps({
-            "variants": [{"label": lb, "adapters": fs, "summary": s_, "runs": rs}
-                         for (lb, fs), s_, rs in zip(variants, sums, runs)],
+            "variants": [{"label": lb, "adapters": fs} for lb, fs in variants],
+            "summary": summary, "runs": runs, "own_process": own,
             "discarded_runs": discarded}, indent=2) + "\n")
     return 0
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],

@@ -219,6 +219,11 @@ impl<'ctx> Tensor<'ctx> {
         self
     }
 
+    /// Whether the tensor is a trainable parameter ([`Tensor::set_param`]).
+    pub fn is_param(&self) -> bool {
+        self.t().flags & sys::GGML_TENSOR_FLAG_PARAM as i32 != 0
+    }
+
     /// Marks the tensor as a trainable parameter (gradients will be computed for it).
     pub fn set_param(self) -> Self {
         // SAFETY: valid tensor.

@@ -15,6 +15,7 @@ mod context;
 mod device;
 mod error;
 mod log;
+mod lowrank;
 mod ops;
 pub mod threads;
 
@@ -24,6 +25,7 @@ pub use device::{available_backends, check_choice, devices, BackendChoice, Devic
 pub use error::{Error, Result};
 pub use graft_ggml_sys as sys;
 pub use log::{set_log_level, LogLevel};
+pub use lowrank::MAX_FUSED_MACS;
 pub use ops::RopeParams;
 
 /// A ggml tensor element type, by its numeric id in `enum ggml_type`.

@@ -116,3 +116,113 @@ fn resolving_a_foreign_tensor_id_fails() {
     assert!(a.get(t.id()).is_some());
     assert!(b.get(t.id()).is_none());
 }
+
+/// `low_rank_update` (one fused node) against the four standard ops it replaces and against a
+/// plain f64 sum, for F32 and F16 matrices, odd sizes and 1 or 3 threads.
+#[test]
+fn low_rank_update_equals_the_standard_ops() {
+    use half::f16;
+    let (n_in, r, n_out) = (37usize, 5usize, 29usize);
+    let val = |i: usize, m: usize| ((i * m % 23) as f32 - 11.0) / 13.0;
+    let x: Vec<f32> = (0..n_in).map(|i| val(i, 7)).collect();
+    let base: Vec<f32> = (0..n_out).map(|i| val(i, 3)).collect();
+    let m1: Vec<f32> = (0..n_in * r).map(|i| val(i, 5)).collect();
+    let m2: Vec<f32> = (0..r * n_out).map(|i| val(i, 11)).collect();
+    let s = 0.75f32;
+    for (t1, t2) in [
+        (Type::F32, Type::F32),
+        (Type::F16, Type::F16),
+        (Type::F32, Type::F16),
+    ] {
+        // The matrices as the graph sees them (F16 rounds).
+        let round = |v: &[f32], t: Type| -> Vec<f32> {
+            if t == Type::F16 {
+                v.iter().map(|&a| f16::from_f32(a).to_f32()).collect()
+            } else {
+                v.to_vec()
+            }
+        };
+        let bytes = |v: &[f32], t: Type| -> Vec<u8> {
+            if t == Type::F16 {
+                v.iter()
+                    .flat_map(|&a| f16::from_f32(a).to_le_bytes())
+                    .collect()
+            } else {
+                v.iter().flat_map(|a| a.to_le_bytes()).collect()
+            }
+        };
+        let compute = |threads: usize, fused: bool| -> Vec<f32> {
+            let mut backend = Backend::cpu(threads).unwrap();
+            backend.set_adaptive_threads(false);
+            let ctx = Context::new(64, 64).unwrap();
+            let tx = ctx.new_tensor(Type::F32, &[n_in as i64, 1]).set_input();
+            let tb = ctx.new_tensor(Type::F32, &[n_out as i64, 1]).set_input();
+            let t1m = ctx.new_tensor(t1, &[n_in as i64, r as i64]).set_input();
+            let t2m = ctx.new_tensor(t2, &[r as i64, n_out as i64]).set_input();
+            let out = if fused {
+                ctx.low_rank_update(tb, tx, t1m, t2m, s)
+                    .expect("shapes and types it takes")
+            } else {
+                ctx.add(tb, ctx.scale(ctx.mul_mat(t2m, ctx.mul_mat(t1m, tx)), s))
+            }
+            .set_output();
+            let mut g = ctx.new_graph(64, false);
+            g.build_forward_expand(out);
+            let mut alloc = GraphAllocator::new(&backend).unwrap();
+            alloc.alloc(&g).unwrap();
+            tx.write_f32(0, &x).unwrap();
+            tb.write_f32(0, &base).unwrap();
+            t1m.write_bytes(0, &bytes(&m1, t1)).unwrap();
+            t2m.write_bytes(0, &bytes(&m2, t2)).unwrap();
+            backend.compute(&g).unwrap();
+            out.to_vec_f32().unwrap()
+        };
+        let standard = compute(1, false);
+        let (m1r, m2r) = (round(&m1, t1), round(&m2, t2));
+        let u: Vec<f64> = (0..r)
+            .map(|j| {
+                (0..n_in)
+                    .map(|k| m1r[j * n_in + k] as f64 * x[k] as f64)
+                    .sum()
+            })
+            .collect();
+        for threads in [1, 3] {
+            let fused = compute(threads, true);
+            for i in 0..n_out {
+                let exact: f64 = base[i] as f64
+                    + s as f64 * (0..r).map(|j| m2r[i * r + j] as f64 * u[j]).sum::<f64>();
+                assert!(
+                    (fused[i] - standard[i]).abs() < 2e-5,
+                    "{t1:?}/{t2:?} x{threads} row {i}: {} vs {}",
+                    fused[i],
+                    standard[i]
+                );
+                // F16 matrices also round their vector operand to F16, as ggml's mul_mat does.
+                let tol = if t1 == Type::F16 || t2 == Type::F16 {
+                    2e-2
+                } else {
+                    1e-5
+                };
+                assert!(
+                    (fused[i] as f64 - exact).abs() < tol,
+                    "row {i}: {} vs {exact}",
+                    fused[i]
+                );
+            }
+        }
+    }
+    // Shapes and flags it declines: several tokens, a trainable matrix.
+    let ctx = Context::new(64, 64).unwrap();
+    let x2 = ctx.new_tensor(Type::F32, &[n_in as i64, 2]);
+    let b2 = ctx.new_tensor(Type::F32, &[n_out as i64, 2]);
+    let a = ctx.new_tensor(Type::F32, &[n_in as i64, r as i64]);
+    let b = ctx.new_tensor(Type::F32, &[r as i64, n_out as i64]);
+    assert!(ctx.low_rank_update(b2, x2, a, b, 1.0).is_none());
+    let x1 = ctx.new_tensor(Type::F32, &[n_in as i64, 1]);
+    let b1 = ctx.new_tensor(Type::F32, &[n_out as i64, 1]);
+    assert!(ctx.low_rank_update(b1, x1, a, b, 1.0).is_some());
+    let trainable = ctx
+        .new_tensor(Type::F32, &[n_in as i64, r as i64])
+        .set_param();
+    assert!(ctx.low_rank_update(b1, x1, trainable, b, 1.0).is_none());
+}

@@ -19,6 +19,8 @@ pub struct BenchArgs<'a> {
     pub reps: usize,
     pub flash_attn: bool,
     pub backend: BackendChoice,
+    /// Adapter sets compared rep by rep in this one process (label, files); empty: none.
+    pub variants: Vec<(String, Vec<std::path::PathBuf>)>,
     /// Adapters active during the runs, with scales.
     pub adapters: Vec<(std::path::PathBuf, f32)>,
 }
@@ -81,31 +83,76 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
     session.clear();
     session.decode(&bench_tokens(1, n_vocab), LogitsFor::Last)?;
 
-    let mut results = Vec::new();
-    for &n in a.pp {
-        let toks = bench_tokens(n, n_vocab);
-        let mut rates = Vec::new();
-        for _ in 0..a.reps {
-            session.clear();
-            let t = Instant::now();
-            session.decode(&toks, LogitsFor::Last)?;
-            rates.push(n as f64 / t.elapsed().as_secs_f64());
-        }
-        results.push(json!({"test": format!("pp{n}"), "tokens_per_s": rates}));
-    }
-    for &n in a.tg {
-        let toks = bench_tokens(n, n_vocab);
-        let mut rates = Vec::new();
-        for _ in 0..a.reps {
-            session.clear();
-            let t = Instant::now();
-            for &tok in &toks {
-                session.decode(&[tok], LogitsFor::Last)?;
+    // Compared adapter sets: each rep of each test runs every set in turn, so the sets see
+    // the same machine state (a slow second on a shared machine hits all of them).
+    let mut sets = vec![(String::new(), session.adapters().clone())];
+    if !a.variants.is_empty() {
+        sets.clear();
+        for (label, files) in &a.variants {
+            let mut set = ActiveAdapters::none();
+            for path in files {
+                let name = format!("v{}", registry.list().len());
+                let ad = registry
+                    .load(&name, path, LoadPolicy::Create)
+                    .with_context(|| format!("loading adapter {}", path.display()))?;
+                set.set(ad, 1.0);
             }
-            rates.push(n as f64 / t.elapsed().as_secs_f64());
+            session.set_adapters(set.clone())?;
+            session.clear();
+            session.decode(&bench_tokens(n_ctx.min(64), n_vocab), LogitsFor::Last)?;
+            sets.push((label.clone(), set));
         }
-        results.push(json!({"test": format!("tg{n}"), "tokens_per_s": rates}));
     }
+    // rates[set][test][rep]
+    let mut rates: Vec<Vec<Vec<f64>>> = vec![Vec::new(); sets.len()];
+    let mut tests = Vec::new();
+    for (prefill, lens) in [(true, a.pp), (false, a.tg)] {
+        for &n in lens {
+            let toks = bench_tokens(n, n_vocab);
+            tests.push(format!("{}{n}", if prefill { "pp" } else { "tg" }));
+            for r in rates.iter_mut() {
+                r.push(Vec::new());
+            }
+            for _ in 0..a.reps {
+                for (k, (_, set)) in sets.iter().enumerate() {
+                    if sets.len() > 1 {
+                        session.set_adapters(set.clone())?;
+                    }
+                    session.clear();
+                    let t = Instant::now();
+                    if prefill {
+                        session.decode(&toks, LogitsFor::Last)?;
+                    } else {
+                        for &tok in &toks {
+                            session.decode(&[tok], LogitsFor::Last)?;
+                        }
+                    }
+                    let rate = n as f64 / t.elapsed().as_secs_f64();
+                    rates[k].last_mut().expect("pushed above").push(rate);
+                }
+            }
+        }
+    }
+    let results_of = |k: usize| -> Vec<Value> {
+        tests
+            .iter()
+            .zip(&rates[k])
+            .map(|(t, r)| json!({"test": t, "tokens_per_s": r}))
+            .collect()
+    };
+    let results = results_of(0);
+    let variants: Vec<Value> = if a.variants.is_empty() {
+        Vec::new()
+    } else {
+        sets.iter()
+            .enumerate()
+            .map(|(k, (label, _))| {
+                json!({"label": label,
+                       "adapters": a.variants[k].1.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                       "results": results_of(k)})
+            })
+            .collect()
+    };
     Ok(json!({
         "engine": "graft",
         "model": a.model.display().to_string(),
@@ -118,7 +165,43 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
         "results": results,
         "backend": session.backend_report(),
         "threads_last": session.threads_in_use(),
+        "variants": variants,
     }))
+}
+
+/// `none` or `[LABEL=]A.gguf[,B.gguf...]` → (label, files); the label defaults to the file
+/// stems (or "no adapter").
+pub fn parse_variant(spec: &str) -> (String, Vec<std::path::PathBuf>) {
+    let (label, files) = match spec.split_once('=') {
+        Some((l, f)) => (Some(l.to_string()), f),
+        None => (None, spec),
+    };
+    let files: Vec<std::path::PathBuf> = if files.trim() == "none" {
+        Vec::new()
+    } else {
+        files
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(Into::into)
+            .collect()
+    };
+    let label = label.unwrap_or_else(|| {
+        if files.is_empty() {
+            "no adapter".into()
+        } else {
+            files
+                .iter()
+                .map(|f| {
+                    f.file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    });
+    (label, files)
 }
 
 /// Peak resident set size of this process in MiB (Linux: VmHWM), if known.

@@ -71,6 +71,10 @@ enum Cmd {
         /// Backend graphs run on (see `graft devices`).
         #[arg(long, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
+        /// Adapter set to compare, rep by rep in this process (repeatable): `none` or
+        /// `[LABEL=]A.gguf[,B.gguf...]`; the JSON gets `variants` [{label, adapters, results}].
+        #[arg(long = "variant", value_name = "SPEC", conflicts_with_all = ["adapters", "adapters_scaled"])]
+        variants: Vec<String>,
     },
     /// List the backends and devices this build can use, with their memory.
     Devices {
@@ -267,6 +271,7 @@ fn main() {
             adapters,
             adapters_scaled,
             backend,
+            variants,
         } => parse_scaled(&adapters_scaled).and_then(|scaled| {
             let adapters = adapters
                 .into_iter()
@@ -281,6 +286,7 @@ fn main() {
                 reps,
                 flash_attn,
                 backend,
+                variants: variants.iter().map(|v| bench::parse_variant(v)).collect(),
                 adapters,
             })
             .map(|v| println!("{v}"))

@@ -1,4 +1,5 @@
-//! A low-rank update of one token as a single graph node (CPU backend).
+//! Adapter updates of one token as single graph nodes (CPU backend): a low-rank update
+//! (WeGeFT) and a block-diagonal one (DiaBlo).
 //!
 //! `base + s · m2 (m1 x)` is what a LoRA delta (`y + s·B(Ax)`) and a WeGeFT input update
 //! (`x + s·φᵀ(ψx)`) compute. In standard ops that is four nodes (two matmuls, a scale, an add);
@@ -13,10 +14,13 @@
 //!
 //! ggml's custom ops run on the CPU backend only and have no backward pass: callers use this
 //! for inference on the CPU and keep the standard-op path for training and other backends.
-//! graft uses it for WeGeFT (whose reference is a merged-weight model anyway), not for LoRA:
+//! [`Context::block_diag_update`] does the same for DiaBlo's `y + s·blockdiag(D) x` (a batched
+//! matmul and an add). graft uses both for the kinds whose reference is a merged-weight model
+//! (WeGeFT, DiaBlo), not for LoRA:
 //! a different summation order moves LoRA's results off llama.cpp's bit for bit, and through
 //! an F16 KV cache such last-bit changes can grow to a flipped greedy token.
 
+use std::borrow::Cow;
 use std::os::raw::{c_int, c_void};
 
 use half::f16;
@@ -97,6 +101,52 @@ impl Context {
         };
         Some(self.wrap(p))
     }
+
+    /// `base + s · blockdiag(D) x` for one token, as one node: `d [bs_in, bs_out, N]` (F32 or
+    /// F16, contiguous) whose N blocks tile `x [N·bs_in, 1]` and `base [N·bs_out, 1]` (F32)
+    /// exactly: DiaBlo's update at decode. `None` when they do not tile, for trainable blocks,
+    /// and for other types, so the caller builds the standard-op graph. Threads split the
+    /// blocks; a block's products are rounded as ggml's batched `mul_mat` rounds them.
+    pub fn block_diag_update<'a>(
+        &'a self,
+        base: Tensor<'a>,
+        x: Tensor<'a>,
+        d: Tensor<'a>,
+        s: f32,
+    ) -> Option<Tensor<'a>> {
+        let [bi, bo, nb, one] = d.ne();
+        let fits = one == 1
+            && x.ne() == [nb * bi, 1, 1, 1]
+            && base.ne() == [nb * bo, 1, 1, 1]
+            && x.ty().0 == sys::GGML_TYPE_F32
+            && base.ty().0 == sys::GGML_TYPE_F32
+            && supported(d.ty().0)
+            && [base, x, d].iter().all(|t| t.is_contiguous())
+            && !d.is_param();
+        if !fits {
+            return None;
+        }
+        let mut args = [base.raw(), x.raw(), d.raw()];
+        let userdata = s.to_bits() as usize as *mut c_void;
+        // SAFETY: as in `low_rank_update`: valid context and tensors, `args` read during the
+        // call only, `block_diag` called by ggml with these sources during compute.
+        let p = unsafe {
+            sys::ggml_custom_4d(
+                self.raw(),
+                sys::GGML_TYPE_F32,
+                nb * bo,
+                1,
+                1,
+                1,
+                args.as_mut_ptr(),
+                args.len() as c_int,
+                Some(block_diag),
+                sys::GGML_N_TASKS_MAX,
+                userdata,
+            )
+        };
+        Some(self.wrap(p))
+    }
 }
 
 /// Rows of a contiguous 2-D tensor as f32, for the two element types [`supported`] admits.
@@ -119,30 +169,29 @@ impl Rows {
         }
     }
 
-    /// Row `i` converted into `buf` (F16) or borrowed (F32).
+    /// Row `i`: borrowed (F32) or converted into `buf` (F16).
     ///
     /// # Safety
     /// `i` is below the tensor's row count.
-    unsafe fn row<'b>(&self, i: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    unsafe fn row<'b>(&'b self, i: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         let p = self.data.add(i * self.row_bytes);
         if self.f16 {
             let h = std::slice::from_raw_parts(p as *const f16, self.len);
             buf.clear();
             buf.extend(h.iter().map(|v| v.to_f32()));
+            buf
         } else {
-            buf.clear();
-            buf.extend_from_slice(std::slice::from_raw_parts(p as *const f32, self.len));
+            std::slice::from_raw_parts(p as *const f32, self.len)
         }
-        buf
     }
 }
 
 /// The vector a matrix of this type multiplies, rounded as ggml's `mul_mat` rounds it.
-fn as_operand(v: &[f32], f16_matrix: bool) -> Vec<f32> {
+fn as_operand(v: &[f32], f16_matrix: bool) -> Cow<'_, [f32]> {
     if f16_matrix {
-        v.iter().map(|&x| f16::from_f32(x).to_f32()).collect()
+        Cow::Owned(v.iter().map(|&x| f16::from_f32(x).to_f32()).collect())
     } else {
-        v.to_vec()
+        Cow::Borrowed(v)
     }
 }
 
@@ -194,6 +243,62 @@ unsafe extern "C" fn update(
         let out = std::slice::from_raw_parts_mut(d.data as *mut f32, n_out);
         for i in lo..hi {
             out[i] = b[i] + s * dot(m2r.row(i, &mut buf), &uo);
+        }
+    }
+}
+
+/// The block-diagonal node's compute function: thread `ith` of `nth` writes its share of the
+/// blocks.
+unsafe extern "C" fn block_diag(
+    dst: *mut sys::ggml_tensor,
+    ith: c_int,
+    nth: c_int,
+    userdata: *mut c_void,
+) {
+    let s = f32::from_bits(userdata as usize as u32);
+    // SAFETY: ggml calls this during compute with the node built by `block_diag_update`: its
+    // sources are the three allocated, contiguous tensors checked there (blocks tiling x and
+    // base exactly), and `dst` is an allocated F32 tensor that only this node writes (each
+    // thread its own blocks).
+    unsafe {
+        let dt = &*dst;
+        let (base, x, d) = (&*dt.src[0], &*dt.src[1], &*dt.src[2]);
+        let (bi, bo, nb) = (d.ne[0] as usize, d.ne[1] as usize, d.ne[2] as usize);
+        let f16 = d.type_ == sys::GGML_TYPE_F16;
+        let xv = std::slice::from_raw_parts(x.data as *const f32, nb * bi);
+        let b = std::slice::from_raw_parts(base.data as *const f32, nb * bo);
+        let out = std::slice::from_raw_parts_mut(dt.data as *mut f32, nb * bo);
+        let (ith, nth) = (ith.max(0) as usize, nth.max(1) as usize);
+        let (lo, hi) = (nb * ith / nth, nb * (ith + 1) / nth);
+        if f16 {
+            // Rows converted to f32 block by block; x rounded to F16 as ggml's mul_mat does.
+            let dh = std::slice::from_raw_parts(d.data as *const f16, nb * bo * bi);
+            let mut xo = vec![0f32; bi];
+            let mut blk_rows = vec![0f32; bo * bi];
+            for blk in lo..hi {
+                for (o, v) in xo.iter_mut().zip(&xv[blk * bi..(blk + 1) * bi]) {
+                    *o = f16::from_f32(*v).to_f32();
+                }
+                for (o, v) in blk_rows
+                    .iter_mut()
+                    .zip(&dh[blk * bo * bi..(blk + 1) * bo * bi])
+                {
+                    *o = v.to_f32();
+                }
+                for j in 0..bo {
+                    let i = blk * bo + j;
+                    out[i] = b[i] + s * dot(&blk_rows[j * bi..(j + 1) * bi], &xo);
+                }
+            }
+        } else {
+            let df = std::slice::from_raw_parts(d.data as *const f32, nb * bo * bi);
+            for blk in lo..hi {
+                let xb = &xv[blk * bi..(blk + 1) * bi];
+                for j in 0..bo {
+                    let i = blk * bo + j;
+                    out[i] = b[i] + s * dot(&df[i * bi..(i + 1) * bi], xb);
+                }
+            }
         }
     }
 }

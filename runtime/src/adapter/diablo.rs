@@ -73,6 +73,12 @@ pub(crate) fn apply<'a>(
     // matmul's [bs_out, n, N] result through a permuted view: no copies, no `acc` (which
     // copies `y` and waits at an extra barrier). Otherwise the in-range blocks go through `acc`.
     let tiles = full == nb as i64 && full * bi == n_in && full * bo == n_out && y.is_contiguous();
+    if n == 1 && tiles {
+        // Decode: one fused node (CPU inference; `None` for trainable blocks).
+        if let Some(out) = ctx.block_diag_update(y, x, d, s) {
+            return out;
+        }
+    }
     let mut y = y;
     if full > 0 {
         let dv = ctx.view(d, &[bi, bo, full], &[d.nb()[1], d.nb()[2]], 0);

@@ -79,27 +79,12 @@ impl Context {
         {
             return None;
         }
-        let mut args = [base.raw(), x.raw(), m1.raw(), m2.raw()];
-        // The scale travels in the userdata pointer's bits: nothing to keep alive.
-        let userdata = s.to_bits() as usize as *mut c_void;
-        // SAFETY: valid context and tensors; `args` is read during the call only; ggml keeps
-        // the tensors as the node's sources and calls `update` with them during compute.
-        let p = unsafe {
-            sys::ggml_custom_4d(
-                self.raw(),
-                sys::GGML_TYPE_F32,
-                n_out,
-                1,
-                1,
-                1,
-                args.as_mut_ptr(),
-                args.len() as c_int,
-                Some(update),
-                sys::GGML_N_TASKS_MAX,
-                userdata,
-            )
-        };
-        Some(self.wrap(p))
+        Some(self.custom_f32(
+            &mut [base.raw(), x.raw(), m1.raw(), m2.raw()],
+            n_out,
+            update,
+            s,
+        ))
     }
 
     /// `base + s · blockdiag(D) x` for one token, as one node: `d [bs_in, bs_out, N]` (F32 or
@@ -126,26 +111,38 @@ impl Context {
         if !fits {
             return None;
         }
-        let mut args = [base.raw(), x.raw(), d.raw()];
+        Some(self.custom_f32(&mut [base.raw(), x.raw(), d.raw()], nb * bo, block_diag, s))
+    }
+
+    /// A custom node computing an F32 `[ne0]` vector from `args` with `fun`, all threads,
+    /// the scale `s` carried in the userdata pointer's bits (nothing to keep alive).
+    fn custom_f32(
+        &self,
+        args: &mut [*mut sys::ggml_tensor],
+        ne0: i64,
+        fun: unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut c_void),
+        s: f32,
+    ) -> Tensor<'_> {
         let userdata = s.to_bits() as usize as *mut c_void;
-        // SAFETY: as in `low_rank_update`: valid context and tensors, `args` read during the
-        // call only, `block_diag` called by ggml with these sources during compute.
+        // SAFETY: valid context and tensors (the callers checked them); `args` is read during
+        // the call only; ggml keeps the tensors as the node's sources and calls `fun` with them
+        // during compute.
         let p = unsafe {
             sys::ggml_custom_4d(
                 self.raw(),
                 sys::GGML_TYPE_F32,
-                nb * bo,
+                ne0,
                 1,
                 1,
                 1,
                 args.as_mut_ptr(),
                 args.len() as c_int,
-                Some(block_diag),
+                Some(fun),
                 sys::GGML_N_TASKS_MAX,
                 userdata,
             )
         };
-        Some(self.wrap(p))
+        self.wrap(p)
     }
 }
 

@@ -123,10 +123,10 @@ impl Context {
         fun: unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut c_void),
         s: f32,
     ) -> Tensor<'_> {
-        let userdata = s.to_bits() as usize as *mut c_void;
-        // SAFETY: valid context and tensors (the callers checked them); `args` is read during
-        // the call only; ggml keeps the tensors as the node's sources and calls `fun` with them
-        // during compute.
+        let userdata = s.to_bits() as usize as *mut c_void; // read back by `scale_of`
+                                                            // SAFETY: valid context and tensors (the callers checked them); `args` is read during
+                                                            // the call only; ggml keeps the tensors as the node's sources and calls `fun` with them
+                                                            // during compute.
         let p = unsafe {
             sys::ggml_custom_4d(
                 self.raw(),
@@ -144,6 +144,17 @@ impl Context {
         };
         self.wrap(p)
     }
+}
+
+/// The scale [`Context::custom_f32`] stored in the userdata pointer's bits.
+fn scale_of(userdata: *mut c_void) -> f32 {
+    f32::from_bits(userdata as usize as u32)
+}
+
+/// The part of `0..n` that thread `ith` of `nth` computes.
+fn share(n: usize, ith: c_int, nth: c_int) -> std::ops::Range<usize> {
+    let (ith, nth) = (ith.max(0) as usize, nth.max(1) as usize);
+    n * ith / nth..n * (ith + 1) / nth
 }
 
 /// Rows of a contiguous 2-D tensor as f32, for the two element types [`supported`] admits.
@@ -217,7 +228,7 @@ unsafe extern "C" fn update(
     nth: c_int,
     userdata: *mut c_void,
 ) {
-    let s = f32::from_bits(userdata as usize as u32);
+    let s = scale_of(userdata);
     // SAFETY: ggml calls this during compute with the node built by `low_rank_update`: its
     // sources are the four allocated, contiguous tensors checked there, and `dst` is an
     // allocated F32 [n_out] tensor that only this node writes (each thread its own rows).
@@ -234,11 +245,9 @@ unsafe extern "C" fn update(
         let xo = as_operand(xv, m1r.f16);
         let u: Vec<f32> = (0..r).map(|j| dot(m1r.row(j, &mut buf), &xo)).collect();
         let uo = as_operand(&u, m2r.f16);
-        let (ith, nth) = (ith.max(0) as usize, nth.max(1) as usize);
-        let (lo, hi) = (n_out * ith / nth, n_out * (ith + 1) / nth);
         let b = std::slice::from_raw_parts(base.data as *const f32, n_out);
         let out = std::slice::from_raw_parts_mut(d.data as *mut f32, n_out);
-        for i in lo..hi {
+        for i in share(n_out, ith, nth) {
             out[i] = b[i] + s * dot(m2r.row(i, &mut buf), &uo);
         }
     }
@@ -252,7 +261,7 @@ unsafe extern "C" fn block_diag(
     nth: c_int,
     userdata: *mut c_void,
 ) {
-    let s = f32::from_bits(userdata as usize as u32);
+    let s = scale_of(userdata);
     // SAFETY: ggml calls this during compute with the node built by `block_diag_update`: its
     // sources are the three allocated, contiguous tensors checked there (blocks tiling x and
     // base exactly), and `dst` is an allocated F32 tensor that only this node writes (each
@@ -265,14 +274,13 @@ unsafe extern "C" fn block_diag(
         let xv = std::slice::from_raw_parts(x.data as *const f32, nb * bi);
         let b = std::slice::from_raw_parts(base.data as *const f32, nb * bo);
         let out = std::slice::from_raw_parts_mut(dt.data as *mut f32, nb * bo);
-        let (ith, nth) = (ith.max(0) as usize, nth.max(1) as usize);
-        let (lo, hi) = (nb * ith / nth, nb * (ith + 1) / nth);
+        let blocks = share(nb, ith, nth);
         if f16 {
             // Rows converted to f32 block by block; x rounded to F16 as ggml's mul_mat does.
             let dh = std::slice::from_raw_parts(d.data as *const f16, nb * bo * bi);
             let mut xo = vec![0f32; bi];
             let mut blk_rows = vec![0f32; bo * bi];
-            for blk in lo..hi {
+            for blk in blocks {
                 for (o, v) in xo.iter_mut().zip(&xv[blk * bi..(blk + 1) * bi]) {
                     *o = f16::from_f32(*v).to_f32();
                 }
@@ -289,7 +297,7 @@ unsafe extern "C" fn block_diag(
             }
         } else {
             let df = std::slice::from_raw_parts(d.data as *const f32, nb * bo * bi);
-            for blk in lo..hi {
+            for blk in blocks {
                 let xb = &xv[blk * bi..(blk + 1) * bi];
                 for j in 0..bo {
                     let i = blk * bo + j;

@@ -2,16 +2,29 @@
 
 use graft_ggml::{quantize, Backend, Context, GraphAllocator, Type};
 
-fn run(
-    build: impl for<'a> FnOnce(
-        &'a Context,
-    ) -> (
-        Vec<(graft_ggml::Tensor<'a>, Vec<f32>)>,
-        graft_ggml::Tensor<'a>,
-    ),
+/// A graph's inputs and its output, built in the given context.
+type Built<'a, T> = (Vec<(graft_ggml::Tensor<'a>, T)>, graft_ggml::Tensor<'a>);
+
+/// Builds a graph with `build`, fills its F32 inputs, computes it on one thread and returns
+/// the output.
+fn run(build: impl for<'a> FnOnce(&'a Context) -> Built<'a, Vec<f32>>) -> Vec<f32> {
+    run_on(1, |ctx| {
+        let (inputs, out) = build(ctx);
+        let bytes = inputs
+            .into_iter()
+            .map(|(t, v)| (t, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        (bytes, out)
+    })
+}
+
+/// [`run`] on `threads` threads (a fixed count) with inputs given as raw bytes (any type).
+fn run_on(
+    threads: usize,
+    build: impl for<'a> FnOnce(&'a Context) -> Built<'a, Vec<u8>>,
 ) -> Vec<f32> {
-    let backend = Backend::cpu(1).unwrap();
-    let mut backend = backend;
+    let mut backend = Backend::cpu(threads).unwrap();
+    backend.set_adaptive_threads(false);
     let ctx = Context::new(64, 64).unwrap();
     let (inputs, out) = build(&ctx);
     let mut g = ctx.new_graph(64, false);
@@ -19,10 +32,27 @@ fn run(
     let mut alloc = GraphAllocator::new(&backend).unwrap();
     alloc.alloc(&g).unwrap();
     for (t, v) in &inputs {
-        t.write_f32(0, v).unwrap();
+        t.write_bytes(0, v).unwrap();
     }
     backend.compute(&g).unwrap();
     out.to_vec_f32().unwrap()
+}
+
+/// `v` as a tensor of type `ty` (F32 or F16) stores it: the values it holds and their bytes.
+fn stored(v: &[f32], ty: Type) -> (Vec<f32>, Vec<u8>) {
+    if ty == Type::F16 {
+        let h: Vec<half::f16> = v.iter().map(|&a| half::f16::from_f32(a)).collect();
+        (
+            h.iter().map(|a| a.to_f32()).collect(),
+            h.iter().flat_map(|a| a.to_le_bytes()).collect(),
+        )
+    } else {
+        (v.to_vec(), v.iter().flat_map(|a| a.to_le_bytes()).collect())
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    stored(v, Type::F32).1
 }
 
 #[test]
@@ -121,7 +151,6 @@ fn resolving_a_foreign_tensor_id_fails() {
 /// plain f64 sum, for F32 and F16 matrices, odd sizes and 1 or 3 threads.
 #[test]
 fn low_rank_update_equals_the_standard_ops() {
-    use half::f16;
     let (n_in, r, n_out) = (37usize, 5usize, 29usize);
     let val = |i: usize, m: usize| ((i * m % 23) as f32 - 11.0) / 13.0;
     let x: Vec<f32> = (0..n_in).map(|i| val(i, 7)).collect();
@@ -134,51 +163,31 @@ fn low_rank_update_equals_the_standard_ops() {
         (Type::F16, Type::F16),
         (Type::F32, Type::F16),
     ] {
-        // The matrices as the graph sees them (F16 rounds).
-        let round = |v: &[f32], t: Type| -> Vec<f32> {
-            if t == Type::F16 {
-                v.iter().map(|&a| f16::from_f32(a).to_f32()).collect()
-            } else {
-                v.to_vec()
-            }
-        };
-        let bytes = |v: &[f32], t: Type| -> Vec<u8> {
-            if t == Type::F16 {
-                v.iter()
-                    .flat_map(|&a| f16::from_f32(a).to_le_bytes())
-                    .collect()
-            } else {
-                v.iter().flat_map(|a| a.to_le_bytes()).collect()
-            }
-        };
         let compute = |threads: usize, fused: bool| -> Vec<f32> {
-            let mut backend = Backend::cpu(threads).unwrap();
-            backend.set_adaptive_threads(false);
-            let ctx = Context::new(64, 64).unwrap();
-            let tx = ctx.new_tensor(Type::F32, &[n_in as i64, 1]).set_input();
-            let tb = ctx.new_tensor(Type::F32, &[n_out as i64, 1]).set_input();
-            let t1m = ctx.new_tensor(t1, &[n_in as i64, r as i64]).set_input();
-            let t2m = ctx.new_tensor(t2, &[r as i64, n_out as i64]).set_input();
-            let out = if fused {
-                ctx.low_rank_update(tb, tx, t1m, t2m, s)
-                    .expect("shapes and types it takes")
-            } else {
-                ctx.add(tb, ctx.scale(ctx.mul_mat(t2m, ctx.mul_mat(t1m, tx)), s))
-            }
-            .set_output();
-            let mut g = ctx.new_graph(64, false);
-            g.build_forward_expand(out);
-            let mut alloc = GraphAllocator::new(&backend).unwrap();
-            alloc.alloc(&g).unwrap();
-            tx.write_f32(0, &x).unwrap();
-            tb.write_f32(0, &base).unwrap();
-            t1m.write_bytes(0, &bytes(&m1, t1)).unwrap();
-            t2m.write_bytes(0, &bytes(&m2, t2)).unwrap();
-            backend.compute(&g).unwrap();
-            out.to_vec_f32().unwrap()
+            run_on(threads, |ctx| {
+                let tx = ctx.new_tensor(Type::F32, &[n_in as i64, 1]).set_input();
+                let tb = ctx.new_tensor(Type::F32, &[n_out as i64, 1]).set_input();
+                let t1m = ctx.new_tensor(t1, &[n_in as i64, r as i64]).set_input();
+                let t2m = ctx.new_tensor(t2, &[r as i64, n_out as i64]).set_input();
+                let out = if fused {
+                    ctx.low_rank_update(tb, tx, t1m, t2m, s)
+                        .expect("shapes and types it takes")
+                } else {
+                    ctx.add(tb, ctx.scale(ctx.mul_mat(t2m, ctx.mul_mat(t1m, tx)), s))
+                }
+                .set_output();
+                let inputs = vec![
+                    (tx, f32_bytes(&x)),
+                    (tb, f32_bytes(&base)),
+                    (t1m, stored(&m1, t1).1),
+                    (t2m, stored(&m2, t2).1),
+                ];
+                (inputs, out)
+            })
         };
         let standard = compute(1, false);
-        let (m1r, m2r) = (round(&m1, t1), round(&m2, t2));
+        // The matrices as the graph holds them (F16 rounds).
+        let (m1r, m2r) = (stored(&m1, t1).0, stored(&m2, t2).0);
         let u: Vec<f64> = (0..r)
             .map(|j| {
                 (0..n_in)
@@ -231,7 +240,6 @@ fn low_rank_update_equals_the_standard_ops() {
 /// replaces, for F32 and F16 blocks, odd block sizes and 1 or 3 threads.
 #[test]
 fn block_diag_update_equals_the_standard_ops() {
-    use half::f16;
     let (bi, bo, nb) = (5i64, 3i64, 7i64);
     let val = |i: usize, m: usize| ((i * m % 19) as f32 - 9.0) / 11.0;
     let x: Vec<f32> = (0..(nb * bi) as usize).map(|i| val(i, 7)).collect();
@@ -239,40 +247,28 @@ fn block_diag_update_equals_the_standard_ops() {
     let d: Vec<f32> = (0..(bi * bo * nb) as usize).map(|i| val(i, 5)).collect();
     let s = -1.25f32;
     for ty in [Type::F32, Type::F16] {
-        let (dr, bytes): (Vec<f32>, Vec<u8>) = if ty == Type::F16 {
-            let h: Vec<f16> = d.iter().map(|&v| f16::from_f32(v)).collect();
-            (
-                h.iter().map(|v| v.to_f32()).collect(),
-                h.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        } else {
-            (d.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect())
-        };
+        let (dr, bytes) = stored(&d, ty);
         let compute = |threads: usize, fused: bool| -> Vec<f32> {
-            let mut backend = Backend::cpu(threads).unwrap();
-            backend.set_adaptive_threads(false);
-            let ctx = Context::new(64, 64).unwrap();
-            let tx = ctx.new_tensor(Type::F32, &[nb * bi, 1]).set_input();
-            let tb = ctx.new_tensor(Type::F32, &[nb * bo, 1]).set_input();
-            let td = ctx.new_tensor(ty, &[bi, bo, nb]).set_input();
-            let out = if fused {
-                ctx.block_diag_update(tb, tx, td, s)
-                    .expect("blocks that tile")
-            } else {
-                let xr = ctx.reshape(tx, &[bi, 1, nb]);
-                let prod = ctx.reshape(ctx.mul_mat(td, xr), &[bo * nb, 1]);
-                ctx.add(tb, ctx.scale(prod, s))
-            }
-            .set_output();
-            let mut g = ctx.new_graph(64, false);
-            g.build_forward_expand(out);
-            let mut alloc = GraphAllocator::new(&backend).unwrap();
-            alloc.alloc(&g).unwrap();
-            tx.write_f32(0, &x).unwrap();
-            tb.write_f32(0, &base).unwrap();
-            td.write_bytes(0, &bytes).unwrap();
-            backend.compute(&g).unwrap();
-            out.to_vec_f32().unwrap()
+            run_on(threads, |ctx| {
+                let tx = ctx.new_tensor(Type::F32, &[nb * bi, 1]).set_input();
+                let tb = ctx.new_tensor(Type::F32, &[nb * bo, 1]).set_input();
+                let td = ctx.new_tensor(ty, &[bi, bo, nb]).set_input();
+                let out = if fused {
+                    ctx.block_diag_update(tb, tx, td, s)
+                        .expect("blocks that tile")
+                } else {
+                    let xr = ctx.reshape(tx, &[bi, 1, nb]);
+                    let prod = ctx.reshape(ctx.mul_mat(td, xr), &[bo * nb, 1]);
+                    ctx.add(tb, ctx.scale(prod, s))
+                }
+                .set_output();
+                let inputs = vec![
+                    (tx, f32_bytes(&x)),
+                    (tb, f32_bytes(&base)),
+                    (td, bytes.clone()),
+                ];
+                (inputs, out)
+            })
         };
         let standard = compute(1, false);
         for threads in [1, 3] {

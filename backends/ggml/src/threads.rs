@@ -15,6 +15,7 @@
 //! Only Linux (and Android) expose these counters; elsewhere, or where `/proc/stat` is not
 //! readable (Android restricts it for apps), the requested count is used as is.
 
+use std::cell::OnceCell;
 use std::time::{Duration, Instant};
 
 /// The shortest interval over which the load of other processes is measured (the kernel counts
@@ -57,7 +58,9 @@ pub struct ThreadGovernor {
     max: usize,
     current: usize,
     adaptive: bool,
-    probe: Option<Probe>,
+    /// Made on the first adaptive decision (so single-threaded backends never read `/proc`);
+    /// `None` inside when the counters cannot be read.
+    probe: OnceCell<Option<Probe>>,
     last: Option<(Instant, CpuSample)>,
 }
 
@@ -69,7 +72,7 @@ impl ThreadGovernor {
             max: max.max(1),
             current: max.max(1),
             adaptive,
-            probe: Probe::new(),
+            probe: OnceCell::new(),
             last: None,
         }
     }
@@ -88,19 +91,9 @@ impl ThreadGovernor {
         self.last = None;
     }
 
-    /// Whether the thread count follows the load (adaptation on and the counters readable).
-    pub fn is_adaptive(&self) -> bool {
-        self.adaptive && self.probe.is_some()
-    }
-
     /// The thread count in use.
     pub fn current(&self) -> usize {
         self.current
-    }
-
-    /// The maximum thread count.
-    pub fn max(&self) -> usize {
-        self.max
     }
 
     /// Called before a graph runs: the new thread count if it should change.
@@ -108,7 +101,7 @@ impl ThreadGovernor {
         if !self.adaptive || self.max == 1 {
             return None;
         }
-        let probe = self.probe.as_ref()?;
+        let probe = self.probe.get_or_init(Probe::new).as_ref()?;
         let now = Instant::now();
         if let Some((at, _)) = self.last {
             if now.duration_since(at) < WINDOW {
@@ -117,7 +110,7 @@ impl ThreadGovernor {
         }
         let Some(sample) = probe.read() else {
             // The counters went away (a sandbox changed?): stop trying.
-            self.probe = None;
+            self.probe = OnceCell::from(None);
             return (self.current != self.max).then(|| {
                 self.current = self.max;
                 self.max

@@ -310,6 +310,22 @@ mod tests {
         assert_eq!(r.adapters_param, "adapters");
     }
 
+    /// Numbers parse correctly rounded (serde_json's `float_roundtrip`), whatever their
+    /// spelling, so an accepted request written back reads back the same (found by the
+    /// serve_request fuzz target: this temperature parsed one ulp below 1e-26).
+    #[test]
+    fn numbers_parse_correctly_rounded() {
+        let r = completions(r#"{"prompt": "x", "temperature": 0.000000000000000000000000010}"#)
+            .unwrap();
+        assert_eq!(r.temperature, Some(1e-26));
+        let again = completions(&format!(
+            r#"{{"prompt": "x", "temperature": {}}}"#,
+            1e-26f64
+        ))
+        .unwrap();
+        assert_eq!(again.temperature, r.temperature);
+    }
+
     #[test]
     fn every_refusal_names_its_field() {
         for (body, param) in [

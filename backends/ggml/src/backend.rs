@@ -38,14 +38,37 @@ pub struct ComputeStats {
 pub enum BackendKind {
     /// ggml's CPU backend.
     Cpu,
+    /// graft's wgpu backend.
+    Wgpu,
+    /// ggml's CUDA backend.
+    Cuda,
+    /// ggml's Metal backend.
+    Metal,
+    /// ggml's Vulkan backend.
+    Vulkan,
 }
 
 impl BackendKind {
-    /// The name `--backend` and reports use (`cpu`).
+    /// The name `--backend` and reports use (`cpu`, `wgpu`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+            Self::Metal => "metal",
+            Self::Vulkan => "vulkan",
         }
+    }
+
+    fn from_registry(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "cpu" => Self::Cpu,
+            "wgpu" => Self::Wgpu,
+            "cuda" => Self::Cuda,
+            "metal" => Self::Metal,
+            "vulkan" => Self::Vulkan,
+            _ => return None,
+        })
     }
 }
 
@@ -69,6 +92,35 @@ impl Backend {
         };
         b.set_threads(n_threads);
         Ok(b)
+    }
+
+    /// A backend on device `name` of ggml's registry (`WGPU0`, `CUDA0`, ...; see
+    /// [`crate::devices`]).
+    pub fn on_device(name: &str) -> Result<Self> {
+        let dev = crate::device::find(name)
+            .ok_or_else(|| Error::Unsupported(format!("no device named {name}")))?;
+        // SAFETY: a device of the registry, which lives as long as the process.
+        let reg = unsafe { sys::ggml_backend_dev_backend_reg(dev) };
+        // SAFETY: as above; the name is a static string of the registry.
+        let reg_name = crate::device::c_str(unsafe { sys::ggml_backend_reg_name(reg) });
+        let kind = BackendKind::from_registry(&reg_name)
+            .ok_or_else(|| Error::Unsupported(format!("unknown backend {reg_name}")))?;
+        // SAFETY: as above; no parameters.
+        let p = unsafe { sys::ggml_backend_dev_init(dev, std::ptr::null()) };
+        let ptr = NonNull::new(p).ok_or_else(|| {
+            Error::Alloc(format!(
+                "starting device {name}{}",
+                device_error(kind)
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ))
+        })?;
+        Ok(Self {
+            ptr,
+            kind,
+            threads: ThreadGovernor::new(1),
+            stats: ComputeStats::default(),
+        })
     }
 
     /// The CUDA backend (device 0). Errors with `NotCompiled` unless built with `cuda`.
@@ -141,20 +193,34 @@ impl Backend {
 
     /// Runs `graph` to completion.
     pub fn compute(&mut self, graph: &Graph<'_>) -> Result<()> {
-        if let Some(n) = self.threads.update() {
-            self.apply_threads(n);
+        if self.kind == BackendKind::Cpu {
+            if let Some(n) = self.threads.update() {
+                self.apply_threads(n);
+            }
         }
         // SAFETY: the graph's tensors are all allocated (callers use GraphAllocator) and
         // outlive this call.
         let status = unsafe { sys::ggml_backend_graph_compute(self.raw(), graph.raw()) };
         if status != sys::GGML_STATUS_SUCCESS {
-            return Err(Error::Compute(status));
+            return Err(match device_error(self.kind) {
+                Some(message) => Error::DeviceCompute {
+                    backend: self.kind.as_str(),
+                    message,
+                },
+                None => Error::Compute(status),
+            });
         }
         let n = graph.n_nodes().max(0) as u64;
         self.stats.graphs += 1;
         self.stats.nodes_total += n;
         self.stats.nodes_on_device += n;
         Ok(())
+    }
+
+    /// Whether this backend can compute node `t` (ggml's `supports_op`).
+    pub fn supports_op(&self, t: Tensor<'_>) -> bool {
+        // SAFETY: valid backend and tensor.
+        unsafe { sys::ggml_backend_supports_op(self.raw(), t.raw()) }
     }
 
     /// What this backend has computed so far.
@@ -167,6 +233,15 @@ impl Drop for Backend {
     fn drop(&mut self) {
         // SAFETY: we own the backend.
         unsafe { sys::ggml_backend_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// What a device backend said about its last failure (graft's own backends keep it).
+fn device_error(kind: BackendKind) -> Option<String> {
+    match kind {
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => graft_wgpu::last_error(),
+        _ => None,
     }
 }
 

@@ -57,7 +57,7 @@ pub struct Device {
     pub memory_total: usize,
 }
 
-fn c_str(p: *const std::os::raw::c_char) -> String {
+pub(crate) fn c_str(p: *const std::os::raw::c_char) -> String {
     if p.is_null() {
         return String::new();
     }
@@ -65,9 +65,25 @@ fn c_str(p: *const std::os::raw::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// Adds graft's own backends to ggml's registry (once).
+pub(crate) fn register_backends() {
+    crate::log::install();
+    #[cfg(feature = "wgpu")]
+    graft_wgpu::register();
+}
+
+/// The registry's device named `name`.
+pub(crate) fn find(name: &str) -> Option<sys::ggml_backend_dev_t> {
+    register_backends();
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated name; the registry outlives the returned device.
+    let dev = unsafe { sys::ggml_backend_dev_by_name(c.as_ptr()) };
+    (!dev.is_null()).then_some(dev)
+}
+
 /// Every device ggml's registry has, in registry order (GPUs first, the CPU last).
 pub fn devices() -> Vec<Device> {
-    crate::log::install();
+    register_backends();
     // SAFETY: the registry is initialised on first use and never freed.
     let n = unsafe { sys::ggml_backend_dev_count() };
     (0..n)

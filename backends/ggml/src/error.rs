@@ -26,6 +26,14 @@ pub enum Error {
     /// A graph computation failed.
     #[error("ggml graph compute failed with status {0}")]
     Compute(i32),
+    /// A graph computation failed on a device backend, which said why.
+    #[error("graph compute failed on {backend}: {message}")]
+    DeviceCompute {
+        /// The backend (`wgpu`, ...).
+        backend: &'static str,
+        /// What the backend reported.
+        message: String,
+    },
 }
 
 /// Result alias for this crate.

@@ -59,6 +59,18 @@ impl Context {
         /// Element-wise product, `b` broadcast over `a`.
         mul => ggml_mul);
     binary!(
+        /// Element-wise difference, `b` broadcast over `a`.
+        sub => ggml_sub);
+    binary!(
+        /// Element-wise quotient, `b` broadcast over `a`.
+        div => ggml_div);
+    unary!(
+        /// Index of the largest value of each row (I32).
+        argmax => ggml_argmax);
+    unary!(
+        /// `silu(x) * g` with `x` and `g` the two halves of each row of `a`.
+        swiglu => ggml_swiglu);
+    binary!(
         /// Rows of `a` selected by the I32 indices in `b`.
         get_rows => ggml_get_rows);
     binary!(

@@ -2,11 +2,14 @@
 //! owns (backend, graph allocator, graph context, KV cache, input staging) and the one way a
 //! forward graph is run over it.
 
-use graft_ggml::{Backend, BackendChoice, Context, GraphAllocator};
+use std::sync::Arc;
+
+use graft_ggml::{Backend, BackendChoice, ComputeStats, Context, Graph, GraphAllocator, Scheduler};
 use half::f16;
 
 use crate::error::Result;
 use crate::kv_cache::KvCache;
+use crate::model::device::DeviceWeights;
 use crate::model::layers::{AttnPiece, RowAdapters};
 use crate::model::llama::{self, BatchShape, GraphInputs};
 use crate::model::Model;
@@ -26,9 +29,112 @@ pub(crate) struct Scratch {
     pub out_ids: Vec<i32>,
 }
 
+/// Where graphs run: the CPU backend alone (weights read in place from the map), or a device
+/// holding the weights and the KV cache, with the CPU taking the nodes the device cannot.
+pub(crate) enum Executor {
+    Cpu {
+        backend: Backend,
+        alloc: GraphAllocator,
+    },
+    Device {
+        sched: Scheduler,
+        weights: Arc<DeviceWeights>,
+    },
+}
+
+impl Executor {
+    /// The executor for `choice` (see [`graft_ggml::select_device`]) with `n_threads` CPU
+    /// threads and room for graphs of `graph_size` nodes.
+    fn new(
+        model: &Model,
+        choice: BackendChoice,
+        n_threads: usize,
+        graph_size: usize,
+    ) -> Result<Self> {
+        let cpu = Backend::cpu(n_threads)?;
+        Ok(match graft_ggml::select_device(choice)? {
+            None => Self::Cpu {
+                alloc: GraphAllocator::new(&cpu)?,
+                backend: cpu,
+            },
+            Some(dev) => {
+                let device = Backend::on_device(&dev.name)?;
+                let weights = model.devices.get(model, &dev.name, &device)?;
+                Self::Device {
+                    sched: Scheduler::new(device, cpu, graph_size)?,
+                    weights,
+                }
+            }
+        })
+    }
+
+    /// The backend whose memory holds the KV cache.
+    fn memory(&self) -> &Backend {
+        match self {
+            Self::Cpu { backend, .. } => backend,
+            Self::Device { sched, .. } => sched.device(),
+        }
+    }
+
+    /// The CPU backend (thread settings).
+    pub fn cpu_mut(&mut self) -> &mut Backend {
+        match self {
+            Self::Cpu { backend, .. } => backend,
+            Self::Device { sched, .. } => sched.cpu_mut(),
+        }
+    }
+
+    /// The CPU backend.
+    pub fn cpu(&self) -> &Backend {
+        match self {
+            Self::Cpu { backend, .. } => backend,
+            Self::Device { sched, .. } => sched.cpu(),
+        }
+    }
+
+    /// The device copy of the weights, when graphs run on a device.
+    pub fn weights(&self) -> Option<Arc<DeviceWeights>> {
+        match self {
+            Self::Cpu { .. } => None,
+            Self::Device { weights, .. } => Some(weights.clone()),
+        }
+    }
+
+    /// Makes room for graphs of `graph_size` nodes.
+    fn resize(&mut self, graph_size: usize) -> Result<()> {
+        if let Self::Device { sched, .. } = self {
+            sched.resize(graph_size)?;
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self, graph: &Graph<'_>) -> Result<()> {
+        match self {
+            Self::Cpu { alloc, .. } => alloc.alloc(graph)?,
+            Self::Device { sched, .. } => sched.alloc(graph)?,
+        }
+        Ok(())
+    }
+
+    fn compute(&mut self, graph: &Graph<'_>) -> Result<()> {
+        match self {
+            Self::Cpu { backend, .. } => backend.compute(graph)?,
+            Self::Device { sched, .. } => sched.compute(graph)?,
+        }
+        Ok(())
+    }
+
+    /// Where graphs ran so far.
+    pub fn report(&self) -> BackendReport {
+        match self {
+            Self::Cpu { backend, .. } => BackendReport::new(backend, backend.stats()),
+            Self::Device { sched, .. } => BackendReport::new(sched.device(), sched.stats()),
+        }
+    }
+}
+
 pub(crate) struct Compute {
-    pub backend: Backend,
-    alloc: GraphAllocator,
+    pub exec: Executor,
     graph_ctx: Context,
     graph_adapters: usize,
     pub kv: KvCache,
@@ -36,8 +142,8 @@ pub(crate) struct Compute {
 }
 
 impl Compute {
-    /// The backend `choice` (the CPU in this version; anything else is a clear error) with
-    /// `n_threads` and a KV cache of `n_cells` positions.
+    /// Graphs on the backend `choice` (the CPU, or a device with the CPU behind it) with
+    /// `n_threads` CPU threads and a KV cache of `n_cells` positions in the device's memory.
     pub fn new(
         model: &Model,
         n_cells: usize,
@@ -46,14 +152,12 @@ impl Compute {
         kv_f32: bool,
         choice: BackendChoice,
     ) -> Result<Self> {
-        graft_ggml::check_choice(choice)?;
-        let backend = Backend::cpu(n_threads)?;
-        let kv = KvCache::new(model.config(), n_cells, flash_attn, kv_f32, &backend)?;
+        let exec = Executor::new(model, choice, n_threads, sched_size(model, 0))?;
+        let kv = KvCache::new(model.config(), n_cells, flash_attn, kv_f32, exec.memory())?;
         Ok(Self {
             graph_ctx: graph_context(model, 0)?,
-            alloc: GraphAllocator::new(&backend)?,
             graph_adapters: 0,
-            backend,
+            exec,
             kv,
             scratch: Scratch::default(),
         })
@@ -63,6 +167,7 @@ impl Compute {
     pub fn reserve(&mut self, model: &Model, n_adapters: usize) -> Result<()> {
         if n_adapters > self.graph_adapters {
             self.graph_ctx = graph_context(model, n_adapters)?;
+            self.exec.resize(sched_size(model, n_adapters))?;
             self.graph_adapters = n_adapters;
         }
         Ok(())
@@ -97,15 +202,17 @@ impl Compute {
             );
         }
         self.graph_ctx.reset();
+        let weights = self.exec.weights();
         let (graph, inp) = llama::build(
             model,
+            weights.as_deref(),
             Some(&self.kv),
             adapters,
             &self.graph_ctx,
             shape,
             pieces,
         );
-        self.alloc.alloc(&graph)?;
+        self.exec.alloc(&graph)?;
         let s = &self.scratch;
         if shape.embeddings {
             inp.tokens.write_f32(0, &s.embd)?;
@@ -125,9 +232,14 @@ impl Compute {
         if let Some(ids) = inp.out_ids {
             ids.write_i32(0, &s.out_ids)?;
         }
-        self.backend.compute(&graph)?;
+        self.exec.compute(&graph)?;
         read(&inp)
     }
+}
+
+/// Tensors a scheduled graph may hold (nodes and leaves: weights, adapter tensors, inputs).
+fn sched_size(model: &Model, n_adapters: usize) -> usize {
+    2 * llama::max_nodes(model, n_adapters) + model.weight_ids().len()
 }
 
 fn graph_context(model: &Model, n_adapters: usize) -> Result<Context> {
@@ -152,7 +264,10 @@ pub struct BackendReport {
 
 impl BackendReport {
     pub(crate) fn of(backend: &Backend) -> Self {
-        let stats = backend.stats();
+        Self::new(backend, backend.stats())
+    }
+
+    fn new(backend: &Backend, stats: ComputeStats) -> Self {
         Self {
             name: backend.kind().as_str().to_string(),
             device: backend.device_description(),

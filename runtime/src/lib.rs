@@ -35,7 +35,15 @@ pub use batch::{BatchConfig, BatchDecoder, SeqId};
 pub use compute::BackendReport;
 pub use engine::{Engine, GenerateRequest, Generation, Timings};
 pub use error::{Error, Result};
-pub use graft_ggml::{check_choice as check_backend, devices, BackendChoice, Device, DeviceType};
+pub use graft_ggml::{
+    check_choice as check_train_backend, devices, select_device, BackendChoice, Device, DeviceType,
+};
+
+/// Checks that inference graphs can run on `choice`: `auto` and `cpu` always can; a GPU backend
+/// needs a device of it in this build (the error names the backends this build has).
+pub fn check_backend(choice: BackendChoice) -> std::result::Result<(), graft_ggml::Error> {
+    select_device(choice).map(|_| ())
+}
 pub use model::{Arch, Model, ModelConfig};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{LogitsFor, Session, SessionConfig};

@@ -30,8 +30,8 @@ pub struct SessionConfig {
     /// Keep the KV cache in F32 instead of F16 (exact, twice the memory; not with flash
     /// attention).
     pub kv_f32: bool,
-    /// The backend graphs run on (`Auto`: the CPU in this version; a GPU backend is an error
-    /// that says whether this build has it).
+    /// The backend graphs run on (`Auto`: the first hardware GPU, else the CPU; a backend
+    /// without a device in this build is an error naming those it has).
     pub backend: BackendChoice,
 }
 
@@ -197,23 +197,23 @@ impl Session {
     /// Sets the number of CPU threads (the most used; see [`Session::set_adaptive_threads`]).
     pub fn set_threads(&mut self, n: usize) {
         self.cfg.n_threads = n.max(1);
-        self.c.backend.set_threads(self.cfg.n_threads);
+        self.c.exec.cpu_mut().set_threads(self.cfg.n_threads);
     }
 
     /// Whether fewer threads run while other processes keep cores busy (on by default unless
     /// `GRAFT_ADAPTIVE_THREADS=0`; see `graft_ggml::threads`). Results do not depend on it.
     pub fn set_adaptive_threads(&mut self, on: bool) {
-        self.c.backend.set_adaptive_threads(on);
+        self.c.exec.cpu_mut().set_adaptive_threads(on);
     }
 
     /// The number of threads the last evaluation ran with.
     pub fn threads_in_use(&self) -> usize {
-        self.c.backend.threads()
+        self.c.exec.cpu().threads()
     }
 
     /// Where this session's graphs ran: backend, device and node counts so far.
     pub fn backend_report(&self) -> BackendReport {
-        BackendReport::of(&self.c.backend)
+        self.c.exec.report()
     }
 
     /// Appends `tokens` to the context and evaluates them in batches of `n_batch`.

@@ -193,11 +193,7 @@ impl Backend {
 
     /// Runs `graph` to completion.
     pub fn compute(&mut self, graph: &Graph<'_>) -> Result<()> {
-        if self.kind == BackendKind::Cpu {
-            if let Some(n) = self.threads.update() {
-                self.apply_threads(n);
-            }
-        }
+        self.update_threads();
         // SAFETY: the graph's tensors are all allocated (callers use GraphAllocator) and
         // outlive this call.
         let status = unsafe { sys::ggml_backend_graph_compute(self.raw(), graph.raw()) };
@@ -215,6 +211,29 @@ impl Backend {
         self.stats.nodes_total += n;
         self.stats.nodes_on_device += n;
         Ok(())
+    }
+
+    /// Lets the thread governor pick the thread count for the next graph (CPU backends).
+    pub(crate) fn update_threads(&mut self) {
+        if self.kind == BackendKind::Cpu {
+            if let Some(n) = self.threads.update() {
+                self.apply_threads(n);
+            }
+        }
+    }
+
+    /// Allocates every tensor of `ctx` in one new buffer of this backend, marked as holding
+    /// weights (so the scheduler runs the ops that use them on this backend), and zero-filled.
+    pub fn alloc_weights(&self, ctx: &Context) -> Result<Buffer> {
+        let buf = self.alloc_ctx_tensors(ctx)?;
+        // SAFETY: a buffer just made.
+        unsafe {
+            sys::ggml_backend_buffer_set_usage(
+                buf.ptr.as_ptr(),
+                sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
+            )
+        };
+        Ok(buf)
     }
 
     /// Whether this backend can compute node `t` (ggml's `supports_op`).
@@ -237,7 +256,7 @@ impl Drop for Backend {
 }
 
 /// What a device backend said about its last failure (graft's own backends keep it).
-fn device_error(kind: BackendKind) -> Option<String> {
+pub(crate) fn device_error(kind: BackendKind) -> Option<String> {
     match kind {
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => graft_wgpu::last_error(),

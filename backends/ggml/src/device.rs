@@ -1,9 +1,10 @@
 //! The devices ggml's backend registry knows, and the choice of backend graphs run on.
 //!
-//! Which backends exist is decided when ggml is built (cargo features `cuda`, `metal`,
-//! `vulkan` in graft-ggml-sys); the registry lists each with its devices and their memory.
-//! graft's graphs run on the CPU backend in this version: choosing a GPU backend that is
-//! present says so, and choosing one that is absent names the backends this build has.
+//! Which backends exist is decided when graft is built: graft's own wgpu backend (cargo feature
+//! `wgpu`, on by default) registers itself here, and ggml's CUDA, Metal and Vulkan backends come
+//! with the cargo features of graft-ggml-sys. The registry lists each with its devices and their
+//! memory. [`select_device`] turns a `--backend` choice into the device inference graphs run on;
+//! choosing a backend that is absent names the backends this build has.
 
 use std::ffi::CStr;
 use std::fmt;
@@ -132,7 +133,7 @@ pub fn devices() -> Vec<Device> {
 /// The backend graphs run on, as chosen on the command line or in a session's options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum BackendChoice {
-    /// The best device graft can run on: the CPU in this version.
+    /// The best device present: a hardware GPU, else the CPU.
     #[default]
     Auto,
     /// ggml's CPU backend.
@@ -203,9 +204,9 @@ pub fn available_backends() -> Vec<String> {
     names
 }
 
-/// Checks that graft can run graphs on `choice`: `Ok` for `auto` and `cpu`; for any other, an
-/// error that says whether the backend is missing from this build (naming those it has) or
-/// present but not yet driven by graft's graphs.
+/// Checks that training can run on `choice`: `Ok` for `auto` and `cpu` (training graphs run on
+/// the CPU backend in this version); for any other, an error that says whether the backend is
+/// missing from this build (naming those it has) or present but not used for training.
 pub fn check_choice(choice: BackendChoice) -> Result<()> {
     match choice {
         BackendChoice::Auto | BackendChoice::Cpu => Ok(()),
@@ -214,8 +215,8 @@ pub fn check_choice(choice: BackendChoice) -> Result<()> {
             let available = available_backends();
             if available.iter().any(|b| b == name) {
                 Err(Error::Unsupported(format!(
-                    "the {name} backend is in this build, but graft's graphs run on the CPU \
-                     backend only in this version; use --backend cpu"
+                    "the {name} backend is in this build, but training runs on the CPU backend \
+                     only in this version; use --backend cpu"
                 )))
             } else {
                 Err(Error::BackendUnavailable {
@@ -223,6 +224,52 @@ pub fn check_choice(choice: BackendChoice) -> Result<()> {
                     available: available.join(", "),
                 })
             }
+        }
+    }
+}
+
+/// Whether a device is a real GPU worth choosing automatically (not a software renderer such as
+/// Mesa's lavapipe, which proves the path but is slower than the CPU backend).
+fn is_hardware_gpu(d: &Device) -> bool {
+    if !matches!(d.kind, DeviceType::Gpu | DeviceType::IntegratedGpu) {
+        return false;
+    }
+    #[cfg(feature = "wgpu")]
+    if d.backend == "wgpu" {
+        return graft_wgpu::is_software(&d.name) == Some(false);
+    }
+    true
+}
+
+/// The device inference graphs run on for `choice`: `None` for the CPU backend, or a device of
+/// the registry. `auto` takes the first hardware GPU of CUDA, Metal, Vulkan and wgpu, in that
+/// order, and the CPU when there is none; a named backend takes its first device, and a backend
+/// without one is an error naming the backends this build has.
+pub fn select_device(choice: BackendChoice) -> Result<Option<Device>> {
+    let devs = devices();
+    match choice {
+        BackendChoice::Cpu => Ok(None),
+        BackendChoice::Auto => {
+            for backend in ["cuda", "metal", "vulkan", "wgpu"] {
+                if let Some(d) = devs
+                    .iter()
+                    .find(|d| d.backend == backend && is_hardware_gpu(d))
+                {
+                    return Ok(Some(d.clone()));
+                }
+            }
+            Ok(None)
+        }
+        other => {
+            let name = other.as_str();
+            devs.iter()
+                .find(|d| d.backend == name)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| Error::BackendUnavailable {
+                    wanted: name.to_string(),
+                    available: available_backends().join(", "),
+                })
         }
     }
 }
@@ -253,13 +300,13 @@ mod tests {
         assert!(e.contains("tpu") && e.contains("vulkan"), "{e}");
         check_choice(BackendChoice::Auto).unwrap();
         check_choice(BackendChoice::Cpu).unwrap();
-        // This crate's tests build ggml with the CPU backend alone.
-        if !available_backends().iter().any(|b| b == "wgpu") {
-            let msg = check_choice(BackendChoice::Wgpu).unwrap_err().to_string();
-            assert!(
-                msg.contains("wgpu") && msg.contains("available: cpu"),
-                "{msg}"
-            );
+        assert!(select_device(BackendChoice::Cpu).unwrap().is_none());
+        // This crate's tests build ggml without CUDA.
+        let msg = select_device(BackendChoice::Cuda).unwrap_err().to_string();
+        assert!(msg.contains("cuda") && msg.contains("available: "), "{msg}");
+        // A software renderer is never chosen automatically.
+        if let Some(d) = select_device(BackendChoice::Auto).unwrap() {
+            assert!(is_hardware_gpu(&d), "{d:?}");
         }
     }
 }

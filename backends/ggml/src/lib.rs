@@ -17,16 +17,20 @@ mod error;
 mod log;
 mod lowrank;
 mod ops;
+mod sched;
 pub mod threads;
 
 pub use backend::{Backend, BackendKind, Buffer, ComputeStats, GraphAllocator, HostMemory};
 pub use context::{Context, FrozenContext, Graph, Tensor, TensorId};
-pub use device::{available_backends, check_choice, devices, BackendChoice, Device, DeviceType};
+pub use device::{
+    available_backends, check_choice, devices, select_device, BackendChoice, Device, DeviceType,
+};
 pub use error::{Error, Result};
 pub use graft_ggml_sys as sys;
 pub use log::{set_log_level, LogLevel};
 pub use lowrank::MAX_FUSED_MACS;
 pub use ops::RopeParams;
+pub use sched::Scheduler;
 
 /// A ggml tensor element type, by its numeric id in `enum ggml_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -40,8 +40,9 @@ pub struct EngineOptions {
     /// Keep the KV cache in f32 instead of f16 (exact, twice the memory).
     #[uniffi(default = false)]
     pub kv_f32: bool,
-    /// Backend graphs run on: `auto`, `cpu`, `wgpu`, `cuda`, `metal` or `vulkan` (`auto` is the
-    /// CPU in this version; one this build lacks is an `InvalidArgument` naming those it has).
+    /// Backend graphs run on: `auto`, `cpu`, `wgpu`, `cuda`, `metal` or `vulkan` (`auto` takes
+    /// the first hardware GPU, else the CPU; one this build lacks is an `InvalidArgument` naming
+    /// those it has).
     #[uniffi(default = "auto")]
     pub backend: String,
 }

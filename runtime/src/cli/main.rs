@@ -157,7 +157,7 @@ pub(crate) struct ModelArgs {
     #[arg(long)]
     pub flash_attn: bool,
     /// Backend graphs run on: auto, cpu, wgpu, cuda, metal or vulkan (`graft devices` lists
-    /// what this build has; auto is the CPU in this version).
+    /// what this build has; auto takes the first hardware GPU, else the CPU).
     #[arg(long, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 }
@@ -223,7 +223,21 @@ struct PerplexityArgs {
     json: bool,
 }
 
+/// Without a desktop session (no `XDG_RUNTIME_DIR`: servers, containers, CI), Mesa's Vulkan
+/// device-select layer tries to reach a Wayland compositor whenever a Vulkan instance is made
+/// and prints `error: XDG_RUNTIME_DIR is invalid...` to stderr, though nothing is wrong. The
+/// layer only orders GPUs for a display, which graft does not use; it is turned off in that case
+/// (before any thread starts, so changing the environment is safe).
+fn quiet_headless_vulkan() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 fn main() {
+    quiet_headless_vulkan();
     let matches = args::allow_negative_numbers(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     graft_ggml::set_log_level(match cli.verbose {
@@ -411,6 +425,10 @@ fn devices(as_json: bool) -> Result<()> {
         .filter(|c| graft::check_backend(**c).is_ok())
         .map(|c| c.as_str())
         .collect();
+    // What `--backend auto` picks: a device name, or the CPU.
+    let auto = graft::select_device(BackendChoice::Auto)?
+        .map(|d| format!("{} ({})", d.name, d.backend))
+        .unwrap_or_else(|| "cpu".to_string());
     let mut out = std::io::stdout().lock();
     if as_json {
         let list: Vec<_> = devs
@@ -424,7 +442,7 @@ fn devices(as_json: bool) -> Result<()> {
         writeln!(
             out,
             "{}",
-            json!({"devices": list, "usable_backends": usable})
+            json!({"devices": list, "usable_backends": usable, "auto": auto})
         )?;
         return Ok(());
     }
@@ -444,8 +462,9 @@ fn devices(as_json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "--backend accepts: {} (graft's graphs run on the CPU backend in this version)",
-        usable.join(", ")
+        "--backend accepts: {} (auto: {}; training runs on the CPU)",
+        usable.join(", "),
+        auto
     )?;
     Ok(())
 }

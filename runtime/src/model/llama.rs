@@ -6,6 +6,7 @@
 
 use graft_ggml::{Context, Graph, Tensor, Type};
 
+use super::device::DeviceWeights;
 use super::layers::{attention, ffn_swiglu, linear, norm, AttnInputs, AttnPiece, RowAdapters};
 use super::Model;
 use crate::adapter::{Target, TargetKind};
@@ -46,11 +47,13 @@ pub(crate) fn max_nodes(model: &Model, n_adapters: usize) -> usize {
     (model.layers.len() * (64 + 7 * 16 * n_adapters) + 256).max(2048)
 }
 
-/// Builds the forward graph for one batch: over the KV cache `kv` (inference), or with no
+/// Builds the forward graph for one batch, reading the weights from the map or from their copy
+/// on a device (`on_device`): over the KV cache `kv` (inference), or with no
 /// cache (`kv: None`, training: attention within the batch, every op differentiable, the graph
 /// made with room for gradients).
 pub(crate) fn build<'a>(
     model: &'a Model,
+    on_device: Option<&'a DeviceWeights>,
     kv: Option<&'a KvCache>,
     adapters: RowAdapters<'a>,
     ctx: &'a Context,
@@ -122,7 +125,10 @@ pub(crate) fn build<'a>(
         pieces,
     };
 
-    let w = |id| model.w(id);
+    let w = |id| match on_device {
+        Some(d) => d.get(id),
+        None => model.w(id),
+    };
     let mut x = if shape.embeddings {
         tokens
     } else {

@@ -5,6 +5,7 @@
 //! shared layers in [`layers`].
 
 pub mod config;
+pub(crate) mod device;
 pub(crate) mod layers;
 pub(crate) mod llama;
 
@@ -53,6 +54,8 @@ pub struct Model {
     fingerprint: String,
     legacy_fingerprint: String,
     quantization: String,
+    /// Copies of the weights on devices (GPU backends), made when a session first needs one.
+    pub(crate) devices: device::DeviceCopies,
 }
 
 /// The mapped file as host memory for a ggml buffer.
@@ -136,6 +139,7 @@ impl Model {
             fingerprint,
             legacy_fingerprint,
             quantization,
+            devices: Default::default(),
         })
     }
 
@@ -178,6 +182,38 @@ impl Model {
         self.ctx
             .get(id)
             .expect("weight handles always come from this model's context")
+    }
+
+    /// Every weight handle of the model (the tied output once).
+    pub(crate) fn weight_ids(&self) -> Vec<TensorId> {
+        let mut ids = vec![self.tok_embd, self.output_norm];
+        if self.output != self.tok_embd {
+            ids.push(self.output);
+        }
+        for l in &self.layers {
+            ids.extend([
+                l.attn_norm,
+                l.wq,
+                l.wk,
+                l.wv,
+                l.wo,
+                l.ffn_norm,
+                l.ffn_gate,
+                l.ffn_up,
+                l.ffn_down,
+            ]);
+            ids.extend([l.bq, l.bk, l.bv, l.bo].into_iter().flatten());
+        }
+        ids
+    }
+
+    /// The bytes of weight tensor `name` in the mapped file.
+    pub(crate) fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
+        let info = self
+            .gguf
+            .tensor(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok(self.gguf.tensor_data(info))
     }
 
     /// Row `token` of the token embedding as f32 (dequantized from the map).

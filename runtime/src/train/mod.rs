@@ -682,6 +682,7 @@ impl Trainer {
         let (mut gf, inp) = llama::build(
             &self.model,
             None,
+            None,
             crate::model::layers::RowAdapters::All(&set),
             ctx,
             shape,

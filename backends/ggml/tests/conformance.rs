@@ -427,8 +427,26 @@ fn every_claimed_op_matches_the_cpu_backend() {
     let mut cpu = Backend::cpu(2).unwrap();
     cpu.set_adaptive_threads(false);
     let mut failures = Vec::new();
+    // wgpu has two matrix-vector kernels; each device runs the one that suits it, so both
+    // are run here on every device.
+    let mut runs: Vec<(&String, &String, &str)> = Vec::new();
     for (backend, name) in &devs {
-        let mut dev = Backend::on_device(name).unwrap();
+        runs.push((backend, name, ""));
+        #[cfg(feature = "wgpu")]
+        if backend == "wgpu" {
+            runs.push((backend, name, "cooperative"));
+            runs.push((backend, name, "per-output"));
+        }
+    }
+    for (backend, name, matvec) in runs {
+        #[cfg(feature = "wgpu")]
+        graft_wgpu::set_matvec(match matvec {
+            "cooperative" => graft_wgpu::MatVec::Cooperative,
+            "per-output" => graft_wgpu::MatVec::PerOutput,
+            _ => graft_wgpu::MatVec::Auto,
+        });
+        let name = &format!("{name}{}{matvec}", if matvec.is_empty() { "" } else { " " });
+        let mut dev = Backend::on_device(name.split(' ').next().unwrap()).unwrap();
         let (mut ran, mut declined) = (0, Vec::new());
         for seed in [0x9e3779b97f4a7c15u64, 0x2545f4914f6cdd1d] {
             for c in cases(seed) {

@@ -14,6 +14,8 @@ pub(crate) struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
+    /// A software renderer (lavapipe, WARP): kernels without workgroup barriers are chosen.
+    pub software: bool,
     /// Bind group layouts by number of storage buffers (1..=4), after the uniform.
     layouts: Vec<wgpu::BindGroupLayout>,
     pipeline_layouts: Vec<wgpu::PipelineLayout>,
@@ -86,6 +88,7 @@ impl Gpu {
             device,
             queue,
             limits,
+            software: adapter.get_info().device_type == wgpu::DeviceType::Cpu,
             layouts,
             pipeline_layouts,
             pipelines: Mutex::default(),

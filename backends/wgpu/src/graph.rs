@@ -40,11 +40,12 @@ fn op_f32(t: &sys::ggml_tensor, i: usize) -> f32 {
     f32::from_bits(t.op_params[i] as u32)
 }
 
-/// Plans `node`, or says why this backend cannot compute it.
+/// Plans `node` for a hardware GPU or a software renderer (`software`), or says why this
+/// backend cannot compute it.
 ///
 /// # Safety
 /// `node` and its sources must be valid tensors.
-pub(crate) unsafe fn plan(node: *const sys::ggml_tensor) -> Result<Plan, String> {
+pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Result<Plan, String> {
     // SAFETY: valid per the contract.
     let t = unsafe { &*node };
     // SAFETY: sources of a valid tensor are valid or null.
@@ -148,8 +149,26 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor) -> Result<Plan, String>
             }
             push(Some(a));
             push(Some(b));
+            let cooperative = match crate::matvec() {
+                crate::MatVec::Auto => !software,
+                crate::MatVec::Cooperative => true,
+                crate::MatVec::PerOutput => false,
+            };
             extra[1] = (a.ne[0] as u64 / block(a.type_)) as u32;
-            (Family::MulMat, 0, n)
+            if t.ne[1] == 1 {
+                (
+                    Family::MulMat,
+                    if cooperative { 0 } else { 1 },
+                    if cooperative { n } else { n.div_ceil(64) },
+                )
+            } else {
+                // Tiles of 4 rows by 4 columns (see mul_mat.wgsl).
+                let tiles = (t.ne[0] as u64).div_ceil(4)
+                    * (t.ne[1] as u64).div_ceil(4)
+                    * (t.ne[2] * t.ne[3]) as u64;
+                extra[0] = u32::try_from(tiles).map_err(|_| "more than 2^32 tiles")?;
+                (Family::MulMat, 2, tiles.div_ceil(64))
+            }
         }
         sys::GGML_OP_GET_ROWS => {
             let (a, b) = (src(0).ok_or("no src0")?, src(1).ok_or("no src1")?);
@@ -264,7 +283,7 @@ pub(crate) unsafe fn supports(node: *const sys::ggml_tensor, max_binding: u64) -
         return true;
     }
     // SAFETY: as above.
-    match unsafe { plan(node) } {
+    match unsafe { plan(node, false) } {
         Ok(p) => p.tensors.iter().all(|&t| {
             // SAFETY: planned tensors are the node and its sources.
             (unsafe { sys::ggml_nbytes(t) } as u64) + 256 <= max_binding
@@ -312,7 +331,7 @@ pub(crate) unsafe fn compute(gpu: &Gpu, graph: *mut sys::ggml_cgraph) -> Result<
             continue;
         }
         // SAFETY: as above.
-        let plan = unsafe { plan(node) }?;
+        let plan = unsafe { plan(node, gpu.software) }?;
         let b = plan
             .tensors
             .iter()

@@ -47,6 +47,33 @@ pub fn register() -> usize {
     ffi::register()
 }
 
+/// How matrix-vector products (MUL_MAT with one activation column: decoding) are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatVec {
+    /// Cooperative on hardware GPUs, one invocation per output on software renderers.
+    Auto,
+    /// One workgroup per output: its threads split the row and sum in workgroup memory.
+    Cooperative,
+    /// One invocation per output, reading the whole row (no barriers).
+    PerOutput,
+}
+
+static MATVEC: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Chooses the matrix-vector kernel for the graphs computed from now on (all devices). `Auto`
+/// is the default; the others exist to compare and test both kernels on one device.
+pub fn set_matvec(m: MatVec) {
+    MATVEC.store(m as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn matvec() -> MatVec {
+    match MATVEC.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => MatVec::Cooperative,
+        2 => MatVec::PerOutput,
+        _ => MatVec::Auto,
+    }
+}
+
 /// The last failure of a call ggml made into this backend (a failed allocation, transfer or
 /// graph), taken: a second call returns `None`.
 pub fn last_error() -> Option<String> {

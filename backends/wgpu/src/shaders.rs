@@ -112,12 +112,13 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
          fn half_{v}(b: u32) -> f32 {{ return unpack2x16float({v}[b >> 2u])[(b >> 1u) & 1u]; }}\n\
          fn ldi_{v}(b: u32) -> i32 {{ return bitcast<i32>({v}[b >> 2u]); }}\n"
     ));
-    let (ld, qk, deq, dot) = match ty {
+    let (ld, qk, deq, dot, dot4) = match ty {
         sys::GGML_TYPE_F16 => (
             format!("return half_{v}(b);"),
             1,
             format!("return half_{v}(row + 2u * i);"),
             format!("return half_{v}(row + 2u * blk) * ld_s1(x);"),
+            format!("return half_{v}(row + 2u * blk) * ld4_s1(x);"),
         ),
         sys::GGML_TYPE_Q4_0 => (
             "return 0.0;".into(),
@@ -132,6 +133,14 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  for (var j = 0u; j < 16u; j++) {{\n\
                  let q = byte_{v}(bb + 2u + j);\n\
                  s += (f32(q & 15u) - 8.0) * ld_s1(x + 4u * j) + (f32(q >> 4u) - 8.0) * ld_s1(x + 4u * (j + 16u));\n\
+                 }}\n\
+                 return s * half_{v}(bb);"
+            ),
+            format!(
+                "let bb = row + blk * 18u; var s = vec4<f32>(0.0);\n\
+                 for (var j = 0u; j < 16u; j++) {{\n\
+                 let q = byte_{v}(bb + 2u + j);\n\
+                 s += (f32(q & 15u) - 8.0) * ld4_s1(x + 4u * j) + (f32(q >> 4u) - 8.0) * ld4_s1(x + 4u * (j + 16u));\n\
                  }}\n\
                  return s * half_{v}(bb);"
             ),
@@ -153,6 +162,15 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  }}\n\
                  return s * half_{v}(bb) + sx * half_{v}(bb + 2u);"
             ),
+            format!(
+                "let bb = row + blk * 20u; var s = vec4<f32>(0.0); var sx = vec4<f32>(0.0);\n\
+                 for (var j = 0u; j < 16u; j++) {{\n\
+                 let q = byte_{v}(bb + 4u + j);\n\
+                 let x0 = ld4_s1(x + 4u * j); let x1 = ld4_s1(x + 4u * (j + 16u));\n\
+                 s += f32(q & 15u) * x0 + f32(q >> 4u) * x1; sx += x0 + x1;\n\
+                 }}\n\
+                 return s * half_{v}(bb) + sx * half_{v}(bb + 2u);"
+            ),
         ),
         sys::GGML_TYPE_Q8_0 => (
             "return 0.0;".into(),
@@ -170,6 +188,14 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  }}\n\
                  return s * half_{v}(bb);"
             ),
+            format!(
+                "let bb = row + blk * 34u; var s = vec4<f32>(0.0);\n\
+                 for (var j = 0u; j < 32u; j++) {{\n\
+                 let q = bitcast<i32>(byte_{v}(bb + 2u + j) << 24u) >> 24u;\n\
+                 s += f32(q) * ld4_s1(x + 4u * j);\n\
+                 }}\n\
+                 return s * half_{v}(bb);"
+            ),
         ),
         // F32, and the integer index types (read through ldi_).
         _ => (
@@ -177,6 +203,7 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
             1,
             format!("return bitcast<f32>({v}[(row >> 2u) + i]);"),
             format!("return bitcast<f32>({v}[(row >> 2u) + blk]) * ld_s1(x);"),
+            format!("return bitcast<f32>({v}[(row >> 2u) + blk]) * ld4_s1(x);"),
         ),
     };
     s.push_str(&format!("fn ld_{v}(b: u32) -> f32 {{ {ld} }}\n"));
@@ -186,6 +213,10 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
     ));
     s.push_str(&format!(
         "fn dot_{v}(row: u32, blk: u32, x: u32) -> f32 {{\n{dot}\n}}\n"
+    ));
+    // The same block's dot products with four columns of src1 at once.
+    s.push_str(&format!(
+        "fn dot4_{v}(row: u32, blk: u32, x: vec4<u32>) -> vec4<f32> {{\n{dot4}\n}}\n"
     ));
     s
 }

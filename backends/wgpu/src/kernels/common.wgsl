@@ -34,3 +34,8 @@ fn addr(t: u32, c: vec4<u32>) -> u32 {
 fn group_index(wg: vec3<u32>, nw: vec3<u32>) -> u32 {
     return wg.x + wg.y * nw.x;
 }
+
+// Four elements of src1 (at four byte addresses) as one vector.
+fn ld4_s1(x: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(ld_s1(x.x), ld_s1(x.y), ld_s1(x.z), ld_s1(x.w));
+}

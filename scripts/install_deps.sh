@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages and tools the build and tests need (Debian/Ubuntu):
-#   cmake (builds ggml), libclang (bindgen), rustfmt/clippy components.
+#   cmake (builds ggml), libclang (bindgen), a JDK (JNI tests), Mesa's lavapipe and the Vulkan
+#   loader (the wgpu backend's tests), rustfmt/clippy components.
 # Skips what is already installed.
 set -euo pipefail
 
@@ -15,6 +16,14 @@ if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
 fi
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)  # the JNI bindings' tests
+# Mesa's lavapipe (a Vulkan device on the CPU) and the Vulkan loader: the wgpu backend's tests
+# run on it (GRAFT_REQUIRE_DEVICE=wgpu in scripts/test.sh).
+if ! compgen -G '/usr/share/vulkan/icd.d/lvp_icd*.json' >/dev/null; then
+    need+=(mesa-vulkan-drivers)
+fi
+if ! compgen -G '/usr/lib/*-linux-gnu/libvulkan.so.1' >/dev/null; then
+    need+=(libvulkan1)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "[install_deps] apt-get install ${need[*]}"
     SUDO=""

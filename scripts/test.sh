@@ -11,6 +11,11 @@ cd "$ROOT"
 # ggml's cmake build is shared by every profile and target directory (backends/ggml-sys/build.rs);
 # keeping it beside the other caches lets fresh clones (CI) reuse it too.
 export GRAFT_GGML_CACHE="${GRAFT_GGML_CACHE:-${GRAFT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/graft}/ggml}"
+# The wgpu backend's tests run on Mesa's lavapipe (installed by install_deps.sh): a missing
+# device is a failure here, not a skip. Without a desktop session, Mesa's device-select layer
+# prints an XDG_RUNTIME_DIR error for every Vulkan instance; it only orders GPUs for a display.
+export GRAFT_REQUIRE_DEVICE="${GRAFT_REQUIRE_DEVICE-wgpu}"
+[[ -z "${XDG_RUNTIME_DIR:-}" ]] && export NODEVICE_SELECT=1
 T0=$SECONDS
 
 echo "== machine"

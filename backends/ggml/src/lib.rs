@@ -27,6 +27,8 @@ pub use device::{
 };
 pub use error::{Error, Result};
 pub use graft_ggml_sys as sys;
+#[cfg(feature = "wgpu")]
+pub use graft_wgpu;
 pub use log::{set_log_level, LogLevel};
 pub use lowrank::MAX_FUSED_MACS;
 pub use ops::RopeParams;

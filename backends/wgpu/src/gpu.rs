@@ -193,6 +193,7 @@ impl Gpu {
         if data.is_empty() {
             return Ok(());
         }
+        crate::UPLOADED.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let end = offset + data.len() as u64;
         let (a_start, a_end) = (offset & !3, end.next_multiple_of(4));
         if a_start == offset && a_end == end {

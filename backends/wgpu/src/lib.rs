@@ -74,6 +74,15 @@ pub(crate) fn matvec() -> MatVec {
     }
 }
 
+static UPLOADED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes written from the host into this backend's buffers so far, on every device (weights,
+/// adapters, graph inputs and the scheduler's copies): what tests count to see that switching
+/// adapters never uploads the base model again.
+pub fn bytes_uploaded() -> u64 {
+    UPLOADED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The last failure of a call ggml made into this backend (a failed allocation, transfer or
 /// graph), taken: a second call returns `None`.
 pub fn last_error() -> Option<String> {

@@ -89,7 +89,7 @@ fn dst_decl(ty: sys::ggml_type) -> String {
         s.push_str(
             "fn st_d(b: u32, v: f32) {\n\
              \x20   let sh = ((b >> 1u) & 1u) * 16u;\n\
-             \x20   let h = pack2x16float(vec2<f32>(v, 0.0)) & 0xffffu;\n\
+             \x20   let h = f16_bits(v);\n\
              \x20   atomicAnd(&d[b >> 2u], ~(0xffffu << sh));\n\
              \x20   atomicOr(&d[b >> 2u], h << sh);\n\
              }\n",
@@ -112,13 +112,14 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
          fn half_{v}(b: u32) -> f32 {{ return unpack2x16float({v}[b >> 2u])[(b >> 1u) & 1u]; }}\n\
          fn ldi_{v}(b: u32) -> i32 {{ return bitcast<i32>({v}[b >> 2u]); }}\n"
     ));
+    // `dot` and `dot4` round src1 as ggml's CPU backend does (see kernels/common.wgsl).
     let (ld, qk, deq, dot, dot4) = match ty {
         sys::GGML_TYPE_F16 => (
             format!("return half_{v}(b);"),
             1,
             format!("return half_{v}(row + 2u * i);"),
-            format!("return half_{v}(row + 2u * blk) * ld_s1(x);"),
-            format!("return half_{v}(row + 2u * blk) * ld4_s1(x);"),
+            format!("return half_{v}(row + 2u * blk) * f16r(ld_s1(x));"),
+            format!("return half_{v}(row + 2u * blk) * f16r4(ld4_s1(x));"),
         ),
         sys::GGML_TYPE_Q4_0 => (
             "return 0.0;".into(),
@@ -129,20 +130,22 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  return (f32(select(q & 15u, q >> 4u, j >= 16u)) - 8.0) * half_{v}(bb);"
             ),
             format!(
-                "let bb = row + blk * 18u; var s = 0.0;\n\
+                "let bb = row + blk * 18u; let xs = xq_s1(x); var s = 0.0;\n\
                  for (var j = 0u; j < 16u; j++) {{\n\
                  let q = byte_{v}(bb + 2u + j);\n\
-                 s += (f32(q & 15u) - 8.0) * ld_s1(x + 4u * j) + (f32(q >> 4u) - 8.0) * ld_s1(x + 4u * (j + 16u));\n\
+                 s += (f32(q & 15u) - 8.0) * round(ld_s1(x + 4u * j) * xs.y)\n\
+                 + (f32(q >> 4u) - 8.0) * round(ld_s1(x + 4u * (j + 16u)) * xs.y);\n\
                  }}\n\
-                 return s * half_{v}(bb);"
+                 return s * half_{v}(bb) * f16r(xs.x);"
             ),
             format!(
-                "let bb = row + blk * 18u; var s = vec4<f32>(0.0);\n\
+                "let bb = row + blk * 18u; let xs = xq4_s1(x); var s = vec4<f32>(0.0);\n\
                  for (var j = 0u; j < 16u; j++) {{\n\
                  let q = byte_{v}(bb + 2u + j);\n\
-                 s += (f32(q & 15u) - 8.0) * ld4_s1(x + 4u * j) + (f32(q >> 4u) - 8.0) * ld4_s1(x + 4u * (j + 16u));\n\
+                 s += (f32(q & 15u) - 8.0) * round(ld4_s1(x + 4u * j) * xs.id)\n\
+                 + (f32(q >> 4u) - 8.0) * round(ld4_s1(x + 4u * (j + 16u)) * xs.id);\n\
                  }}\n\
-                 return s * half_{v}(bb);"
+                 return s * half_{v}(bb) * f16r4(xs.d);"
             ),
         ),
         sys::GGML_TYPE_Q4_1 => (
@@ -154,22 +157,22 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  return f32(select(q & 15u, q >> 4u, j >= 16u)) * half_{v}(bb) + half_{v}(bb + 2u);"
             ),
             format!(
-                "let bb = row + blk * 20u; var s = 0.0; var sx = 0.0;\n\
+                "let bb = row + blk * 20u; let xs = xq_s1(x); var s = 0.0; var sq = 0.0;\n\
                  for (var j = 0u; j < 16u; j++) {{\n\
                  let q = byte_{v}(bb + 4u + j);\n\
-                 let x0 = ld_s1(x + 4u * j); let x1 = ld_s1(x + 4u * (j + 16u));\n\
-                 s += f32(q & 15u) * x0 + f32(q >> 4u) * x1; sx += x0 + x1;\n\
+                 let x0 = round(ld_s1(x + 4u * j) * xs.y); let x1 = round(ld_s1(x + 4u * (j + 16u)) * xs.y);\n\
+                 s += f32(q & 15u) * x0 + f32(q >> 4u) * x1; sq += x0 + x1;\n\
                  }}\n\
-                 return s * half_{v}(bb) + sx * half_{v}(bb + 2u);"
+                 return s * half_{v}(bb) * f16r(xs.x) + half_{v}(bb + 2u) * f16r(xs.x * sq);"
             ),
             format!(
-                "let bb = row + blk * 20u; var s = vec4<f32>(0.0); var sx = vec4<f32>(0.0);\n\
+                "let bb = row + blk * 20u; let xs = xq4_s1(x); var s = vec4<f32>(0.0); var sq = vec4<f32>(0.0);\n\
                  for (var j = 0u; j < 16u; j++) {{\n\
                  let q = byte_{v}(bb + 4u + j);\n\
-                 let x0 = ld4_s1(x + 4u * j); let x1 = ld4_s1(x + 4u * (j + 16u));\n\
-                 s += f32(q & 15u) * x0 + f32(q >> 4u) * x1; sx += x0 + x1;\n\
+                 let x0 = round(ld4_s1(x + 4u * j) * xs.id); let x1 = round(ld4_s1(x + 4u * (j + 16u)) * xs.id);\n\
+                 s += f32(q & 15u) * x0 + f32(q >> 4u) * x1; sq += x0 + x1;\n\
                  }}\n\
-                 return s * half_{v}(bb) + sx * half_{v}(bb + 2u);"
+                 return s * half_{v}(bb) * f16r4(xs.d) + half_{v}(bb + 2u) * f16r4(xs.d * sq);"
             ),
         ),
         sys::GGML_TYPE_Q8_0 => (
@@ -181,20 +184,20 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  return f32(q) * half_{v}(bb);"
             ),
             format!(
-                "let bb = row + blk * 34u; var s = 0.0;\n\
+                "let bb = row + blk * 34u; let xs = xq_s1(x); var s = 0.0;\n\
                  for (var j = 0u; j < 32u; j++) {{\n\
                  let q = bitcast<i32>(byte_{v}(bb + 2u + j) << 24u) >> 24u;\n\
-                 s += f32(q) * ld_s1(x + 4u * j);\n\
+                 s += f32(q) * round(ld_s1(x + 4u * j) * xs.y);\n\
                  }}\n\
-                 return s * half_{v}(bb);"
+                 return s * half_{v}(bb) * f16r(xs.x);"
             ),
             format!(
-                "let bb = row + blk * 34u; var s = vec4<f32>(0.0);\n\
+                "let bb = row + blk * 34u; let xs = xq4_s1(x); var s = vec4<f32>(0.0);\n\
                  for (var j = 0u; j < 32u; j++) {{\n\
                  let q = bitcast<i32>(byte_{v}(bb + 2u + j) << 24u) >> 24u;\n\
-                 s += f32(q) * ld4_s1(x + 4u * j);\n\
+                 s += f32(q) * round(ld4_s1(x + 4u * j) * xs.id);\n\
                  }}\n\
-                 return s * half_{v}(bb);"
+                 return s * half_{v}(bb) * f16r4(xs.d);"
             ),
         ),
         // F32, and the integer index types (read through ldi_).

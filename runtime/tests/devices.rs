@@ -1,0 +1,268 @@
+//! The model on a device against the CPU backend: graft's wgpu backend (on CI, Mesa's lavapipe)
+//! must give the CPU's greedy tokens and perplexity, with every adapter kind, and switching
+//! adapters must never upload the base model again. The ops themselves are checked one by one
+//! in graft-ggml's conformance suite; this is the whole forward graph, split by ggml's
+//! scheduler between the device and the CPU.
+//!
+//! The two backends agree op by op to the order of float sums (the conformance suite), but the
+//! CPU accumulates some sums in double, uses its own exp, and rounds activations to 8-bit blocks
+//! before quantized matrix products: an ulp of difference can flip one of those roundings, and
+//! over 30 layers the logits differ by about 0.1-0.3. Greedy decoding then parts where the CPU's
+//! top two candidates are that close. So the check is teacher-forced: along the CPU's greedy
+//! continuation, every clear decision (top-two margin over `CLEAR`) must be the same on the
+//! device, and the logits must stay within `MAX_DIFF`.
+//!
+//! Without a wgpu device the tests say so and pass; `GRAFT_REQUIRE_DEVICE=wgpu` (set by
+//! scripts/test.sh, which installs lavapipe) makes that a failure.
+
+mod common;
+
+use std::sync::Arc;
+
+use graft::{
+    ActiveAdapters, Adapter, BackendChoice, Engine, GenerateRequest, LogitsFor, Model,
+    SamplerConfig, Session, SessionConfig,
+};
+
+/// Whether a wgpu device is present (or a panic when one is required and missing).
+fn have_wgpu() -> bool {
+    let present = graft::devices().iter().any(|d| d.backend == "wgpu");
+    if !present {
+        assert_ne!(
+            std::env::var("GRAFT_REQUIRE_DEVICE").as_deref(),
+            Ok("wgpu"),
+            "GRAFT_REQUIRE_DEVICE=wgpu, but no wgpu device: {:?}",
+            graft::devices()
+        );
+        eprintln!("skipping: no wgpu device on this machine");
+    }
+    present
+}
+
+fn cfg(backend: BackendChoice) -> SessionConfig {
+    SessionConfig {
+        n_ctx: 256,
+        backend,
+        ..Default::default()
+    }
+}
+
+fn adapter(m: &Model, name: &str) -> Arc<Adapter> {
+    let p = common::repo_root().join(".cache/adapters").join(name);
+    Adapter::load(m, &p).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The CPU's greedy continuation of `prompt` (up to 24 tokens), as prompt + continuation, and
+/// the prompt's length.
+fn cpu_greedy(model: &Arc<Model>, set: &ActiveAdapters, prompt: &str) -> (Vec<u32>, usize) {
+    let engine = Engine::from_model(model.clone(), cfg(BackendChoice::Cpu));
+    let req = GenerateRequest::new(prompt)
+        .adapters(set.clone())
+        .max_tokens(24)
+        .sampler(SamplerConfig {
+            temperature: 0.0,
+            ..Default::default()
+        });
+    let g = engine.generate(&req, |_| true).unwrap();
+    let n = g.prompt_tokens.len();
+    ([g.prompt_tokens, g.tokens].concat(), n)
+}
+
+/// Logits of every position of `tokens` on `backend`.
+fn logits(
+    model: &Arc<Model>,
+    backend: BackendChoice,
+    set: &ActiveAdapters,
+    tokens: &[u32],
+) -> Vec<f32> {
+    let mut s = Session::new(model.clone(), cfg(backend)).unwrap();
+    s.set_adapters(set.clone()).unwrap();
+    let l = s.decode(tokens, LogitsFor::All).unwrap();
+    if backend == BackendChoice::Wgpu {
+        let r = s.backend_report();
+        assert_eq!(r.name, "wgpu");
+        assert!(
+            r.nodes_on_device * 2 > r.nodes_total,
+            "most of the graph runs on the device: {r:?}"
+        );
+    }
+    l
+}
+
+/// A decision is clear when the CPU's top logit leads the next by this much.
+const CLEAR: f32 = 1.0;
+/// The most any logit of a generated position may differ between the backends.
+const MAX_DIFF: f32 = 2.5;
+
+fn top2(row: &[f32]) -> (usize, f32) {
+    let (mut best, mut second) = (0, f32::NEG_INFINITY);
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            second = row[best];
+            best = i;
+        } else if i != best && v > second {
+            second = v;
+        }
+    }
+    (best, row[best] - second)
+}
+
+const PROMPTS: [&str; 2] = [
+    "The capital of France is",
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+];
+
+#[test]
+fn wgpu_makes_the_cpu_greedy_decisions_with_every_adapter_kind() {
+    if !have_wgpu() {
+        return;
+    }
+    for (file, adapters) in [
+        (
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            &[
+                "",
+                "lora-qv-r8.gguf",
+                "diablo-n7.gguf",
+                "wegeft-r8.gguf",
+                "lopa-saturated.gguf",
+            ][..],
+        ),
+        (
+            "SmolLM2-135M-Instruct.Q8_0.gguf",
+            &["", "lora-all-r4-f16.gguf"][..],
+        ),
+    ] {
+        let Some(p) = common::model(file) else {
+            return;
+        };
+        let model = Arc::new(Model::load(p).unwrap());
+        for a in adapters {
+            let set = if a.is_empty() {
+                ActiveAdapters::none()
+            } else {
+                ActiveAdapters::none().with(adapter(&model, a), 1.0)
+            };
+            // Both prompts without an adapter, one with each (lavapipe is slow).
+            let prompts = if a.is_empty() {
+                &PROMPTS[..]
+            } else {
+                &PROMPTS[..1]
+            };
+            for prompt in prompts {
+                let (tokens, n_prompt) = cpu_greedy(&model, &set, prompt);
+                let generated = tokens.len() - n_prompt;
+                let cpu = logits(&model, BackendChoice::Cpu, &set, &tokens);
+                let dev = logits(&model, BackendChoice::Wgpu, &set, &tokens);
+                let nv = cpu.len() / tokens.len();
+                let (mut clear, mut worst) = (0, 0f32);
+                for i in n_prompt - 1..tokens.len() - 1 {
+                    let (c, d) = (&cpu[i * nv..(i + 1) * nv], &dev[i * nv..(i + 1) * nv]);
+                    let diff = c
+                        .iter()
+                        .zip(d)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0, f32::max);
+                    worst = worst.max(diff);
+                    let (best, margin) = top2(c);
+                    if margin > CLEAR {
+                        clear += 1;
+                        assert_eq!(
+                            top2(d).0,
+                            best,
+                            "{file} + {a:?} on {prompt:?}, token {}: the CPU's choice leads by \
+                             {margin}, the device chose otherwise",
+                            i + 1 - n_prompt
+                        );
+                    }
+                }
+                eprintln!(
+                    "{file} + {a:?}: {clear} of {generated} decisions clear and the same; max |logit \
+                     difference| {worst:.3}"
+                );
+                assert!(
+                    worst < MAX_DIFF,
+                    "{file} + {a:?} on {prompt:?}: logits differ by {worst}"
+                );
+                assert!(
+                    clear * 3 >= generated,
+                    "too few clear decisions to test: {clear}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wgpu_perplexity_is_within_one_percent_of_the_cpu() {
+    if !have_wgpu() {
+        return;
+    }
+    let Some(p) = common::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let model = Arc::new(Model::load(p).unwrap());
+    let text = std::fs::read_to_string(common::sotu_dir().join("1790_george_washington_n.txt"))
+        .expect("the SOTU texts: run scripts/setup_test_data.sh");
+    let tokens = model.tokenizer().encode(&text, false, false);
+    let tokens = &tokens[..250];
+    let ppl = |backend| {
+        let mut s = Session::new(model.clone(), cfg(backend)).unwrap();
+        graft::perplexity::perplexity(&mut s, tokens, 128, |_, _| {})
+            .unwrap()
+            .perplexity
+    };
+    let (cpu, dev) = (ppl(BackendChoice::Cpu), ppl(BackendChoice::Wgpu));
+    let rel = (dev - cpu).abs() / cpu;
+    eprintln!(
+        "perplexity cpu {cpu:.4} wgpu {dev:.4} ({:.3} %)",
+        rel * 100.0
+    );
+    assert!(rel < 0.01, "cpu {cpu} wgpu {dev}");
+}
+
+/// The base model goes to the device once per device; a switch of adapters then uploads
+/// adapter-sized data (the graph's inputs, and the adapter tensors the scheduler copies to the
+/// device for the ops it runs there), never the base again.
+#[test]
+fn switching_adapters_on_wgpu_never_uploads_the_base() {
+    if !have_wgpu() {
+        return;
+    }
+    let Some(p) = common::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let model = Arc::new(Model::load(p).unwrap());
+    let (a, b) = (
+        adapter(&model, "lora-qv-r8.gguf"),
+        adapter(&model, "diablo-n7.gguf"),
+    );
+    let prompt = model.tokenizer().encode(PROMPTS[0], true, true);
+    let uploaded = graft_ggml::graft_wgpu::bytes_uploaded;
+    let mut s = Session::new(model.clone(), cfg(BackendChoice::Wgpu)).unwrap();
+    s.set_adapters(ActiveAdapters::none().with(a.clone(), 1.0))
+        .unwrap();
+    s.decode(&prompt, LogitsFor::Last).unwrap();
+    let base = model.weight_bytes();
+    for next in [b, a] {
+        let before = uploaded();
+        s.set_adapters(ActiveAdapters::none().with(next.clone(), 1.0))
+            .unwrap();
+        s.decode(&[42], LogitsFor::Last).unwrap();
+        let moved = uploaded() - before;
+        eprintln!(
+            "switch to {} and one token: {moved} bytes uploaded (base {base}, adapter {})",
+            next.name(),
+            next.n_bytes()
+        );
+        assert!(
+            moved < base / 2,
+            "{moved} bytes uploaded on a switch: the base ({base} bytes) must not move"
+        );
+    }
+    // A second session on the same device shares the base already there.
+    let before = uploaded();
+    let mut s2 = Session::new(model.clone(), cfg(BackendChoice::Wgpu)).unwrap();
+    s2.decode(&prompt, LogitsFor::Last).unwrap();
+    assert!(uploaded() - before < base / 2);
+}

@@ -154,6 +154,9 @@ impl Compute {
     ) -> Result<Self> {
         let exec = Executor::new(model, choice, n_threads, sched_size(model, 0))?;
         let kv = KvCache::new(model.config(), n_cells, flash_attn, kv_f32, exec.memory())?;
+        if matches!(exec, Executor::Device { .. }) {
+            kv.check_writable(exec.memory())?;
+        }
         Ok(Self {
             graph_ctx: graph_context(model, 0)?,
             graph_adapters: 0,

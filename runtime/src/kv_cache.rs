@@ -122,6 +122,35 @@ impl KvCache {
     pub fn size_bytes(&self) -> usize {
         self._buf.size()
     }
+
+    /// Checks that `backend` (whose memory holds the cache) can run the writes of new rows, as
+    /// the forward graph makes them: ggml aborts the process when a graph writes into a buffer
+    /// whose backend cannot run the write, and a device declines a layer's cache larger than
+    /// it can bind at once.
+    pub(crate) fn check_writable(&self, backend: &Backend) -> Result<()> {
+        let ctx = Context::new(8, 0)?;
+        let (n_embd, n_ctx) = (self.n_embd_kv as i64, self.n_ctx as i64);
+        let rows = ctx.new_tensor(Type::F32, &[n_embd, 1]);
+        let idx = ctx.new_tensor(Type::I64, &[1]);
+        let k = ctx.set_rows(self.k(0), rows, idx);
+        let v = if self.v_trans {
+            let flat = ctx.view(self.v(0), &[1, n_ctx * n_embd], &[self.elem_size], 0);
+            let one = ctx.new_tensor(Type::F32, &[1, n_embd]);
+            ctx.set_rows(flat, one, ctx.new_tensor(Type::I64, &[n_embd]))
+        } else {
+            ctx.set_rows(self.v(0), rows, idx)
+        };
+        if backend.supports_op(k) && backend.supports_op(v) {
+            return Ok(());
+        }
+        Err(Error::InvalidRequest(format!(
+            "device {} cannot hold this KV cache ({} MiB per layer at {} positions in one \
+             binding); use a shorter context or --backend cpu",
+            backend.device_description(),
+            (self.n_ctx * self.n_embd_kv * self.elem_size) >> 20,
+            self.n_ctx
+        )))
+    }
 }
 
 /// Installed physical memory (Linux: `MemTotal` of /proc/meminfo); `None` where unknown.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use graft_ggml::{Backend, BackendChoice, ComputeStats, Context, Graph, GraphAllocator, Scheduler};
 use half::f16;
 
+use crate::adapter::ActiveAdapters;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::model::device::DeviceWeights;
-use crate::model::layers::{AttnPiece, RowAdapters};
+use crate::model::layers::{AttnPiece, RowAdapters, RowGroup};
 use crate::model::llama::{self, BatchShape, GraphInputs};
 use crate::model::Model;
 
@@ -37,6 +38,7 @@ pub(crate) enum Executor {
         alloc: GraphAllocator,
     },
     Device {
+        name: Arc<str>,
         sched: Scheduler,
         weights: Arc<DeviceWeights>,
     },
@@ -61,6 +63,7 @@ impl Executor {
                 let device = Backend::on_device(&dev.name)?;
                 let weights = model.devices.get(model, &dev.name, &device)?;
                 Self::Device {
+                    name: dev.name.as_str().into(),
                     sched: Scheduler::new(device, cpu, graph_size)?,
                     weights,
                 }
@@ -204,6 +207,14 @@ impl Compute {
                     .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()),
             );
         }
+        // On a device, the adapters are made resident there (once each) and read from there.
+        let on_device = match &self.exec {
+            Executor::Device { name, sched, .. } => {
+                Some(DeviceSets::new(adapters, name, sched.device())?)
+            }
+            Executor::Cpu { .. } => None,
+        };
+        let adapters = on_device.as_ref().map_or(adapters, |d| d.rows());
         self.graph_ctx.reset();
         let weights = self.exec.weights();
         let (graph, inp) = llama::build(
@@ -237,6 +248,45 @@ impl Compute {
         }
         self.exec.compute(&graph)?;
         read(&inp)
+    }
+}
+
+/// A batch's adapter sets as graphs on a device read them, every adapter resident there.
+enum DeviceSets {
+    All(ActiveAdapters),
+    Groups(Vec<RowGroup>, Vec<RowGroup>),
+}
+
+impl DeviceSets {
+    fn new(adapters: RowAdapters<'_>, device: &Arc<str>, backend: &Backend) -> Result<Self> {
+        let place = |set: &ActiveAdapters| -> Result<ActiveAdapters> {
+            for (a, _) in set.iter() {
+                a.upload_to(device, backend)?;
+            }
+            Ok(set.on_device(device))
+        };
+        let groups = |gs: &[RowGroup]| -> Result<Vec<RowGroup>> {
+            gs.iter()
+                .map(|g| {
+                    Ok(RowGroup {
+                        adapters: place(&g.adapters)?,
+                        start: g.start,
+                        len: g.len,
+                    })
+                })
+                .collect()
+        };
+        Ok(match adapters {
+            RowAdapters::All(set) => Self::All(place(set)?),
+            RowAdapters::Groups(g, out) => Self::Groups(groups(g)?, groups(out)?),
+        })
+    }
+
+    fn rows(&self) -> RowAdapters<'_> {
+        match self {
+            Self::All(set) => RowAdapters::All(set),
+            Self::Groups(g, out) => RowAdapters::Groups(g, out),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The model on a device against the CPU backend: graft's wgpu backend (on CI, Mesa's lavapipe)
-//! must give the CPU's greedy tokens and perplexity, with every adapter kind, and switching
-//! adapters must never upload the base model again. The ops themselves are checked one by one
+//! must give the CPU's greedy decisions and perplexity, with every adapter kind (what a switch
+//! of adapters uploads is counted in device_uploads.rs). The ops themselves are checked one by one
 //! in graft-ggml's conformance suite; this is the whole forward graph, split by ggml's
 //! scheduler between the device and the CPU.
 //!
@@ -20,42 +20,14 @@ mod common;
 use std::sync::Arc;
 
 use graft::{
-    ActiveAdapters, Adapter, BackendChoice, Engine, GenerateRequest, LogitsFor, Model,
-    SamplerConfig, Session, SessionConfig,
+    ActiveAdapters, BackendChoice, Engine, GenerateRequest, LogitsFor, Model, SamplerConfig,
+    Session,
 };
-
-/// Whether a wgpu device is present (or a panic when one is required and missing).
-fn have_wgpu() -> bool {
-    let present = graft::devices().iter().any(|d| d.backend == "wgpu");
-    if !present {
-        assert_ne!(
-            std::env::var("GRAFT_REQUIRE_DEVICE").as_deref(),
-            Ok("wgpu"),
-            "GRAFT_REQUIRE_DEVICE=wgpu, but no wgpu device: {:?}",
-            graft::devices()
-        );
-        eprintln!("skipping: no wgpu device on this machine");
-    }
-    present
-}
-
-fn cfg(backend: BackendChoice) -> SessionConfig {
-    SessionConfig {
-        n_ctx: 256,
-        backend,
-        ..Default::default()
-    }
-}
-
-fn adapter(m: &Model, name: &str) -> Arc<Adapter> {
-    let p = common::repo_root().join(".cache/adapters").join(name);
-    Adapter::load(m, &p).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
 
 /// The CPU's greedy continuation of `prompt` (up to 24 tokens), as prompt + continuation, and
 /// the prompt's length.
 fn cpu_greedy(model: &Arc<Model>, set: &ActiveAdapters, prompt: &str) -> (Vec<u32>, usize) {
-    let engine = Engine::from_model(model.clone(), cfg(BackendChoice::Cpu));
+    let engine = Engine::from_model(model.clone(), common::device_session(BackendChoice::Cpu));
     let req = GenerateRequest::new(prompt)
         .adapters(set.clone())
         .max_tokens(24)
@@ -75,7 +47,7 @@ fn logits(
     set: &ActiveAdapters,
     tokens: &[u32],
 ) -> Vec<f32> {
-    let mut s = Session::new(model.clone(), cfg(backend)).unwrap();
+    let mut s = Session::new(model.clone(), common::device_session(backend)).unwrap();
     s.set_adapters(set.clone()).unwrap();
     let l = s.decode(tokens, LogitsFor::All).unwrap();
     if backend == BackendChoice::Wgpu {
@@ -92,7 +64,7 @@ fn logits(
 /// A decision is clear when the CPU's top logit leads the next by this much.
 const CLEAR: f32 = 1.0;
 /// The most any logit of a generated position may differ between the backends.
-const MAX_DIFF: f32 = 2.5;
+const MAX_DIFF: f32 = 3.0;
 
 fn top2(row: &[f32]) -> (usize, f32) {
     let (mut best, mut second) = (0, f32::NEG_INFINITY);
@@ -114,7 +86,7 @@ const PROMPTS: [&str; 2] = [
 
 #[test]
 fn wgpu_makes_the_cpu_greedy_decisions_with_every_adapter_kind() {
-    if !have_wgpu() {
+    if !common::have_wgpu() {
         return;
     }
     for (file, adapters) in [
@@ -141,7 +113,7 @@ fn wgpu_makes_the_cpu_greedy_decisions_with_every_adapter_kind() {
             let set = if a.is_empty() {
                 ActiveAdapters::none()
             } else {
-                ActiveAdapters::none().with(adapter(&model, a), 1.0)
+                ActiveAdapters::none().with(common::test_adapter(&model, a), 1.0)
             };
             // Both prompts without an adapter, one with each (lavapipe is slow).
             let prompts = if a.is_empty() {
@@ -195,7 +167,7 @@ fn wgpu_makes_the_cpu_greedy_decisions_with_every_adapter_kind() {
 
 #[test]
 fn wgpu_perplexity_is_within_one_percent_of_the_cpu() {
-    if !have_wgpu() {
+    if !common::have_wgpu() {
         return;
     }
     let Some(p) = common::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
@@ -207,7 +179,7 @@ fn wgpu_perplexity_is_within_one_percent_of_the_cpu() {
     let tokens = model.tokenizer().encode(&text, false, false);
     let tokens = &tokens[..250];
     let ppl = |backend| {
-        let mut s = Session::new(model.clone(), cfg(backend)).unwrap();
+        let mut s = Session::new(model.clone(), common::device_session(backend)).unwrap();
         graft::perplexity::perplexity(&mut s, tokens, 128, |_, _| {})
             .unwrap()
             .perplexity
@@ -219,50 +191,4 @@ fn wgpu_perplexity_is_within_one_percent_of_the_cpu() {
         rel * 100.0
     );
     assert!(rel < 0.01, "cpu {cpu} wgpu {dev}");
-}
-
-/// The base model goes to the device once per device; a switch of adapters then uploads
-/// adapter-sized data (the graph's inputs, and the adapter tensors the scheduler copies to the
-/// device for the ops it runs there), never the base again.
-#[test]
-fn switching_adapters_on_wgpu_never_uploads_the_base() {
-    if !have_wgpu() {
-        return;
-    }
-    let Some(p) = common::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
-        return;
-    };
-    let model = Arc::new(Model::load(p).unwrap());
-    let (a, b) = (
-        adapter(&model, "lora-qv-r8.gguf"),
-        adapter(&model, "diablo-n7.gguf"),
-    );
-    let prompt = model.tokenizer().encode(PROMPTS[0], true, true);
-    let uploaded = graft_ggml::graft_wgpu::bytes_uploaded;
-    let mut s = Session::new(model.clone(), cfg(BackendChoice::Wgpu)).unwrap();
-    s.set_adapters(ActiveAdapters::none().with(a.clone(), 1.0))
-        .unwrap();
-    s.decode(&prompt, LogitsFor::Last).unwrap();
-    let base = model.weight_bytes();
-    for next in [b, a] {
-        let before = uploaded();
-        s.set_adapters(ActiveAdapters::none().with(next.clone(), 1.0))
-            .unwrap();
-        s.decode(&[42], LogitsFor::Last).unwrap();
-        let moved = uploaded() - before;
-        eprintln!(
-            "switch to {} and one token: {moved} bytes uploaded (base {base}, adapter {})",
-            next.name(),
-            next.n_bytes()
-        );
-        assert!(
-            moved < base / 2,
-            "{moved} bytes uploaded on a switch: the base ({base} bytes) must not move"
-        );
-    }
-    // A second session on the same device shares the base already there.
-    let before = uploaded();
-    let mut s2 = Session::new(model.clone(), cfg(BackendChoice::Wgpu)).unwrap();
-    s2.decode(&prompt, LogitsFor::Last).unwrap();
-    assert!(uploaded() - before < base / 2);
 }

@@ -194,6 +194,32 @@ fn cases(seed: u64) -> Vec<Case> {
         |c, t| c.scale(t[0], 0.37),
     ));
 
+    // ACC: a smaller tensor added into a view of a bigger one (rows at an offset, as DiaBlo's
+    // block products and the batched decoder's row groups are added).
+    let (n0, n1) = (dim(&mut r, 2, 300), dim(&mut r, 2, 9));
+    let (m0, m1) = (dim(&mut r, 1, n0 as u64), dim(&mut r, 1, n1 as u64));
+    let (row, col) = (
+        r.below((n1 - m1 + 1) as u64) as usize,
+        r.below((n0 - m0 + 1) as u64) as usize,
+    );
+    v.push(case(
+        format!("acc [{m0}, {m1}] into [{n0}, {n1}] at row {row}, column {col}"),
+        vec![
+            input(&mut r, Type::F32, &[n0, n1]),
+            input(&mut r, Type::F32, &[m0, m1]),
+        ],
+        1e-12,
+        move |c, t| {
+            let nb1 = 4 * n0 as usize;
+            c.acc(
+                t[0],
+                t[1],
+                [nb1, nb1 * n1 as usize, nb1 * n1 as usize],
+                row * nb1 + col * 4,
+            )
+        },
+    ));
+
     // Copies between F32 and F16, from contiguous and permuted sources.
     for (from, to) in [
         (Type::F32, Type::F16),

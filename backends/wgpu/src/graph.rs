@@ -80,6 +80,27 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Resu
             };
             (Family::Elementwise, v, n.div_ceil(256))
         }
+        sys::GGML_OP_ACC => {
+            let (a, b) = (src(0).ok_or("no src0")?, src(1).ok_or("no src1")?);
+            let [nb1, nb2, nb3, offset] = [0, 1, 2, 3].map(|i| t.op_params[i] as i64);
+            // SAFETY: valid tensors.
+            let contiguous = unsafe { sys::ggml_is_contiguous(t) && sys::ggml_is_contiguous(a) };
+            if t.type_ != f32_
+                || a.type_ != f32_
+                || b.type_ != f32_
+                || !contiguous
+                || t.op_params[4] != 0
+                || offset < 0
+                || b.ne[0] * 4 > nb1
+                || b.ne[1] * nb1 > nb2
+                || b.ne[2] * nb2 > nb3
+            {
+                return unsupported();
+            }
+            push(Some(a));
+            push(Some(b));
+            (Family::Elementwise, 7, n.div_ceil(256))
+        }
         sys::GGML_OP_SCALE => {
             if t.type_ != f32_ || ty(src(0)) != Some(f32_) {
                 return unsupported();

@@ -8,7 +8,7 @@
 //!
 //! What runs here:
 //! - element-wise ADD, SUB, MUL, DIV (with broadcasting), SCALE, CPY/DUP/CONT between F32 and
-//!   F16, SWIGLU;
+//!   F16, SWIGLU, ACC (DiaBlo's block products added into a layer's output);
 //! - RMS_NORM, SOFT_MAX (scale and mask, no ALiBi or sinks), ARGMAX;
 //! - MUL_MAT with F32, F16, Q4_0, Q4_1 or Q8_0 weights and F32 activations;
 //! - GET_ROWS from the same formats, SET_ROWS into F32 or F16 (the KV cache);

@@ -15,6 +15,9 @@ pub struct ActiveAdapters {
     /// Training only: LoRA and DiaBlo see their input through a dropout mask, a graph input
     /// named by [`dropout_mask_name`] that the trainer fills each step.
     input_dropout: bool,
+    /// The device whose graphs this set is built into (adapter tensors read from their copies
+    /// there); `None` on the CPU.
+    device: Option<Arc<str>>,
 }
 
 /// The name of the dropout-mask input of `target` in a training graph.
@@ -40,6 +43,14 @@ impl ActiveAdapters {
     pub fn with(mut self, adapter: Arc<Adapter>, s_user: f32) -> Self {
         self.set(adapter, s_user);
         self
+    }
+
+    /// This set as graphs on `device` read it (see [`Adapter::t_on`]).
+    pub(crate) fn on_device(&self, device: &Arc<str>) -> Self {
+        Self {
+            device: Some(device.clone()),
+            ..self.clone()
+        }
     }
 
     /// Training: apply a dropout mask to the input of LoRA and DiaBlo deltas.
@@ -151,26 +162,26 @@ impl ActiveAdapters {
         };
         let mut post: Vec<Tensor<'a>> = Vec::new();
         let mut blocks = Vec::new();
+        let dev = self.device.as_deref();
         for (adapter, s_user) in &self.items {
+            let t = |id| adapter.t_on(id, dev);
             for d in adapter.deltas(target) {
                 match *d {
                     Delta::Wegeft { phi_t, psi, scale } => {
-                        let (phi_t, psi, s) = (adapter.t(phi_t), adapter.t(psi), scale * s_user);
-                        // One token: one fused node instead of four (CPU inference only;
-                        // `None` for training graphs and shapes it does not take). LoRA keeps
-                        // ggml's four ops: its results stay bit-identical to llama.cpp's.
-                        xin = ctx
-                            .low_rank_update(xin, x, psi, phi_t, s)
+                        let (phi_t, psi, s) = (t(phi_t), t(psi), scale * s_user);
+                        // One token on the CPU: one fused node instead of four (a CPU custom
+                        // op; `None` for training graphs and shapes it does not take). LoRA
+                        // keeps ggml's four ops: its results stay bit-identical to llama.cpp's.
+                        let fused = if dev.is_none() {
+                            ctx.low_rank_update(xin, x, psi, phi_t, s)
+                        } else {
+                            None
+                        };
+                        xin = fused
                             .unwrap_or_else(|| ctx.add(xin, wegeft::delta(ctx, phi_t, psi, x, s)));
                     }
                     Delta::Lora { a, b, scale } => {
-                        post.push(lora::delta(
-                            ctx,
-                            adapter.t(a),
-                            adapter.t(b),
-                            xd,
-                            scale * s_user,
-                        ));
+                        post.push(lora::delta(ctx, t(a), t(b), xd, scale * s_user));
                     }
                     Delta::Diablo {
                         d,
@@ -178,7 +189,7 @@ impl ActiveAdapters {
                         bs_out,
                         nb,
                     } => {
-                        blocks.push((adapter.t(d), (bs_in, bs_out, nb), *s_user));
+                        blocks.push((t(d), (bs_in, bs_out, nb), *s_user));
                     }
                 }
             }
@@ -188,7 +199,7 @@ impl ActiveAdapters {
             y = ctx.add(y, p);
         }
         for (d, geom, s) in blocks {
-            y = diablo::apply(ctx, d, xd, y, geom, s);
+            y = diablo::apply(ctx, d, xd, y, geom, s, dev.is_none());
         }
         match bias {
             Some(b) => ctx.add(y, b),
@@ -232,8 +243,9 @@ pub(crate) fn grouped_linear<'a>(
             for delta in adapter.deltas(target) {
                 if let Delta::Wegeft { phi_t, psi, scale } = *delta {
                     let xg = rows(ctx, x, g);
-                    let t =
-                        wegeft::delta(ctx, adapter.t(phi_t), adapter.t(psi), xg, scale * s_user);
+                    let dev = g.adapters.device.as_deref();
+                    let (phi_t, psi) = (adapter.t_on(phi_t, dev), adapter.t_on(psi, dev));
+                    let t = wegeft::delta(ctx, phi_t, psi, xg, scale * s_user);
                     xin = add_rows(xin, t, g);
                 }
             }
@@ -249,10 +261,11 @@ pub(crate) fn grouped_linear<'a>(
         };
         for (adapter, s_user, delta) in items() {
             if let Delta::Lora { a, b, scale } = *delta {
+                let dev = g.adapters.device.as_deref();
                 let t = lora::delta(
                     ctx,
-                    adapter.t(a),
-                    adapter.t(b),
+                    adapter.t_on(a, dev),
+                    adapter.t_on(b, dev),
                     rows(ctx, x, g),
                     scale * s_user,
                 );
@@ -269,7 +282,7 @@ pub(crate) fn grouped_linear<'a>(
             {
                 let t = diablo::delta(
                     ctx,
-                    adapter.t(blocks),
+                    adapter.t_on(blocks, g.adapters.device.as_deref()),
                     rows(ctx, x, g),
                     n_out,
                     (bs_in, bs_out, nb),

@@ -51,7 +51,8 @@ pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
 /// `y + s · blockdiag(D) x` for `x [n_in, n]`, `y [n_out, n]`: the blocks that lie inside
 /// both dimensions in one batched matmul, each edge block (where N does not divide a size) as
 /// a small matmul on its in-range part, added into `y` with `add` or `acc` (both
-/// differentiable, so the same code trains the blocks).
+/// differentiable, so the same code trains the blocks). `on_cpu`: the graph runs on the CPU
+/// backend, so one-token decode may use the fused CPU op.
 pub(crate) fn apply<'a>(
     ctx: &'a Context,
     d: Tensor<'a>,
@@ -59,6 +60,7 @@ pub(crate) fn apply<'a>(
     y: Tensor<'a>,
     (bs_in, bs_out, nb): (usize, usize, usize),
     s: f32,
+    on_cpu: bool,
 ) -> Tensor<'a> {
     let [n_in, n, _, _] = x.ne();
     let n_out = y.ne()[0];
@@ -73,8 +75,8 @@ pub(crate) fn apply<'a>(
     // matmul's [bs_out, n, N] result through a permuted view: no copies, no `acc` (which
     // copies `y` and waits at an extra barrier). Otherwise the in-range blocks go through `acc`.
     let tiles = full == nb as i64 && full * bi == n_in && full * bo == n_out && y.is_contiguous();
-    if n == 1 && tiles {
-        // Decode: one fused node (CPU inference; `None` for trainable blocks).
+    if n == 1 && tiles && on_cpu {
+        // Decode: one fused node (a CPU custom op; `None` for trainable blocks).
         if let Some(out) = ctx.block_diag_update(y, x, d, s) {
             return out;
         }

@@ -8,6 +8,7 @@
 
 pub(crate) mod active;
 pub mod cache;
+mod device;
 pub mod diablo;
 pub mod lopa;
 pub mod lora;
@@ -213,6 +214,8 @@ pub struct Adapter {
     lopa: Option<lopa::Lopa>,
     ctx: FrozenContext,
     _buffers: Vec<Buffer>,
+    /// Copies on devices (GPU sessions), made when a session there first activates it.
+    devices: device::AdapterDevices,
     n_bytes: usize,
     rank: usize,
     base_fingerprint: String,
@@ -354,6 +357,20 @@ impl Adapter {
 
     pub(crate) fn t(&self, id: TensorId) -> Tensor<'_> {
         self.ctx.get(id).expect("adapter tensor of this adapter")
+    }
+
+    /// Tensor `id` as graphs on `device` read it: its copy there when the adapter is resident
+    /// on that device (see [`Adapter::upload_to`]), else the host tensor.
+    pub(crate) fn t_on(&self, id: TensorId, device: Option<&str>) -> Tensor<'_> {
+        device
+            .and_then(|d| self.devices.get(d, id))
+            .unwrap_or_else(|| self.t(id))
+    }
+
+    /// Makes the adapter resident on `backend`'s device `device` (once per device; the copy is
+    /// freed with the adapter). Returns the bytes uploaded.
+    pub(crate) fn upload_to(&self, device: &str, backend: &Backend) -> Result<u64> {
+        self.devices.upload(self, device, backend)
     }
 
     /// Host copy of one of this adapter's tensors as f32 (merge and export).
@@ -611,6 +628,7 @@ impl<'m> Builder<'m> {
             lopa,
             ctx: FrozenContext::new(ctx),
             _buffers: buffers,
+            devices: Default::default(),
             n_bytes,
             rank,
             base_fingerprint: self_fp,

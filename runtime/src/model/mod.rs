@@ -207,15 +207,6 @@ impl Model {
         ids
     }
 
-    /// The bytes of weight tensor `name` in the mapped file.
-    pub(crate) fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
-        let info = self
-            .gguf
-            .tensor(name)
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        Ok(self.gguf.tensor_data(info))
-    }
-
     /// Row `token` of the token embedding as f32 (dequantized from the map).
     pub fn embedding_row(&self, token: u32) -> Result<Vec<f32>> {
         let info = self

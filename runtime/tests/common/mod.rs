@@ -188,3 +188,34 @@ pub fn graft_cmd() -> std::process::Command {
         _ => std::process::Command::new(bin),
     }
 }
+
+/// Whether a wgpu device is present; a panic when `GRAFT_REQUIRE_DEVICE=wgpu` and there is none
+/// (scripts/test.sh sets it, after installing Mesa's lavapipe).
+pub fn have_wgpu() -> bool {
+    let present = graft::devices().iter().any(|d| d.backend == "wgpu");
+    if !present {
+        assert_ne!(
+            std::env::var("GRAFT_REQUIRE_DEVICE").as_deref(),
+            Ok("wgpu"),
+            "GRAFT_REQUIRE_DEVICE=wgpu, but no wgpu device: {:?}",
+            graft::devices()
+        );
+        eprintln!("skipping: no wgpu device on this machine");
+    }
+    present
+}
+
+/// A test adapter of `.cache/adapters/` (made by scripts/setup_test_data.sh) loaded for `m`.
+pub fn test_adapter(m: &graft::Model, name: &str) -> std::sync::Arc<graft::Adapter> {
+    let p = repo_root().join(".cache/adapters").join(name);
+    graft::Adapter::load(m, &p).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Session options for the device tests: a 256-position context on `backend`.
+pub fn device_session(backend: graft::BackendChoice) -> graft::SessionConfig {
+    graft::SessionConfig {
+        n_ctx: 256,
+        backend,
+        ..Default::default()
+    }
+}

@@ -1,6 +1,8 @@
 // One invocation per element of the node. VARIANT picks the operation:
 // 0 add, 1 sub, 2 mul, 3 div (src1 broadcast over src0), 4 scale (x*s + b), 5 copy (between
-// any shapes of the same element count: CPY, DUP, CONT), 6 swiglu.
+// any shapes of the same element count: CPY, DUP, CONT), 6 swiglu, 7 acc (src0 plus src1
+// added into the view of it that op params 0..3 describe: strides nb1, nb2, nb3, byte offset;
+// the node and src0 contiguous, the view's rows and planes not overlapping).
 // ex(0) = element count of the node.
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
@@ -22,8 +24,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         r = ld_s0(addr(1u, c)) * pf(0u) + pf(1u);
     } else if (VARIANT == 5u) {
         r = ld_s0(addr(1u, coords(i, ne(1))));
-    } else {
+    } else if (VARIANT == 6u) {
         r = swiglu(c);
+    } else {
+        r = ld_s0(addr(1u, c));
+        let o = pi(3u);
+        let p = i * 4u;
+        if (p >= o) {
+            var q = p - o;
+            let c3 = q / pi(2u);
+            q = q % pi(2u);
+            let c2 = q / pi(1u);
+            q = q % pi(1u);
+            let c1 = q / pi(0u);
+            let c0 = (q % pi(0u)) / 4u;
+            let n1 = ne(2);
+            if (c0 < n1.x && c1 < n1.y && c2 < n1.z && c3 < n1.w) {
+                r += ld_s1(addr(2u, vec4<u32>(c0, c1, c2, c3)));
+            }
+        }
     }
     st_d(addr(0u, c), r);
 }

@@ -30,8 +30,9 @@ pub struct SessionConfig {
     /// Keep the KV cache in F32 instead of F16 (exact, twice the memory; not with flash
     /// attention).
     pub kv_f32: bool,
-    /// The backend graphs run on (`Auto`: the first hardware GPU, else the CPU; a backend
-    /// without a device in this build is an error naming those it has).
+    /// The backend graphs run on (`Auto`: a GPU of ggml's CUDA, Metal or Vulkan backends, else
+    /// the CPU; wgpu only when named; a backend without a device in this build is an error
+    /// naming those it has).
     pub backend: BackendChoice,
 }
 

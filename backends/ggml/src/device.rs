@@ -133,7 +133,8 @@ pub fn devices() -> Vec<Device> {
 /// The backend graphs run on, as chosen on the command line or in a session's options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum BackendChoice {
-    /// The best device present: a hardware GPU, else the CPU.
+    /// The best device present: a hardware GPU of ggml's CUDA, Metal or Vulkan backends, else
+    /// the CPU (see [`select_device`]).
     #[default]
     Auto,
     /// ggml's CPU backend.
@@ -241,16 +242,22 @@ fn is_hardware_gpu(d: &Device) -> bool {
     true
 }
 
+/// Backends `auto` may choose, best first: ggml's own GPU backends. graft's wgpu backend is
+/// left out until its kernels have run on hardware GPUs (only Mesa's lavapipe so far): on a
+/// laptop's integrated GPU it could be slower than the CPU, and `auto` must never make the
+/// default path slower. `--backend wgpu` chooses it.
+const AUTO_ORDER: [&str; 3] = ["cuda", "metal", "vulkan"];
+
 /// The device inference graphs run on for `choice`: `None` for the CPU backend, or a device of
-/// the registry. `auto` takes the first hardware GPU of CUDA, Metal, Vulkan and wgpu, in that
-/// order, and the CPU when there is none; a named backend takes its first device, and a backend
-/// without one is an error naming the backends this build has.
+/// the registry. `auto` takes the first hardware GPU of [`AUTO_ORDER`] and the CPU when there is
+/// none; a named backend takes its first device, and a backend without one is an error naming
+/// the backends this build has.
 pub fn select_device(choice: BackendChoice) -> Result<Option<Device>> {
     let devs = devices();
     match choice {
         BackendChoice::Cpu => Ok(None),
         BackendChoice::Auto => {
-            for backend in ["cuda", "metal", "vulkan", "wgpu"] {
+            for backend in AUTO_ORDER {
                 if let Some(d) = devs
                     .iter()
                     .find(|d| d.backend == backend && is_hardware_gpu(d))

@@ -41,7 +41,7 @@ pub struct EngineOptions {
     #[uniffi(default = false)]
     pub kv_f32: bool,
     /// Backend graphs run on: `auto`, `cpu`, `wgpu`, `cuda`, `metal` or `vulkan` (`auto` takes
-    /// the first hardware GPU, else the CPU; one this build lacks is an `InvalidArgument` naming
+    /// a GPU of ggml's CUDA, Metal or Vulkan backends, else the CPU; `wgpu` only when named; one this build lacks is an `InvalidArgument` naming
     /// those it has).
     #[uniffi(default = "auto")]
     pub backend: String,

@@ -157,7 +157,8 @@ pub(crate) struct ModelArgs {
     #[arg(long)]
     pub flash_attn: bool,
     /// Backend graphs run on: auto, cpu, wgpu, cuda, metal or vulkan (`graft devices` lists
-    /// what this build has; auto takes the first hardware GPU, else the CPU).
+    /// what this build has; auto takes a GPU of ggml's CUDA, Metal or Vulkan backends, else the
+    /// CPU; wgpu only when named).
     #[arg(long, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 }

@@ -198,13 +198,7 @@ impl Backend {
         // outlive this call.
         let status = unsafe { sys::ggml_backend_graph_compute(self.raw(), graph.raw()) };
         if status != sys::GGML_STATUS_SUCCESS {
-            return Err(match device_error(self.kind) {
-                Some(message) => Error::DeviceCompute {
-                    backend: self.kind.as_str(),
-                    message,
-                },
-                None => Error::Compute(status),
-            });
+            return Err(compute_error(self.kind, status));
         }
         let n = graph.n_nodes().max(0) as u64;
         self.stats.graphs += 1;
@@ -252,6 +246,18 @@ impl Drop for Backend {
     fn drop(&mut self) {
         // SAFETY: we own the backend.
         unsafe { sys::ggml_backend_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// The error of a graph computation that ended with `status` on a backend of `kind`: what the
+/// device said, when it keeps its last failure, else the status.
+pub(crate) fn compute_error(kind: BackendKind, status: i32) -> Error {
+    match device_error(kind) {
+        Some(message) => Error::DeviceCompute {
+            backend: kind.as_str(),
+            message,
+        },
+        None => Error::Compute(status),
     }
 }
 

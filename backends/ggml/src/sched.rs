@@ -86,13 +86,7 @@ impl Scheduler {
         let status =
             unsafe { sys::ggml_backend_sched_graph_compute(self.ptr.as_ptr(), graph.raw()) };
         if status != sys::GGML_STATUS_SUCCESS {
-            return Err(match crate::backend::device_error(self.device.kind()) {
-                Some(message) => Error::DeviceCompute {
-                    backend: self.device.kind().as_str(),
-                    message,
-                },
-                None => Error::Compute(status),
-            });
+            return Err(crate::backend::compute_error(self.device.kind(), status));
         }
         let n = graph.n_nodes().max(0);
         let mut on_device = 0u64;

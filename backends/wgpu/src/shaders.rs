@@ -112,14 +112,14 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
          fn half_{v}(b: u32) -> f32 {{ return unpack2x16float({v}[b >> 2u])[(b >> 1u) & 1u]; }}\n\
          fn ldi_{v}(b: u32) -> i32 {{ return bitcast<i32>({v}[b >> 2u]); }}\n"
     ));
-    // `dot` and `dot4` round src1 as ggml's CPU backend does (see kernels/common.wgsl).
-    let (ld, qk, deq, dot, dot4) = match ty {
+    // `dot` is written once for one column of src1 and made into `dot_` and `dot4_` by
+    // `dot_fns`; it rounds src1 as ggml's CPU backend does (see kernels/common.wgsl).
+    let (ld, qk, deq, dot) = match ty {
         sys::GGML_TYPE_F16 => (
             format!("return half_{v}(b);"),
             1,
             format!("return half_{v}(row + 2u * i);"),
-            format!("return half_{v}(row + 2u * blk) * f16r(ld_s1(x));"),
-            format!("return half_{v}(row + 2u * blk) * f16r4(ld4_s1(x));"),
+            format!("return half_{v}(row + 2u * blk) * $R($LD(x));"),
         ),
         sys::GGML_TYPE_Q4_0 => (
             "return 0.0;".into(),
@@ -130,22 +130,13 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  return (f32(select(q & 15u, q >> 4u, j >= 16u)) - 8.0) * half_{v}(bb);"
             ),
             format!(
-                "let bb = row + blk * 18u; let xs = xq_s1(x); var s = 0.0;\n\
+                "let bb = row + blk * 18u; let xs = $XQ(x); var s = $T(0.0);\n\
                  for (var j = 0u; j < 16u; j++) {{\n\
                  let q = byte_{v}(bb + 2u + j);\n\
-                 s += (f32(q & 15u) - 8.0) * round(ld_s1(x + 4u * j) * xs.y)\n\
-                 + (f32(q >> 4u) - 8.0) * round(ld_s1(x + 4u * (j + 16u)) * xs.y);\n\
+                 s += (f32(q & 15u) - 8.0) * round($LD(x + 4u * j) * xs.id)\n\
+                 + (f32(q >> 4u) - 8.0) * round($LD(x + 4u * (j + 16u)) * xs.id);\n\
                  }}\n\
-                 return s * half_{v}(bb) * f16r(xs.x);"
-            ),
-            format!(
-                "let bb = row + blk * 18u; let xs = xq4_s1(x); var s = vec4<f32>(0.0);\n\
-                 for (var j = 0u; j < 16u; j++) {{\n\
-                 let q = byte_{v}(bb + 2u + j);\n\
-                 s += (f32(q & 15u) - 8.0) * round(ld4_s1(x + 4u * j) * xs.id)\n\
-                 + (f32(q >> 4u) - 8.0) * round(ld4_s1(x + 4u * (j + 16u)) * xs.id);\n\
-                 }}\n\
-                 return s * half_{v}(bb) * f16r4(xs.d);"
+                 return s * half_{v}(bb) * $R(xs.d);"
             ),
         ),
         sys::GGML_TYPE_Q4_1 => (
@@ -157,22 +148,13 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  return f32(select(q & 15u, q >> 4u, j >= 16u)) * half_{v}(bb) + half_{v}(bb + 2u);"
             ),
             format!(
-                "let bb = row + blk * 20u; let xs = xq_s1(x); var s = 0.0; var sq = 0.0;\n\
+                "let bb = row + blk * 20u; let xs = $XQ(x); var s = $T(0.0); var sq = $T(0.0);\n\
                  for (var j = 0u; j < 16u; j++) {{\n\
                  let q = byte_{v}(bb + 4u + j);\n\
-                 let x0 = round(ld_s1(x + 4u * j) * xs.y); let x1 = round(ld_s1(x + 4u * (j + 16u)) * xs.y);\n\
+                 let x0 = round($LD(x + 4u * j) * xs.id); let x1 = round($LD(x + 4u * (j + 16u)) * xs.id);\n\
                  s += f32(q & 15u) * x0 + f32(q >> 4u) * x1; sq += x0 + x1;\n\
                  }}\n\
-                 return s * half_{v}(bb) * f16r(xs.x) + half_{v}(bb + 2u) * f16r(xs.x * sq);"
-            ),
-            format!(
-                "let bb = row + blk * 20u; let xs = xq4_s1(x); var s = vec4<f32>(0.0); var sq = vec4<f32>(0.0);\n\
-                 for (var j = 0u; j < 16u; j++) {{\n\
-                 let q = byte_{v}(bb + 4u + j);\n\
-                 let x0 = round(ld4_s1(x + 4u * j) * xs.id); let x1 = round(ld4_s1(x + 4u * (j + 16u)) * xs.id);\n\
-                 s += f32(q & 15u) * x0 + f32(q >> 4u) * x1; sq += x0 + x1;\n\
-                 }}\n\
-                 return s * half_{v}(bb) * f16r4(xs.d) + half_{v}(bb + 2u) * f16r4(xs.d * sq);"
+                 return s * half_{v}(bb) * $R(xs.d) + half_{v}(bb + 2u) * $R(xs.d * sq);"
             ),
         ),
         sys::GGML_TYPE_Q8_0 => (
@@ -184,20 +166,12 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
                  return f32(q) * half_{v}(bb);"
             ),
             format!(
-                "let bb = row + blk * 34u; let xs = xq_s1(x); var s = 0.0;\n\
+                "let bb = row + blk * 34u; let xs = $XQ(x); var s = $T(0.0);\n\
                  for (var j = 0u; j < 32u; j++) {{\n\
                  let q = bitcast<i32>(byte_{v}(bb + 2u + j) << 24u) >> 24u;\n\
-                 s += f32(q) * round(ld_s1(x + 4u * j) * xs.y);\n\
+                 s += f32(q) * round($LD(x + 4u * j) * xs.id);\n\
                  }}\n\
-                 return s * half_{v}(bb) * f16r(xs.x);"
-            ),
-            format!(
-                "let bb = row + blk * 34u; let xs = xq4_s1(x); var s = vec4<f32>(0.0);\n\
-                 for (var j = 0u; j < 32u; j++) {{\n\
-                 let q = bitcast<i32>(byte_{v}(bb + 2u + j) << 24u) >> 24u;\n\
-                 s += f32(q) * round(ld4_s1(x + 4u * j) * xs.id);\n\
-                 }}\n\
-                 return s * half_{v}(bb) * f16r4(xs.d);"
+                 return s * half_{v}(bb) * $R(xs.d);"
             ),
         ),
         // F32, and the integer index types (read through ldi_).
@@ -205,8 +179,7 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
             format!("return bitcast<f32>({v}[b >> 2u]);"),
             1,
             format!("return bitcast<f32>({v}[(row >> 2u) + i]);"),
-            format!("return bitcast<f32>({v}[(row >> 2u) + blk]) * ld_s1(x);"),
-            format!("return bitcast<f32>({v}[(row >> 2u) + blk]) * ld4_s1(x);"),
+            format!("return bitcast<f32>({v}[(row >> 2u) + blk]) * $LD(x);"),
         ),
     };
     s.push_str(&format!("fn ld_{v}(b: u32) -> f32 {{ {ld} }}\n"));
@@ -214,12 +187,35 @@ fn src_decl(v: &str, binding: u32, ty: sys::ggml_type) -> String {
     s.push_str(&format!(
         "fn deq_{v}(row: u32, i: u32) -> f32 {{\n{deq}\n}}\n"
     ));
-    s.push_str(&format!(
-        "fn dot_{v}(row: u32, blk: u32, x: u32) -> f32 {{\n{dot}\n}}\n"
-    ));
-    // The same block's dot products with four columns of src1 at once.
-    s.push_str(&format!(
-        "fn dot4_{v}(row: u32, blk: u32, x: vec4<u32>) -> vec4<f32> {{\n{dot4}\n}}\n"
-    ));
+    s.push_str(&dot_fns(v, &dot));
+    s
+}
+
+/// `dot_{v}` (block `blk` of the row at byte `row` with the src1 column at byte `x`) and
+/// `dot4_{v}` (the same block with four columns at once, `x` their four addresses) from one
+/// body, whose `$T` is the result type, `$LD` src1's loader, `$XQ` its 8-bit block scale and
+/// `$R` the rounding to f16.
+fn dot_fns(v: &str, body: &str) -> String {
+    let mut s = String::new();
+    for (name, x, t, ld, xq, r) in [
+        ("dot", "u32", "f32", "ld_s1", "xq_s1", "f16r"),
+        (
+            "dot4",
+            "vec4<u32>",
+            "vec4<f32>",
+            "ld4_s1",
+            "xq4_s1",
+            "f16r4",
+        ),
+    ] {
+        let b = body
+            .replace("$T", t)
+            .replace("$LD", ld)
+            .replace("$XQ", xq)
+            .replace("$R", r);
+        s.push_str(&format!(
+            "fn {name}_{v}(row: u32, blk: u32, x: {x}) -> {t} {{\n{b}\n}}\n"
+        ));
+    }
     s
 }

@@ -43,7 +43,8 @@ fn ld4_s1(x: vec4<u32>) -> vec4<f32> {
 // Matrix products round their activations (src1) as ggml's CPU backend does before its dot
 // products, so both backends give the same results up to the order of float sums: to f16 for
 // f16 weights, and to 8-bit blocks of 32 (scale d = max|x| / 127, q = round(x / d)) for
-// quantized weights. `xq_s1` is (d, 1/d) of the block at byte address x.
+// quantized weights. `xq_s1` is the scale d and 1/d of the block at byte address x, `xq4_s1`
+// those of four blocks.
 fn f16r(v: f32) -> f32 {
     return unpack2x16float(f16_bits(v)).x;
 }
@@ -52,13 +53,18 @@ fn f16r4(v: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(f16r(v.x), f16r(v.y), f16r(v.z), f16r(v.w));
 }
 
-fn xq_s1(x: u32) -> vec2<f32> {
+struct Xq {
+    d: f32,
+    id: f32,
+}
+
+fn xq_s1(x: u32) -> Xq {
     var amax = 0.0;
     for (var j = 0u; j < 32u; j++) {
         amax = max(amax, abs(ld_s1(x + 4u * j)));
     }
     let d = amax / 127.0;
-    return vec2<f32>(d, select(0.0, 1.0 / d, d != 0.0));
+    return Xq(d, select(0.0, 1.0 / d, d != 0.0));
 }
 
 struct Xq4 {

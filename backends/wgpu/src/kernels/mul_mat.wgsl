@@ -29,9 +29,7 @@ fn cooperative(o: u32, li: u32) {
         return;
     }
     let c = coords(o, ne(0));
-    let r2 = ne(2).z / ne(1).z;
-    let r3 = ne(2).w / ne(1).w;
-    let row = addr(1u, vec4<u32>(0u, c.x, c.z / r2, c.w / r3));
+    let row = src_row(c);
     let col = addr(2u, vec4<u32>(0u, c.y, c.z, c.w));
     var s = 0.0;
     for (var b = li; b < ex(1); b += 64u) {

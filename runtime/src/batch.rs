@@ -388,7 +388,7 @@ impl BatchDecoder {
         let result = self.c.run(&self.model, groups, shape, Some(&attn), |inp| {
             for (k, &(_, slot)) in outs.iter().enumerate() {
                 let mut l = vec![0f32; n_vocab];
-                inp.logits.read_f32(k * n_vocab, &mut l)?;
+                inp.out.read_f32(k * n_vocab, &mut l)?;
                 out[slot] = l;
             }
             Ok(())

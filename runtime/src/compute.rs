@@ -225,6 +225,7 @@ impl Compute {
             &self.graph_ctx,
             shape,
             pieces,
+            llama::Span::whole(model),
         );
         self.exec.alloc(&graph)?;
         let s = &self.scratch;

@@ -362,7 +362,7 @@ impl Session {
                     let start = out.len();
                     out.resize(start + n_out * n_vocab, 0.0);
                     let skip = shape.n_out - n_out;
-                    inp.logits.read_f32(skip * n_vocab, &mut out[start..])?;
+                    inp.out.read_f32(skip * n_vocab, &mut out[start..])?;
                 }
                 Ok(())
             },

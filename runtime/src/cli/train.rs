@@ -108,6 +108,10 @@ pub struct TrainArgs {
     /// Fail on a bad JSONL line instead of skipping it.
     #[arg(long)]
     strict: bool,
+    /// Gradient checkpointing: keep each layer's input only and recompute its activations in
+    /// the backward pass (memory of one layer instead of all, about a third more time).
+    #[arg(long)]
+    grad_checkpointing: bool,
     /// CPU threads.
     #[arg(long, value_parser = crate::args::positive_count)]
     threads: Option<usize>,
@@ -206,6 +210,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         total_steps: steps,
         ctx: a.ctx,
         seed: a.seed,
+        checkpointing: a.grad_checkpointing,
         threads,
         backend: a.backend,
         ..TrainConfig::default()
@@ -322,10 +327,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "seconds": report.seconds,
         "peak_rss_mb": crate::bench::peak_rss_mb(),
         "trainable_params": trainer.n_params(),
+        "grad_checkpointing": trainer.config().checkpointing,
         "memory_mb": {
             "base_file": mb(std::fs::metadata(&a.model).map(|m| m.len() as usize).unwrap_or(0)),
             "transposed_weights": mb(trainer.transposed_bytes()),
             "compute_buffer": mb(trainer.compute_bytes()),
+            "checkpoints": mb(trainer.checkpoint_bytes()),
             "adapter": mb(4 * trainer.n_params()),
             "gradients": mb(4 * trainer.n_params()),
             "optimizer": mb(trainer.optimizer_bytes()),

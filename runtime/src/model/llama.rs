@@ -34,8 +34,33 @@ pub(crate) struct GraphInputs<'a> {
     pub tokens: Tensor<'a>,
     pub attn: AttnInputs<'a>,
     pub out_ids: Option<Tensor<'a>>,
-    /// F32 `[n_vocab, n_out]`.
-    pub logits: Tensor<'a>,
+    /// F32 `[n_vocab, n_out]` logits, or the hidden state `[n_embd, n_out]` after the last
+    /// layer of a [`Span`] without the head.
+    pub out: Tensor<'a>,
+}
+
+/// The part of the model a graph covers: the whole model for inference; training with
+/// gradient checkpointing runs one layer, or the output head over some rows, at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    /// Layers `first .. end`. With `first > 0` (or no layer at all) the graph's input is the
+    /// hidden state before layer `first`, given like input embeddings (`BatchShape::embeddings`).
+    pub first: usize,
+    pub end: usize,
+    /// The final norm and the LM head follow (the graph yields logits); otherwise it yields the
+    /// hidden state after layer `end - 1`.
+    pub head: bool,
+}
+
+impl Span {
+    /// Every layer and the head.
+    pub(crate) fn whole(model: &Model) -> Self {
+        Span {
+            first: 0,
+            end: model.layers.len(),
+            head: true,
+        }
+    }
 }
 
 /// A training graph (forward + backward + gradient accumulation) holds at most this many
@@ -50,7 +75,8 @@ pub(crate) fn max_nodes(model: &Model, n_adapters: usize) -> usize {
 /// Builds the forward graph for one batch, reading the weights from the map or from their copy
 /// on a device (`on_device`): over the KV cache `kv` (inference), or with no
 /// cache (`kv: None`, training: attention within the batch, every op differentiable, the graph
-/// made with room for gradients).
+/// made with room for gradients). `span` is [`Span::whole`] but for gradient checkpointing.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build<'a>(
     model: &'a Model,
     on_device: Option<&'a DeviceWeights>,
@@ -59,7 +85,12 @@ pub(crate) fn build<'a>(
     ctx: &'a Context,
     shape: BatchShape,
     pieces: Option<&'a [AttnPiece]>,
+    span: Span,
 ) -> (Graph<'a>, GraphInputs<'a>) {
+    debug_assert!(
+        span == Span::whole(model) || (kv.is_none() && (span.first == 0 || shape.embeddings)),
+        "a partial graph is a training graph; after layer 0 its input is a hidden state"
+    );
     let cfg = model.config();
     let n = shape.n_tokens as i64;
     let nodes =
@@ -136,7 +167,13 @@ pub(crate) fn build<'a>(
     };
     let (hd, nh, nkv) = (cfg.head_dim as i64, cfg.n_head as i64, cfg.n_head_kv as i64);
     let rope = cfg.rope();
-    for (il, l) in model.layers.iter().enumerate() {
+    for (il, l) in model
+        .layers
+        .iter()
+        .enumerate()
+        .take(span.end)
+        .skip(span.first)
+    {
         let mut residual = x;
         let cur = norm(ctx, x, w(l.attn_norm), cfg.rms_eps).set_name(&format!("attn_norm-{il}"));
         let t = |kind| Some(Target { layer: il, kind });
@@ -205,18 +242,21 @@ pub(crate) fn build<'a>(
         );
         x = ctx.add(cur, ffn_inp).set_name(&format!("l_out-{il}"));
     }
-    let cur = norm(ctx, x, w(model.output_norm), cfg.rms_eps).set_name("result_norm");
-    let logits = linear(ctx, adapters, None, w(model.output), cur, None)
-        .set_name("result_output")
-        .set_output();
-    gf.build_forward_expand(logits);
+    let out = if span.head {
+        let cur = norm(ctx, x, w(model.output_norm), cfg.rms_eps).set_name("result_norm");
+        linear(ctx, adapters, None, w(model.output), cur, None).set_name("result_output")
+    } else {
+        x
+    }
+    .set_output();
+    gf.build_forward_expand(out);
     (
         gf,
         GraphInputs {
             tokens,
             attn: inp,
             out_ids,
-            logits,
+            out,
         },
     )
 }

@@ -138,6 +138,10 @@ pub struct TrainConfig {
     /// Compute input gradients through quantized base weights with pre-transposed F16 copies
     /// (about 5x faster on a Q4_1 base; costs 2 bytes per layer weight).
     pub transposed_backward: bool,
+    /// Gradient checkpointing: keep only each layer's input through the forward pass and
+    /// recompute the layer's activations in the backward pass (the compute buffer holds one
+    /// layer's instead of all; costs about one more forward pass).
+    pub checkpointing: bool,
     /// CPU threads.
     pub threads: usize,
     /// The backend the training graphs run on (`Auto`: the CPU in this version).
@@ -168,6 +172,7 @@ impl Default for TrainConfig {
             ctx: 256,
             seed: 0,
             transposed_backward: true,
+            checkpointing: false,
             threads: crate::session::default_threads(),
             backend: graft_ggml::BackendChoice::Auto,
         }
@@ -224,6 +229,149 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
+/// Scored rows the head (final norm, LM head, loss) takes at a time with gradient
+/// checkpointing: its logits and their gradient are `n_vocab` floats per row (49152 for
+/// SmolLM2: 25 MB per tensor at 128 rows).
+const HEAD_ROWS: usize = 128;
+
+/// One training sequence, ready for the graphs.
+struct Sequence<'e> {
+    ex: &'e Example,
+    /// Rows of the graph: LoPA's soft prompt, then the example's tokens.
+    n_seq: usize,
+    input: SeqInput,
+    /// Example positions `t` whose next token is scored.
+    picked: Vec<usize>,
+    /// Their graph rows (`n_soft + t`): `out_ids`.
+    rows: Vec<i32>,
+    set: ActiveAdapters,
+    dropout: bool,
+}
+
+/// What the first layer reads.
+enum SeqInput {
+    Tokens(Vec<i32>),
+    /// LoPA: soft prompt and token embeddings, `[n_embd, n_seq]`.
+    Embeddings(Vec<f32>),
+}
+
+impl Sequence<'_> {
+    fn embeddings(&self) -> bool {
+        matches!(self.input, SeqInput::Embeddings(_))
+    }
+
+    fn write_input(&self, t: graft_ggml::Tensor<'_>) -> Result<()> {
+        match &self.input {
+            SeqInput::Tokens(ids) => t.write_i32(0, ids)?,
+            SeqInput::Embeddings(x) => t.write_f32(0, x)?,
+        }
+        Ok(())
+    }
+
+    /// Positions and the causal mask.
+    fn write_attention(&self, inp: &llama::GraphInputs<'_>) -> Result<()> {
+        let n = self.n_seq;
+        inp.attn
+            .pos
+            .write_i32(0, &(0..n as i32).collect::<Vec<_>>())?;
+        let mut mask = vec![f32::NEG_INFINITY; n * n];
+        for t in 0..n {
+            mask[t * n..t * n + t + 1].fill(0.0);
+        }
+        inp.attn.mask.write_f32(0, &mask)?;
+        Ok(())
+    }
+
+    /// Everything a whole-model graph reads but the labels.
+    fn write_inputs(&self, inp: &llama::GraphInputs<'_>) -> Result<()> {
+        self.write_input(inp.tokens)?;
+        self.write_attention(inp)?;
+        inp.out_ids
+            .expect("the last position is never scored, so rows are always picked")
+            .write_i32(0, &self.rows)?;
+        Ok(())
+    }
+
+    /// One-hot labels `[n_vocab, len]` of scored rows `range`.
+    fn labels(&self, n_vocab: usize, range: std::ops::Range<usize>) -> Vec<f32> {
+        let mut lab = vec![0f32; n_vocab * range.len()];
+        for (r, &t) in self.picked[range].iter().enumerate() {
+            lab[r * n_vocab + self.ex.tokens[t + 1] as usize] = 1.0;
+        }
+        lab
+    }
+}
+
+/// Loss and, with a backward pass, its gradients.
+struct RunOutput {
+    loss: f32,
+    grads: Option<RunGrads>,
+}
+
+/// Per-parameter gradients of the scaled loss (empty for LoPA), and the gradient of the input
+/// embeddings (when the input is embeddings).
+type RunGrads = (Vec<Vec<f32>>, Option<Vec<f32>>);
+
+/// One layer's graph: its output (forward) or its input's gradient (backward).
+struct LayerOutput {
+    output: Vec<f32>,
+    input_grad: Option<Vec<f32>>,
+}
+
+/// Per-parameter gradients summed over the layer graphs, and which parameters got one.
+struct GradAcc {
+    grads: Vec<Vec<f32>>,
+    seen: Vec<bool>,
+}
+
+/// The gradient of `t` in `gf`, read to the host.
+fn grad_of(gf: &graft_ggml::Graph<'_>, t: graft_ggml::Tensor<'_>, what: &str) -> Result<Vec<f32>> {
+    gf.grad(t)
+        .ok_or_else(|| Error::InvalidRequest(format!("no gradient for {what}")))?
+        .to_vec_f32()
+        .map_err(Error::from)
+}
+
+/// The training graph (no KV cache, weights read from the map) of `span` with adapters `set`.
+fn span_graph<'a>(
+    model: &'a Model,
+    ctx: &'a Context,
+    set: &'a ActiveAdapters,
+    shape: BatchShape,
+    span: llama::Span,
+) -> (graft_ggml::Graph<'a>, llama::GraphInputs<'a>) {
+    let rows = crate::model::layers::RowAdapters::All(set);
+    llama::build(model, None, None, rows, ctx, shape, None, span)
+}
+
+/// The mean cross entropy of `logits [n_vocab, rows]` against one-hot labels (the returned
+/// input), times `scale` as the graph's loss. Loss scaling keeps the backward pass's small
+/// gradients representable in the F16 weight copies' products; the host divides it out.
+fn add_loss<'a>(
+    ctx: &'a Context,
+    gf: &mut graft_ggml::Graph<'a>,
+    logits: graft_ggml::Tensor<'a>,
+    scale: f32,
+) -> (graft_ggml::Tensor<'a>, graft_ggml::Tensor<'a>) {
+    let labels = ctx.new_tensor(Type::F32, &logits.ne()[..2]).set_input();
+    let loss = ctx.cross_entropy_loss(logits, labels).set_output();
+    gf.build_forward_expand(ctx.scale(loss, scale).set_loss());
+    (labels, loss)
+}
+
+/// Appends the backward pass of the graph's loss; input gradients through quantized weights
+/// use their pre-transposed copies when there are some.
+fn add_backward<'a>(
+    ctx: &'a Context,
+    gf: &mut graft_ggml::Graph<'a>,
+    transposed: Option<&'a transposed::TransposedWeights>,
+) {
+    gf.build_backward_expand(ctx);
+    if let Some(tw) = transposed {
+        gf.use_transposed_weights(|id| tw.get(id));
+    }
+}
+
 /// Trains one adapter over a frozen base.
 pub struct Trainer {
     model: Arc<Model>,
@@ -237,6 +385,8 @@ pub struct Trainer {
     transposed: Option<transposed::TransposedWeights>,
     /// Which sequence of the current optimizer step is being processed (seeds dropout).
     micro: usize,
+    /// Host bytes of the layer inputs kept by the last checkpointed step.
+    checkpoint_bytes: usize,
 }
 
 impl Trainer {
@@ -509,6 +659,7 @@ impl Trainer {
             state,
             transposed,
             micro: 0,
+            checkpoint_bytes: 0,
         })
     }
 
@@ -623,6 +774,12 @@ impl Trainer {
         self.alloc.buffer_size()
     }
 
+    /// Host bytes of the layer inputs gradient checkpointing keeps (largest sequence so far;
+    /// 0 when off).
+    pub fn checkpoint_bytes(&self) -> usize {
+        self.checkpoint_bytes
+    }
+
     /// Bytes plain Adam would hold for these parameters (two moments each).
     pub fn adam_bytes(&self) -> usize {
         8 * self.n_params()
@@ -642,7 +799,6 @@ impl Trainer {
                 "an example needs at least 2 tokens".into(),
             ));
         }
-        let n_vocab = self.model.config().n_vocab;
         let n_embd = self.model.config().n_embd;
         // LoPA: the soft prompt made from the example's prompt comes first, as input
         // embeddings; the prompt's tokens are never scored.
@@ -657,11 +813,11 @@ impl Trainer {
             None => None,
         };
         let n_soft = soft.as_ref().map_or(0, |f| f.z.len() / n_embd);
-        let scored = (1..n).filter(|&t| scored_mask[t]).count();
-        if scored == 0 {
+        // Logit row n_soft + t predicts token t + 1.
+        let picked: Vec<usize> = (0..n - 1).filter(|&t| scored_mask[t + 1]).collect();
+        if picked.is_empty() {
             return Ok((0.0, 0));
         }
-        let n_seq = n_soft + n;
         let dropout = grads && self.cfg.dropout > 0.0;
         let set = match soft {
             Some(_) => ActiveAdapters::none(),
@@ -670,75 +826,90 @@ impl Trainer {
                 .with_input_dropout(),
             None => ActiveAdapters::none().with(self.adapter.clone(), 1.0),
         };
+        let seq = Sequence {
+            ex,
+            n_seq: n_soft + n,
+            input: match &soft {
+                Some(f) => {
+                    let mut x = f.z.clone();
+                    for &t in &ex.tokens {
+                        x.extend(self.model.embedding_row(t)?);
+                    }
+                    SeqInput::Embeddings(x)
+                }
+                None => SeqInput::Tokens(ex.tokens.iter().map(|&t| t as i32).collect()),
+            },
+            rows: picked.iter().map(|&t| (n_soft + t) as i32).collect(),
+            picked,
+            set,
+            dropout,
+        };
+        let loss_scale = self.state.loss_scale;
+        let out = if grads && self.cfg.checkpointing {
+            self.run_checkpointed(&seq, loss_scale)?
+        } else {
+            self.run_whole(&seq, grads, loss_scale)?
+        };
+        let Some((param_grads, input_grad)) = out.grads else {
+            return Ok((out.loss, seq.picked.len()));
+        };
+        let grads: Vec<Vec<f32>> = match (&soft, self.adapter.lopa()) {
+            (Some(f), Some(lopa)) => {
+                let gx = input_grad.ok_or_else(|| {
+                    Error::InvalidRequest("no gradient for the soft prompt".into())
+                })?;
+                lopa.backward(f, &gx[..n_soft * n_embd])
+            }
+            _ => param_grads,
+        };
+        if loss_scale > 1.0 && grads.iter().flatten().any(|g| !g.is_finite()) {
+            // The scaled backward pass overflowed F16: retry this sequence at a smaller scale
+            // (kept from now on, and saved with the training state).
+            self.state.loss_scale = (loss_scale / 8.0).max(1.0);
+            return self.forward_backward(ex, true);
+        }
+        let scored = seq.picked.len();
+        let w = scored as f32 / loss_scale;
+        for (p, gv) in self.params.iter_mut().zip(grads) {
+            for (acc, x) in p.grad.iter_mut().zip(gv) {
+                *acc += x * w;
+            }
+        }
+        Ok((out.loss, scored))
+    }
+
+    /// One graph for the whole model (and, with `grads`, its backward pass): every activation
+    /// of the sequence and its gradient live in the compute buffer at once.
+    fn run_whole(&mut self, seq: &Sequence, grads: bool, loss_scale: f32) -> Result<RunOutput> {
+        let n_vocab = self.model.config().n_vocab;
+        let scored = seq.picked.len();
         self.ctx.reset();
         let ctx = &self.ctx;
         let shape = BatchShape {
-            n_tokens: n_seq,
-            n_kv: n_seq,
+            n_tokens: seq.n_seq,
+            n_kv: seq.n_seq,
             n_out: scored,
-            embeddings: soft.is_some(),
-            input_grad: soft.is_some() && grads,
+            embeddings: seq.embeddings(),
+            input_grad: seq.embeddings() && grads,
         };
-        let (mut gf, inp) = llama::build(
+        let (mut gf, inp) = span_graph(
             &self.model,
-            None,
-            None,
-            crate::model::layers::RowAdapters::All(&set),
             ctx,
+            &seq.set,
             shape,
-            None,
+            llama::Span::whole(&self.model),
         );
         // Only the rows that predict a scored token reach the LM head and the loss (ggml's
         // cross-entropy backward assumes every label row sums to 1, so masked rows must not be
         // there); `out_ids` picks them before the last layer's feed-forward.
-        let labels = ctx
-            .new_tensor(Type::F32, &[n_vocab as i64, scored as i64])
-            .set_input();
-        let loss = ctx.cross_entropy_loss(inp.logits, labels).set_output();
-        // Loss scaling keeps the backward pass's small gradients representable in the F16
-        // weight copies' products; the host divides it out.
-        let loss_scale = self.state.loss_scale;
-        gf.build_forward_expand(ctx.scale(loss, loss_scale).set_loss());
+        let (labels, loss) = add_loss(ctx, &mut gf, inp.out, loss_scale);
         if grads {
-            gf.build_backward_expand(ctx);
-            if let Some(tw) = &self.transposed {
-                gf.use_transposed_weights(|id| tw.get(id));
-            }
+            add_backward(ctx, &mut gf, self.transposed.as_ref());
         }
         self.alloc.alloc(&gf)?;
-        match &soft {
-            Some(f) => {
-                let mut x = f.z.clone();
-                for &t in &ex.tokens {
-                    x.extend(self.model.embedding_row(t)?);
-                }
-                inp.tokens.write_f32(0, &x)?;
-            }
-            None => {
-                let toks: Vec<i32> = ex.tokens.iter().map(|&t| t as i32).collect();
-                inp.tokens.write_i32(0, &toks)?;
-            }
-        }
-        inp.attn
-            .pos
-            .write_i32(0, &(0..n_seq as i32).collect::<Vec<_>>())?;
-        let mut mask = vec![f32::NEG_INFINITY; n_seq * n_seq];
-        for t in 0..n_seq {
-            mask[t * n_seq..t * n_seq + t + 1].fill(0.0);
-        }
-        inp.attn.mask.write_f32(0, &mask)?;
-        // Logit row n_soft + t predicts token t + 1.
-        let picked: Vec<usize> = (0..n - 1).filter(|&t| scored_mask[t + 1]).collect();
-        let rows: Vec<i32> = picked.iter().map(|&t| (n_soft + t) as i32).collect();
-        inp.out_ids
-            .expect("the last position is never scored, so rows are always picked")
-            .write_i32(0, &rows)?;
-        let mut lab = vec![0f32; n_vocab * scored];
-        for (r, &t) in picked.iter().enumerate() {
-            lab[r * n_vocab + ex.tokens[t + 1] as usize] = 1.0;
-        }
-        labels.write_f32(0, &lab)?;
-        if dropout {
+        seq.write_inputs(&inp)?;
+        labels.write_f32(0, &seq.labels(n_vocab, 0..scored))?;
+        if seq.dropout {
             self.fill_dropout_masks()?;
         }
         if grads {
@@ -747,55 +918,233 @@ impl Trainer {
         self.backend.compute(&gf)?;
         let l = loss.to_vec_f32()?[0];
         if !grads {
-            return Ok((l, scored));
+            return Ok(RunOutput {
+                loss: l,
+                grads: None,
+            });
         }
-        let w = scored as f32 / loss_scale;
-        let grads: Vec<Vec<f32>> = match (&soft, self.adapter.lopa()) {
-            (Some(f), Some(lopa)) => {
-                let g = gf.grad(inp.tokens).ok_or_else(|| {
-                    Error::InvalidRequest("no gradient for the soft prompt".into())
-                })?;
-                let gx = g.to_vec_f32()?;
-                lopa.backward(f, &gx[..n_soft * n_embd])
-            }
-            _ => self
+        let input_grad = match shape.input_grad {
+            true => Some(grad_of(&gf, inp.tokens, "the input embeddings")?),
+            false => None,
+        };
+        let param_grads = match seq.embeddings() {
+            // LoPA: the graph holds no adapter; its gradient comes from the input's.
+            true => Vec::new(),
+            false => self
                 .params
                 .iter()
                 .map(|p| {
                     let id = p.id.expect("graph parameter");
-                    gf.grad(self.adapter.t(id))
-                        .ok_or_else(|| {
-                            Error::InvalidRequest(format!("no gradient for {}", p.name))
-                        })?
-                        .to_vec_f32()
-                        .map_err(Error::from)
+                    grad_of(&gf, self.adapter.t(id), &p.name)
                 })
                 .collect::<Result<_>>()?,
         };
-        if loss_scale > 1.0 && grads.iter().flatten().any(|g| !g.is_finite()) {
-            // The scaled backward pass overflowed F16: retry this sequence at a smaller scale
-            // (kept from now on, and saved with the training state).
-            self.state.loss_scale = (loss_scale / 8.0).max(1.0);
-            return self.forward_backward(ex, true);
+        Ok(RunOutput {
+            loss: l,
+            grads: Some((param_grads, input_grad)),
+        })
+    }
+
+    /// Gradient checkpointing: the forward pass runs layer by layer keeping only each layer's
+    /// input (on the host), then the backward pass goes from the head down, recomputing one
+    /// layer's activations at a time from its input and pulling the gradient of its output
+    /// through it (the graph's loss is `sum(y ⊙ dL/dy)`, whose gradient is exactly the
+    /// incoming one). The head runs over at most [`HEAD_ROWS`] scored rows at a time. The
+    /// compute buffer then holds one layer's activations instead of all of them, for about one
+    /// more forward pass of time; the gradients are the whole graph's up to rounding.
+    fn run_checkpointed(&mut self, seq: &Sequence, loss_scale: f32) -> Result<RunOutput> {
+        let cfg = self.model.config();
+        let (n_layer, n_embd, n_vocab) = (cfg.n_layer, cfg.n_embd, cfg.n_vocab);
+        let scored = seq.picked.len();
+        let rows_of = |il: usize| if il + 1 == n_layer { scored } else { seq.n_seq };
+        // hidden[l]: the input of layer l (l >= 1), then the last layer's output rows.
+        let mut hidden: Vec<Vec<f32>> = vec![Vec::new(); n_layer + 1];
+        for il in 0..n_layer {
+            let input = (il > 0).then(|| std::mem::take(&mut hidden[il]));
+            let out = self.layer_graph(seq, il, input.as_deref(), None)?;
+            if let Some(x) = input {
+                hidden[il] = x;
+            }
+            hidden[il + 1] = out.output;
         }
-        for (p, gv) in self.params.iter_mut().zip(grads) {
-            for (acc, x) in p.grad.iter_mut().zip(gv) {
-                *acc += x * w;
+        self.checkpoint_bytes = self
+            .checkpoint_bytes
+            .max(hidden.iter().map(|h| 4 * h.len()).sum());
+
+        let mut acc = GradAcc {
+            grads: self
+                .params
+                .iter()
+                .map(|p| vec![0.0; p.value.len()])
+                .collect(),
+            seen: vec![false; self.params.len()],
+        };
+
+        // The head, a chunk of scored rows at a time: each chunk's mean loss is weighted by its
+        // share of the rows, so the chunks sum to the whole sequence's mean.
+        let x_last = std::mem::take(&mut hidden[n_layer]);
+        let mut g_out = vec![0f32; x_last.len()];
+        let mut loss_total = 0f32;
+        let mut r0 = 0;
+        while r0 < scored {
+            let r1 = (r0 + HEAD_ROWS).min(scored);
+            let c = r1 - r0;
+            let share = c as f32 / scored as f32;
+            self.ctx.reset();
+            let ctx = &self.ctx;
+            let shape = BatchShape {
+                n_tokens: c,
+                n_kv: c,
+                n_out: c,
+                embeddings: true,
+                input_grad: true,
+            };
+            let span = llama::Span {
+                first: n_layer,
+                end: n_layer,
+                head: true,
+            };
+            let set = ActiveAdapters::none();
+            let (mut gf, inp) = span_graph(&self.model, ctx, &set, shape, span);
+            let (labels, loss) = add_loss(ctx, &mut gf, inp.out, loss_scale * share);
+            add_backward(ctx, &mut gf, self.transposed.as_ref());
+            self.alloc.alloc(&gf)?;
+            inp.tokens.write_f32(0, &x_last[r0 * n_embd..r1 * n_embd])?;
+            labels.write_f32(0, &seq.labels(n_vocab, r0..r1))?;
+            gf.reset_grads();
+            self.backend.compute(&gf)?;
+            loss_total += loss.to_vec_f32()?[0] * share;
+            grad_of(&gf, inp.tokens, "the head's input")?
+                .iter()
+                .zip(&mut g_out[r0 * n_embd..r1 * n_embd])
+                .for_each(|(g, acc)| *acc = *g);
+            r0 = r1;
+        }
+
+        // The layers, last to first: recompute, and pull dL/d(output) back to dL/d(input).
+        let mut input_grad = None;
+        for il in (0..n_layer).rev() {
+            let input = (il > 0).then(|| std::mem::take(&mut hidden[il]));
+            debug_assert_eq!(g_out.len(), rows_of(il) * n_embd);
+            let out = self.layer_graph(seq, il, input.as_deref(), Some((&g_out, &mut acc)))?;
+            match out.input_grad {
+                Some(g) if il > 0 => g_out = g,
+                g => input_grad = g,
             }
         }
-        Ok((l, scored))
+        let param_grads = match seq.embeddings() {
+            true => Vec::new(),
+            false => {
+                if let Some(i) = acc.seen.iter().position(|s| !s) {
+                    return Err(Error::InvalidRequest(format!(
+                        "no gradient for {}",
+                        self.params[i].name
+                    )));
+                }
+                acc.grads
+            }
+        };
+        Ok(RunOutput {
+            loss: loss_total,
+            grads: Some((param_grads, input_grad)),
+        })
+    }
+
+    /// Runs layer `il` of `seq` over `input` (its hidden-state input; `None` for layer 0, which
+    /// reads the sequence's own input). With `backward = (dL/d output, accumulator)` it also
+    /// runs the backward pass, adds the layer's parameter gradients to the accumulator and
+    /// returns dL/d input (when the input is a hidden state or LoPA's embeddings).
+    fn layer_graph(
+        &mut self,
+        seq: &Sequence,
+        il: usize,
+        input: Option<&[f32]>,
+        backward: Option<(&[f32], &mut GradAcc)>,
+    ) -> Result<LayerOutput> {
+        let n_layer = self.model.config().n_layer;
+        let last = il + 1 == n_layer;
+        let hidden_in = input.is_some() || seq.embeddings();
+        let grads = backward.is_some();
+        self.ctx.reset();
+        let ctx = &self.ctx;
+        let shape = BatchShape {
+            n_tokens: seq.n_seq,
+            n_kv: seq.n_seq,
+            n_out: if last { seq.picked.len() } else { seq.n_seq },
+            embeddings: hidden_in,
+            input_grad: hidden_in && grads,
+        };
+        let span = llama::Span {
+            first: il,
+            end: il + 1,
+            head: false,
+        };
+        let (mut gf, inp) = span_graph(&self.model, ctx, &seq.set, shape, span);
+        let g_out = backward.as_ref().map(|_| {
+            let [n0, n1, ..] = inp.out.ne();
+            ctx.new_tensor(Type::F32, &[n0, n1]).set_input()
+        });
+        if let Some(g) = g_out {
+            // d/dy sum(y ⊙ g) = g: the incoming gradient, exactly.
+            gf.build_forward_expand(ctx.sum(ctx.mul(inp.out, g)).set_loss());
+            add_backward(ctx, &mut gf, self.transposed.as_ref());
+        }
+        self.alloc.alloc(&gf)?;
+        match input {
+            Some(x) => inp.tokens.write_f32(0, x)?,
+            None => seq.write_input(inp.tokens)?,
+        }
+        seq.write_attention(&inp)?;
+        if let Some(ids) = inp.out_ids {
+            ids.write_i32(0, &seq.rows)?;
+        }
+        if seq.dropout {
+            self.fill_dropout_masks()?;
+        }
+        let Some((g, acc)) = backward else {
+            self.backend.compute(&gf)?;
+            return Ok(LayerOutput {
+                output: inp.out.to_vec_f32()?,
+                input_grad: None,
+            });
+        };
+        g_out
+            .expect("made with the backward pass")
+            .write_f32(0, g)?;
+        gf.reset_grads();
+        self.backend.compute(&gf)?;
+        // The graph holds this layer's adapter tensors only: the others have no gradient here.
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(gt) = p.id.and_then(|id| gf.grad(self.adapter.t(id))) else {
+                continue;
+            };
+            for (a, x) in acc.grads[i].iter_mut().zip(gt.to_vec_f32()?) {
+                *a += x;
+            }
+            acc.seen[i] = true;
+        }
+        Ok(LayerOutput {
+            output: Vec::new(),
+            input_grad: match shape.input_grad {
+                true => Some(grad_of(&gf, inp.tokens, "a layer's input")?),
+                false => None,
+            },
+        })
     }
 
     /// Draws the dropout masks of the graph just allocated, seeded by (seed, step, sequence)
-    /// so that a resumed run draws the same masks as an uninterrupted one.
+    /// so that a resumed run draws the same masks as an uninterrupted one. Each target draws
+    /// from its own stream, so a graph of one layer (gradient checkpointing) draws the same
+    /// masks as the whole model's graph.
     fn fill_dropout_masks(&self) -> Result<()> {
         let p = self.cfg.dropout;
         let keep = 1.0 / (1.0 - p);
         let seed = self.cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ ((self.state.step as u64 + 1) << 24)
             ^ self.micro as u64;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for t in self.adapter.targets() {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(((t.layer as u64) << 8) | t.kind as u64);
             let Some(mask) = self.ctx.get_by_name(&crate::adapter::dropout_mask_name(t)) else {
                 continue;
             };

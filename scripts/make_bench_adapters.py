@@ -8,6 +8,7 @@
   wegeft-r64-all.gguf    WeGeFT rank 64, a pair per target kind per layer, F32
   wegeft-r16-shared.gguf WeGeFT rank 16 in the paper's LLM layout: one pair per target kind,
                          shared by all layers, all 7 kinds, F32
+  *-f16.gguf             diablo-n64-all, wegeft-r64-all and wegeft-r16-shared stored in F16
   lora-r8-qv-{0..9}.gguf ten small LoRAs (RSS with 10 adapters loaded)
 
 With --model M (any llama/qwen2 GGUF), instead: the two adapters of the batched-decoding
@@ -44,6 +45,11 @@ jobs = [
     lambda: ma.make_wegeft("wegeft-r64-all.gguf", 504, 64, 64.0, {k: ma.ALL_LAYERS for k in ma.KINDS}, [],
                            QT.F32, 0.1),
     lambda: ma.make_wegeft("wegeft-r16-shared.gguf", 505, 16, 16.0, {}, ma.KINDS, QT.F32, 0.1),
+    # The same adapters stored in F16 (half the bytes read per token).
+    lambda: ma.make_diablo("diablo-n64-all-f16.gguf", 503, 64, ma.KINDS, ma.ALL_LAYERS, QT.F16, 0.05),
+    lambda: ma.make_wegeft("wegeft-r64-all-f16.gguf", 504, 64, 64.0, {k: ma.ALL_LAYERS for k in ma.KINDS}, [],
+                           QT.F16, 0.1),
+    lambda: ma.make_wegeft("wegeft-r16-shared-f16.gguf", 505, 16, 16.0, {}, ma.KINDS, QT.F16, 0.1),
 ] + [
     (lambda i=i: ma.make_lora(f"lora-r8-qv-{i}.gguf", 600 + i, 8, 16.0, ["attn_q", "attn_v"], ma.ALL_LAYERS,
                               QT.F32, 0.05))

@@ -24,6 +24,7 @@ use std::borrow::Cow;
 use std::os::raw::{c_int, c_void};
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::context::{Context, Tensor};
 use crate::sys;
@@ -185,8 +186,8 @@ impl Rows {
         let p = self.data.add(i * self.row_bytes);
         if self.f16 {
             let h = std::slice::from_raw_parts(p as *const f16, self.len);
-            buf.clear();
-            buf.extend(h.iter().map(|v| v.to_f32()));
+            buf.resize(self.len, 0.0);
+            h.convert_to_f32_slice(buf); // F16C when the CPU has it
             buf
         } else {
             std::slice::from_raw_parts(p as *const f32, self.len)
@@ -197,10 +198,19 @@ impl Rows {
 /// The vector a matrix of this type multiplies, rounded as ggml's `mul_mat` rounds it.
 fn as_operand(v: &[f32], f16_matrix: bool) -> Cow<'_, [f32]> {
     if f16_matrix {
-        Cow::Owned(v.iter().map(|&x| f16::from_f32(x).to_f32()).collect())
+        let mut out = vec![0f32; v.len()];
+        round_to_f16(v, &mut out);
+        Cow::Owned(out)
     } else {
         Cow::Borrowed(v)
     }
+}
+
+/// `out = f32(f16(v))` (round to nearest even), with F16C when the CPU has it.
+fn round_to_f16(v: &[f32], out: &mut [f32]) {
+    let mut h = vec![f16::ZERO; v.len()];
+    h.convert_from_f32_slice(v);
+    h.convert_to_f32_slice(out);
 }
 
 /// A dot product in eight independent f32 lanes (vectorizes; the summation order is fixed).
@@ -281,15 +291,8 @@ unsafe extern "C" fn block_diag(
             let mut xo = vec![0f32; bi];
             let mut blk_rows = vec![0f32; bo * bi];
             for blk in blocks {
-                for (o, v) in xo.iter_mut().zip(&xv[blk * bi..(blk + 1) * bi]) {
-                    *o = f16::from_f32(*v).to_f32();
-                }
-                for (o, v) in blk_rows
-                    .iter_mut()
-                    .zip(&dh[blk * bo * bi..(blk + 1) * bo * bi])
-                {
-                    *o = v.to_f32();
-                }
+                round_to_f16(&xv[blk * bi..(blk + 1) * bi], &mut xo);
+                dh[blk * bo * bi..(blk + 1) * bo * bi].convert_to_f32_slice(&mut blk_rows);
                 for j in 0..bo {
                     let i = blk * bo + j;
                     out[i] = b[i] + s * dot(&blk_rows[j * bi..(j + 1) * bi], &xo);

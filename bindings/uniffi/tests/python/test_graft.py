@@ -283,10 +283,11 @@ def test_training_cancel_leaves_a_loadable_checkpoint(engine, tmp_path):
     assert report.stopped and 2 <= report.steps < 50
     a = engine.load_adapter(str(out))
     assert a.kind() == graft.AdapterKind.DIABLO
-    # Resuming continues from the checkpoint's step.
+    # Resuming continues from the checkpoint's step (here with gradient checkpointing).
     t2 = engine.trainer(graft.TrainOptions(
         method="diablo", output_path=str(out), resume_path=str(out), steps=report.steps + 1,
-        context_length=32, examples=[graft.TrainExample(prompt="Q: hi\nA:", completion=" yo")]))
+        context_length=32, examples=[graft.TrainExample(prompt="Q: hi\nA:", completion=" yo")],
+        gradient_checkpointing=True))
     assert t2.run().steps == report.steps + 1
 
 

@@ -1,5 +1,5 @@
-//! Adapter updates of one token as single graph nodes (CPU backend): a low-rank update
-//! (WeGeFT) and a block-diagonal one (DiaBlo).
+//! Adapter updates as single graph nodes (CPU backend): a low-rank update of one token
+//! (WeGeFT) and a block-diagonal one of any number of tokens (DiaBlo).
 //!
 //! `base + s · m2 (m1 x)` is what a LoRA delta (`y + s·B(Ax)`) and a WeGeFT input update
 //! (`x + s·φᵀ(ψx)`) compute. In standard ops that is four nodes (two matmuls, a scale, an add);
@@ -15,7 +15,8 @@
 //! ggml's custom ops run on the CPU backend only and have no backward pass: callers use this
 //! for inference on the CPU and keep the standard-op path for training and other backends.
 //! [`Context::block_diag_update`] does the same for DiaBlo's `y + s·blockdiag(D) x` (a batched
-//! matmul and an add). graft uses both for the kinds whose reference is a merged-weight model
+//! matmul and an add), for prompts too: ggml's batched matmul spends a function call per
+//! bs_in-long dot product (9 values for SmolLM2 at N=64), which cost more than the arithmetic. graft uses both for the kinds whose reference is a merged-weight model
 //! (WeGeFT, DiaBlo), not for LoRA:
 //! a different summation order moves LoRA's results off llama.cpp's bit for bit, and through
 //! an F16 KV cache such last-bit changes can grow to a flipped greedy token.
@@ -82,17 +83,18 @@ impl Context {
         }
         Some(self.custom_f32(
             &mut [base.raw(), x.raw(), m1.raw(), m2.raw()],
-            n_out,
+            [n_out, 1],
             update,
             s,
         ))
     }
 
-    /// `base + s · blockdiag(D) x` for one token, as one node: `d [bs_in, bs_out, N]` (F32 or
-    /// F16, contiguous) whose N blocks tile `x [N·bs_in, 1]` and `base [N·bs_out, 1]` (F32)
-    /// exactly: DiaBlo's update at decode. `None` when they do not tile, for trainable blocks,
-    /// and for other types, so the caller builds the standard-op graph. Threads split the
-    /// blocks; a block's products are rounded as ggml's batched `mul_mat` rounds them.
+    /// `base + s · blockdiag(D) x` for `n` tokens, as one node: `d [bs_in, bs_out, N]` (F32 or
+    /// F16, contiguous) whose N blocks tile `x [N·bs_in, n]` and `base [N·bs_out, n]` (F32)
+    /// exactly: DiaBlo's update at decode and over a prompt. `None` when they do not tile, for
+    /// trainable blocks, and for other types, so the caller builds the standard-op graph.
+    /// Threads split the (token, block) pairs; a block's products are rounded as ggml's
+    /// batched `mul_mat` rounds them.
     pub fn block_diag_update<'a>(
         &'a self,
         base: Tensor<'a>,
@@ -101,9 +103,10 @@ impl Context {
         s: f32,
     ) -> Option<Tensor<'a>> {
         let [bi, bo, nb, one] = d.ne();
+        let n = x.ne()[1];
         let fits = one == 1
-            && x.ne() == [nb * bi, 1, 1, 1]
-            && base.ne() == [nb * bo, 1, 1, 1]
+            && x.ne() == [nb * bi, n, 1, 1]
+            && base.ne() == [nb * bo, n, 1, 1]
             && x.ty().0 == sys::GGML_TYPE_F32
             && base.ty().0 == sys::GGML_TYPE_F32
             && supported(d.ty().0)
@@ -112,15 +115,20 @@ impl Context {
         if !fits {
             return None;
         }
-        Some(self.custom_f32(&mut [base.raw(), x.raw(), d.raw()], nb * bo, block_diag, s))
+        Some(self.custom_f32(
+            &mut [base.raw(), x.raw(), d.raw()],
+            [nb * bo, n],
+            block_diag,
+            s,
+        ))
     }
 
-    /// A custom node computing an F32 `[ne0]` vector from `args` with `fun`, all threads,
-    /// the scale `s` carried in the userdata pointer's bits (nothing to keep alive).
+    /// A custom node computing an F32 `[ne0, ne1]` tensor from `args` with `fun`, all
+    /// threads, the scale `s` carried in the userdata pointer's bits (nothing to keep alive).
     fn custom_f32(
         &self,
         args: &mut [*mut sys::ggml_tensor],
-        ne0: i64,
+        [ne0, ne1]: [i64; 2],
         fun: unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut c_void),
         s: f32,
     ) -> Tensor<'_> {
@@ -133,7 +141,7 @@ impl Context {
                 self.raw(),
                 sys::GGML_TYPE_F32,
                 ne0,
-                1,
+                ne1,
                 1,
                 1,
                 args.as_mut_ptr(),
@@ -264,7 +272,7 @@ unsafe extern "C" fn update(
 }
 
 /// The block-diagonal node's compute function: thread `ith` of `nth` writes its share of the
-/// blocks.
+/// (token, block) pairs.
 unsafe extern "C" fn block_diag(
     dst: *mut sys::ggml_tensor,
     ith: c_int,
@@ -273,38 +281,52 @@ unsafe extern "C" fn block_diag(
 ) {
     let s = scale_of(userdata);
     // SAFETY: ggml calls this during compute with the node built by `block_diag_update`: its
-    // sources are the three allocated, contiguous tensors checked there (blocks tiling x and
-    // base exactly), and `dst` is an allocated F32 tensor that only this node writes (each
-    // thread its own blocks).
+    // sources are the three allocated, contiguous tensors checked there (blocks tiling each
+    // token's x and base exactly), and `dst` is an allocated, contiguous F32 tensor of base's
+    // shape that only this node writes (each thread its own blocks).
     unsafe {
         let dt = &*dst;
         let (base, x, d) = (&*dt.src[0], &*dt.src[1], &*dt.src[2]);
         let (bi, bo, nb) = (d.ne[0] as usize, d.ne[1] as usize, d.ne[2] as usize);
+        let n = x.ne[1] as usize;
         let f16 = d.type_ == sys::GGML_TYPE_F16;
-        let xv = std::slice::from_raw_parts(x.data as *const f32, nb * bi);
-        let b = std::slice::from_raw_parts(base.data as *const f32, nb * bo);
-        let out = std::slice::from_raw_parts_mut(dt.data as *mut f32, nb * bo);
-        let blocks = share(nb, ith, nth);
+        let xv = std::slice::from_raw_parts(x.data as *const f32, n * nb * bi);
+        let b = std::slice::from_raw_parts(base.data as *const f32, n * nb * bo);
+        let out = std::slice::from_raw_parts_mut(dt.data as *mut f32, n * nb * bo);
+        // Unit u is block u % nb of token u / nb; in token-major order a thread's units share
+        // the blocks, which stay in cache.
+        let units = share(n * nb, ith, nth);
         if f16 {
-            // Rows converted to f32 block by block; x rounded to F16 as ggml's mul_mat does.
+            // Each block converted to f32 once per thread, the first time one of its units
+            // needs it; x rounded to F16 as ggml's mul_mat does.
             let dh = std::slice::from_raw_parts(d.data as *const f16, nb * bo * bi);
-            let mut xo = vec![0f32; bi];
-            let mut blk_rows = vec![0f32; bo * bi];
-            for blk in blocks {
-                round_to_f16(&xv[blk * bi..(blk + 1) * bi], &mut xo);
-                dh[blk * bo * bi..(blk + 1) * bo * bi].convert_to_f32_slice(&mut blk_rows);
+            let mut df = vec![0f32; nb * bo * bi];
+            let mut converted = vec![false; nb];
+            let (mut xh, mut xo) = (vec![f16::ZERO; bi], vec![0f32; bi]);
+            for u in units {
+                let blk = u % nb;
+                let rows = blk * bo * bi..(blk + 1) * bo * bi;
+                if !converted[blk] {
+                    dh[rows.clone()].convert_to_f32_slice(&mut df[rows.clone()]);
+                    converted[blk] = true;
+                }
+                xh.convert_from_f32_slice(&xv[u * bi..(u + 1) * bi]);
+                xh.convert_to_f32_slice(&mut xo);
+                let blk_rows = &df[rows];
                 for j in 0..bo {
-                    let i = blk * bo + j;
+                    let i = u * bo + j;
                     out[i] = b[i] + s * dot(&blk_rows[j * bi..(j + 1) * bi], &xo);
                 }
             }
         } else {
             let df = std::slice::from_raw_parts(d.data as *const f32, nb * bo * bi);
-            for blk in blocks {
-                let xb = &xv[blk * bi..(blk + 1) * bi];
+            for u in units {
+                let blk = u % nb;
+                let xb = &xv[u * bi..(u + 1) * bi];
                 for j in 0..bo {
-                    let i = blk * bo + j;
-                    out[i] = b[i] + s * dot(&df[i * bi..(i + 1) * bi], xb);
+                    let i = u * bo + j;
+                    let r = (blk * bo + j) * bi;
+                    out[i] = b[i] + s * dot(&df[r..r + bi], xb);
                 }
             }
         }

@@ -236,30 +236,37 @@ fn low_rank_update_equals_the_standard_ops() {
     assert!(ctx.low_rank_update(b1, x1, trainable, b, 1.0).is_none());
 }
 
-/// `block_diag_update` (DiaBlo at decode, one node) against the batched matmul + add it
-/// replaces, for F32 and F16 blocks, odd block sizes and 1 or 3 threads.
+/// `block_diag_update` (DiaBlo at decode and over prompts, one node) against the batched
+/// matmul + add it replaces, for F32 and F16 blocks, odd block sizes, 1 and 5 tokens and 1 or 3
+/// threads.
 #[test]
 fn block_diag_update_equals_the_standard_ops() {
     let (bi, bo, nb) = (5i64, 3i64, 7i64);
     let val = |i: usize, m: usize| ((i * m % 19) as f32 - 9.0) / 11.0;
-    let x: Vec<f32> = (0..(nb * bi) as usize).map(|i| val(i, 7)).collect();
-    let base: Vec<f32> = (0..(nb * bo) as usize).map(|i| val(i, 3)).collect();
     let d: Vec<f32> = (0..(bi * bo * nb) as usize).map(|i| val(i, 5)).collect();
     let s = -1.25f32;
-    for ty in [Type::F32, Type::F16] {
+    for (ty, n) in [
+        (Type::F32, 1i64),
+        (Type::F16, 1),
+        (Type::F32, 5),
+        (Type::F16, 5),
+    ] {
+        let x: Vec<f32> = (0..(nb * bi * n) as usize).map(|i| val(i, 7)).collect();
+        let base: Vec<f32> = (0..(nb * bo * n) as usize).map(|i| val(i, 3)).collect();
         let (dr, bytes) = stored(&d, ty);
         let compute = |threads: usize, fused: bool| -> Vec<f32> {
             run_on(threads, |ctx| {
-                let tx = ctx.new_tensor(Type::F32, &[nb * bi, 1]).set_input();
-                let tb = ctx.new_tensor(Type::F32, &[nb * bo, 1]).set_input();
+                let tx = ctx.new_tensor(Type::F32, &[nb * bi, n]).set_input();
+                let tb = ctx.new_tensor(Type::F32, &[nb * bo, n]).set_input();
                 let td = ctx.new_tensor(ty, &[bi, bo, nb]).set_input();
                 let out = if fused {
                     ctx.block_diag_update(tb, tx, td, s)
                         .expect("blocks that tile")
                 } else {
-                    let xr = ctx.reshape(tx, &[bi, 1, nb]);
-                    let prod = ctx.reshape(ctx.mul_mat(td, xr), &[bo * nb, 1]);
-                    ctx.add(tb, ctx.scale(prod, s))
+                    // [bi, nb, n] -> [bi, n, nb]: a batch of nb matmuls, back to [bo, nb, n].
+                    let xr = ctx.cont(ctx.permute(ctx.reshape(tx, &[bi, nb, n]), [0, 2, 1, 3]));
+                    let prod = ctx.cont(ctx.permute(ctx.mul_mat(td, xr), [0, 2, 1, 3]));
+                    ctx.add(tb, ctx.scale(ctx.reshape(prod, &[bo * nb, n]), s))
                 }
                 .set_output();
                 let inputs = vec![
@@ -273,22 +280,29 @@ fn block_diag_update_equals_the_standard_ops() {
         let standard = compute(1, false);
         for threads in [1, 3] {
             let fused = compute(threads, true);
-            for blk in 0..nb as usize {
-                for j in 0..bo as usize {
-                    let i = blk * bo as usize + j;
-                    let exact: f64 = base[i] as f64
-                        + s as f64
-                            * (0..bi as usize)
-                                .map(|k| {
-                                    dr[i * bi as usize + k] as f64 * x[blk * bi as usize + k] as f64
-                                })
-                                .sum::<f64>();
-                    assert!(
-                        (fused[i] - standard[i]).abs() < 2e-5,
-                        "{ty:?} x{threads} {i}"
-                    );
-                    let tol = if ty == Type::F16 { 2e-2 } else { 1e-5 };
-                    assert!((fused[i] as f64 - exact).abs() < tol, "{ty:?} {i}");
+            for t in 0..n as usize {
+                for blk in 0..nb as usize {
+                    for j in 0..bo as usize {
+                        let r = blk * bo as usize + j;
+                        let i = t * (nb * bo) as usize + r;
+                        let xt = &x[t * (nb * bi) as usize..];
+                        let exact: f64 = base[i] as f64
+                            + s as f64
+                                * (0..bi as usize)
+                                    .map(|k| {
+                                        dr[r * bi as usize + k] as f64
+                                            * xt[blk * bi as usize + k] as f64
+                                    })
+                                    .sum::<f64>();
+                        assert!(
+                            (fused[i] - standard[i]).abs() < 2e-5,
+                            "{ty:?} n={n} x{threads} {i}: {} vs {}",
+                            fused[i],
+                            standard[i]
+                        );
+                        let tol = if ty == Type::F16 { 2e-2 } else { 1e-5 };
+                        assert!((fused[i] as f64 - exact).abs() < tol, "{ty:?} {i}");
+                    }
                 }
             }
         }

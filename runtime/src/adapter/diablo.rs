@@ -75,8 +75,9 @@ pub(crate) fn apply<'a>(
     // matmul's [bs_out, n, N] result through a permuted view: no copies, no `acc` (which
     // copies `y` and waits at an extra barrier). Otherwise the in-range blocks go through `acc`.
     let tiles = full == nb as i64 && full * bi == n_in && full * bo == n_out && y.is_contiguous();
-    if n == 1 && tiles && on_cpu {
-        // Decode: one fused node (a CPU custom op; `None` for trainable blocks).
+    if tiles && on_cpu {
+        // One fused node (a CPU custom op; `None` for trainable blocks): at decode it saves
+        // nodes and barriers, over a prompt ggml's per-dot-product calls on bs_in values.
         if let Some(out) = ctx.block_diag_update(y, x, d, s) {
             return out;
         }

@@ -8,6 +8,7 @@
   wegeft-r64-all.gguf    WeGeFT rank 64, a pair per target kind per layer, F32
   wegeft-r16-shared.gguf WeGeFT rank 16 in the paper's LLM layout: one pair per target kind,
                          shared by all layers, all 7 kinds, F32
+  lora-r64-all.gguf      LoRA rank 64 on all targets, F32: about WeGeFT r64's multiply-adds
   *-f16.gguf             diablo-n64-all, wegeft-r64-all and wegeft-r16-shared stored in F16
   lora-r8-qv-{0..9}.gguf ten small LoRAs (RSS with 10 adapters loaded)
 
@@ -45,6 +46,8 @@ jobs = [
     lambda: ma.make_wegeft("wegeft-r64-all.gguf", 504, 64, 64.0, {k: ma.ALL_LAYERS for k in ma.KINDS}, [],
                            QT.F32, 0.1),
     lambda: ma.make_wegeft("wegeft-r16-shared.gguf", 505, 16, 16.0, {}, ma.KINDS, QT.F32, 0.1),
+    # LoRA with WeGeFT r64's multiply-adds per token (r·(n_in + n_out) vs 2·r·n_in), F32 like it.
+    lambda: ma.make_lora("lora-r64-all.gguf", 506, 64, 128.0, ma.KINDS, ma.ALL_LAYERS, QT.F32, 0.05),
     # The same adapters stored in F16 (half the bytes read per token).
     lambda: ma.make_diablo("diablo-n64-all-f16.gguf", 503, 64, ma.KINDS, ma.ALL_LAYERS, QT.F16, 0.05),
     lambda: ma.make_wegeft("wegeft-r64-all-f16.gguf", 504, 64, 64.0, {k: ma.ALL_LAYERS for k in ma.KINDS}, [],

@@ -49,6 +49,26 @@ fn perturb(t: &mut Trainer) {
     t.zero_grads();
 }
 
+/// Every accumulated gradient, in parameter order, as one vector.
+fn all_grads(t: &Trainer) -> Vec<f32> {
+    t.param_names()
+        .iter()
+        .flat_map(|n| t.accumulated_grad(n).unwrap().to_vec())
+        .collect()
+}
+
+/// `(‖a − b‖ / ‖b‖, ‖b‖)` in f64.
+fn relative_l2(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    (diff / norm, norm)
+}
+
 fn cfg_for(method: Method) -> TrainConfig {
     // blocks 3: DiaBlo edge blocks on the 128-, 64- and 352-wide layers.
     TrainConfig {
@@ -151,12 +171,7 @@ fn lora_gradients_through_quantized_weights_follow_the_f32_gradient() {
         let mut t = Trainer::new(m, cfg_for(Method::Lora)).unwrap();
         perturb(&mut t);
         t.forward_backward(&example(12, 1, nv), true).unwrap();
-        Some(
-            t.param_names()
-                .iter()
-                .flat_map(|n| t.accumulated_grad(n).unwrap().to_vec())
-                .collect(),
-        )
+        Some(all_grads(&t))
     };
     let Some(f) = grads("qwen2-tiny.gguf") else {
         return;
@@ -359,21 +374,11 @@ fn transposed_backward_matches_out_prod_backward() {
         .unwrap();
         perturb(&mut t);
         t.forward_backward(&example(12, 1, nv), true).unwrap();
-        t.param_names()
-            .iter()
-            .flat_map(|n| t.accumulated_grad(n).unwrap().to_vec())
-            .collect()
+        all_grads(&t)
     };
-    let (a, b) = (grads(true), grads(false));
-    let diff: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-    eprintln!("relative L2 difference {:.2e}", diff / norm);
-    assert!(diff / norm < 5e-3, "relative L2 difference {}", diff / norm);
+    let (rel, _) = relative_l2(&grads(true), &grads(false));
+    eprintln!("relative L2 difference {rel:.2e}");
+    assert!(rel < 5e-3, "relative L2 difference {rel}");
 }
 
 /// Adapter-input dropout, checked exactly: a zero-initialised DiaBlo adapter leaves the
@@ -503,31 +508,25 @@ fn checkpointing_gives_the_whole_graphs_gradients() {
             .unwrap();
             perturb(&mut t);
             let (loss, scored) = t.forward_backward(&ex, true).unwrap();
-            let g: Vec<f32> = t
-                .param_names()
-                .iter()
-                .flat_map(|n| t.accumulated_grad(n).unwrap().to_vec())
-                .collect();
-            (loss, scored, g, t.compute_bytes(), t.checkpoint_bytes())
+            (
+                loss,
+                scored,
+                all_grads(&t),
+                t.compute_bytes(),
+                t.checkpoint_bytes(),
+            )
         };
         let (l0, s0, g0, mem0, _) = run(false);
         let (l1, s1, g1, mem1, kept) = run(true);
         assert_eq!(s0, s1);
-        let diff: f64 = g0
-            .iter()
-            .zip(&g1)
-            .map(|(x, y)| ((x - y) as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let norm: f64 = g0.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+        let (rel, norm) = relative_l2(&g1, &g0);
         eprintln!(
-            "{file} {method:?} dropout {dropout}: loss {l0} vs {l1}, gradient relative L2 {:.2e}, \
-             compute buffer {mem0} -> {mem1} bytes (+{kept} bytes of layer inputs)",
-            diff / norm
+            "{file} {method:?} dropout {dropout}: loss {l0} vs {l1}, gradient relative L2 {rel:.2e}, \
+             compute buffer {mem0} -> {mem1} bytes (+{kept} bytes of layer inputs)"
         );
         assert!(norm > 0.0);
         assert!((l0 - l1).abs() <= 1e-5 * l0.abs(), "loss {l0} vs {l1}");
-        assert!(diff / norm < 1e-5, "relative L2 difference {}", diff / norm);
+        assert!(rel < 1e-5, "relative L2 difference {rel}");
         assert!(mem1 < mem0, "compute buffer {mem1} >= {mem0}");
     }
 }

@@ -16,8 +16,9 @@
 //! for inference on the CPU and keep the standard-op path for training and other backends.
 //! [`Context::block_diag_update`] does the same for DiaBlo's `y + s·blockdiag(D) x` (a batched
 //! matmul and an add), for prompts too: ggml's batched matmul spends a function call per
-//! bs_in-long dot product (9 values for SmolLM2 at N=64), which cost more than the arithmetic. graft uses both for the kinds whose reference is a merged-weight model
-//! (WeGeFT, DiaBlo), not for LoRA:
+//! bs_in-long dot product (9 values for SmolLM2 at N=64), which cost more than the arithmetic.
+//! graft uses both for the kinds whose reference is a merged-weight model (WeGeFT, DiaBlo),
+//! not for LoRA:
 //! a different summation order moves LoRA's results off llama.cpp's bit for bit, and through
 //! an F16 KV cache such last-bit changes can grow to a flipped greedy token.
 
@@ -207,16 +208,16 @@ impl Rows {
 fn as_operand(v: &[f32], f16_matrix: bool) -> Cow<'_, [f32]> {
     if f16_matrix {
         let mut out = vec![0f32; v.len()];
-        round_to_f16(v, &mut out);
+        round_to_f16(v, &mut vec![f16::ZERO; v.len()], &mut out);
         Cow::Owned(out)
     } else {
         Cow::Borrowed(v)
     }
 }
 
-/// `out = f32(f16(v))` (round to nearest even), with F16C when the CPU has it.
-fn round_to_f16(v: &[f32], out: &mut [f32]) {
-    let mut h = vec![f16::ZERO; v.len()];
+/// `out = f32(f16(v))` (round to nearest even) through the scratch `h`, with F16C when the
+/// CPU has it.
+fn round_to_f16(v: &[f32], h: &mut [f16], out: &mut [f32]) {
     h.convert_from_f32_slice(v);
     h.convert_to_f32_slice(out);
 }
@@ -310,8 +311,7 @@ unsafe extern "C" fn block_diag(
                     dh[rows.clone()].convert_to_f32_slice(&mut df[rows.clone()]);
                     converted[blk] = true;
                 }
-                xh.convert_from_f32_slice(&xv[u * bi..(u + 1) * bi]);
-                xh.convert_to_f32_slice(&mut xo);
+                round_to_f16(&xv[u * bi..(u + 1) * bi], &mut xh, &mut xo);
                 let blk_rows = &df[rows];
                 for j in 0..bo {
                     let i = u * bo + j;

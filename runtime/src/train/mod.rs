@@ -910,7 +910,7 @@ impl Trainer {
         seq.write_inputs(&inp)?;
         labels.write_f32(0, &seq.labels(n_vocab, 0..scored))?;
         if seq.dropout {
-            self.fill_dropout_masks()?;
+            self.fill_dropout_masks(0..self.model.config().n_layer)?;
         }
         if grads {
             gf.reset_grads();
@@ -956,16 +956,11 @@ impl Trainer {
         let cfg = self.model.config();
         let (n_layer, n_embd, n_vocab) = (cfg.n_layer, cfg.n_embd, cfg.n_vocab);
         let scored = seq.picked.len();
-        let rows_of = |il: usize| if il + 1 == n_layer { scored } else { seq.n_seq };
         // hidden[l]: the input of layer l (l >= 1), then the last layer's output rows.
         let mut hidden: Vec<Vec<f32>> = vec![Vec::new(); n_layer + 1];
         for il in 0..n_layer {
-            let input = (il > 0).then(|| std::mem::take(&mut hidden[il]));
-            let out = self.layer_graph(seq, il, input.as_deref(), None)?;
-            if let Some(x) = input {
-                hidden[il] = x;
-            }
-            hidden[il + 1] = out.output;
+            let input = (il > 0).then_some(hidden[il].as_slice());
+            hidden[il + 1] = self.layer_graph(seq, il, input, None)?.output;
         }
         self.checkpoint_bytes = self
             .checkpoint_bytes
@@ -1014,18 +1009,21 @@ impl Trainer {
             gf.reset_grads();
             self.backend.compute(&gf)?;
             loss_total += loss.to_vec_f32()?[0] * share;
-            grad_of(&gf, inp.tokens, "the head's input")?
-                .iter()
-                .zip(&mut g_out[r0 * n_embd..r1 * n_embd])
-                .for_each(|(g, acc)| *acc = *g);
+            g_out[r0 * n_embd..r1 * n_embd].copy_from_slice(&grad_of(
+                &gf,
+                inp.tokens,
+                "the head's input",
+            )?);
             r0 = r1;
         }
 
-        // The layers, last to first: recompute, and pull dL/d(output) back to dL/d(input).
+        // The layers, last to first: recompute, and pull dL/d(output) back to dL/d(input)
+        // (each layer input freed once used).
         let mut input_grad = None;
         for il in (0..n_layer).rev() {
             let input = (il > 0).then(|| std::mem::take(&mut hidden[il]));
-            debug_assert_eq!(g_out.len(), rows_of(il) * n_embd);
+            let rows = if il + 1 == n_layer { scored } else { seq.n_seq };
+            debug_assert_eq!(g_out.len(), rows * n_embd);
             let out = self.layer_graph(seq, il, input.as_deref(), Some((&g_out, &mut acc)))?;
             match out.input_grad {
                 Some(g) if il > 0 => g_out = g,
@@ -1099,7 +1097,7 @@ impl Trainer {
             ids.write_i32(0, &seq.rows)?;
         }
         if seq.dropout {
-            self.fill_dropout_masks()?;
+            self.fill_dropout_masks(il..il + 1)?;
         }
         let Some((g, acc)) = backward else {
             self.backend.compute(&gf)?;
@@ -1135,14 +1133,17 @@ impl Trainer {
     /// Draws the dropout masks of the graph just allocated, seeded by (seed, step, sequence)
     /// so that a resumed run draws the same masks as an uninterrupted one. Each target draws
     /// from its own stream, so a graph of one layer (gradient checkpointing) draws the same
-    /// masks as the whole model's graph.
-    fn fill_dropout_masks(&self) -> Result<()> {
+    /// masks as the whole model's graph. `layers`: the layers the graph holds.
+    fn fill_dropout_masks(&self, layers: std::ops::Range<usize>) -> Result<()> {
         let p = self.cfg.dropout;
         let keep = 1.0 / (1.0 - p);
         let seed = self.cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ ((self.state.step as u64 + 1) << 24)
             ^ self.micro as u64;
         for t in self.adapter.targets() {
+            if !layers.contains(&t.layer) {
+                continue;
+            }
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(((t.layer as u64) << 8) | t.kind as u64);
             let Some(mask) = self.ctx.get_by_name(&crate::adapter::dropout_mask_name(t)) else {

@@ -1,5 +1,8 @@
-//! Compares adapter gradients with and without the pre-transposed backward on a model:
-//! `cargo run --release --example grad_compare -- MODEL.gguf`. A debugging aid.
+//! Compares adapter gradients of the exact path (ggml's own backward, no working copies) with
+//! the pre-transposed F16 backward, without and with the Q4_1 forward split, on a model:
+//! `cargo run --release --example grad_compare -- MODEL.gguf [F32.gguf]`; with the F32 model
+//! of the same weights it also prints each path's gradient cosine with the F32 model's
+//! gradient. A debugging aid.
 use std::sync::Arc;
 
 use graft::train::{Example, TrainConfig, Trainer};
@@ -8,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .ok_or("usage: grad_compare MODEL.gguf")?;
+    let f32_path = std::env::args().nth(2);
     let m = Arc::new(graft::Model::load(&path)?);
     let tokens: Vec<u32> = (0..32)
         .map(|i| ((i * 7919 + 13) % m.config().n_vocab) as u32)
@@ -16,11 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mask: vec![true; tokens.len()],
         tokens,
     };
-    let grads = |tb: bool| -> Result<Vec<(String, Vec<f32>)>, graft::Error> {
+    type Grads = (f32, Vec<(String, Vec<f32>)>);
+    let grads_of = |m: &Arc<graft::Model>, tb: bool, split: bool| -> Result<Grads, graft::Error> {
         let mut t = Trainer::new(
             m.clone(),
             TrainConfig {
                 transposed_backward: tb,
+                split_q4_1: split,
                 threads: 2,
                 ..Default::default()
             },
@@ -36,25 +42,56 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.set_param(&name, &v)?;
         }
         t.zero_grads();
-        t.forward_backward(&ex, true)?;
-        Ok(t.param_names()
+        let (loss, _) = t.forward_backward(&ex, true)?;
+        let g = t
+            .param_names()
             .into_iter()
             .map(|n| {
                 let g = t.accumulated_grad(&n).unwrap().to_vec();
                 (n, g)
             })
-            .collect())
+            .collect();
+        Ok((loss, g))
     };
-    let (a, b) = (grads(true)?, grads(false)?);
-    for ((n, x), (_, y)) in a.iter().zip(&b).step_by(37) {
-        let d: f64 = x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| ((p - q) as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let nn: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum::<f64>().sqrt();
-        println!("{n}: |g| {nn:.3e} rel diff {:.3e}", d / nn.max(1e-30));
+    let grads = |tb: bool, split: bool| grads_of(&m, tb, split);
+    let flat = |g: &[(String, Vec<f32>)]| -> Vec<f64> {
+        g.iter()
+            .flat_map(|(_, v)| v.iter().map(|&x| x as f64))
+            .collect()
+    };
+    let reference = match &f32_path {
+        Some(p) => Some(flat(
+            &grads_of(&Arc::new(graft::Model::load(p)?), false, false)?.1,
+        )),
+        None => None,
+    };
+    let cosine = |g: &[(String, Vec<f32>)]| -> String {
+        let Some(r) = &reference else {
+            return String::new();
+        };
+        let g = flat(g);
+        let dot: f64 = g.iter().zip(r).map(|(a, b)| a * b).sum();
+        let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        format!(
+            ", gradient cosine with the F32 model's {:.5}",
+            dot / (n(&g) * n(r))
+        )
+    };
+    let exact = grads(false, false)?;
+    println!("exact path: loss {:.7}{}", exact.0, cosine(&exact.1));
+    for (label, split) in [("transposed F16 backward", false), ("+ Q4_1 split", true)] {
+        let (loss, g) = grads(true, split)?;
+        println!("{label}: loss {loss:.7}{}", cosine(&g));
+        for ((n, x), (_, y)) in g.iter().zip(&exact.1).step_by(37) {
+            let d: f64 = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| ((p - q) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let nn: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum::<f64>().sqrt();
+            println!("  {n}: |g| {nn:.3e} rel diff {:.3e}", d / nn.max(1e-30));
+        }
     }
     Ok(())
 }

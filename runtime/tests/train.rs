@@ -381,6 +381,38 @@ fn transposed_backward_matches_out_prod_backward() {
     assert!(rel < 5e-3, "relative L2 difference {rel}");
 }
 
+/// The forward products of Q4_1 weights through their split copies (Q4_0 part on a GEMM
+/// kernel plus per-block offsets) give ggml's Q4_1 loss and gradients up to rounding.
+#[test]
+fn q4_1_split_keeps_the_loss_and_gradients() {
+    let Some(p) = common::model("qwen2-tiny.Q4_1.gguf") else {
+        return;
+    };
+    let m = Arc::new(Model::load(p).unwrap());
+    let nv = m.config().n_vocab;
+    let run = |split_q4_1: bool| -> (f32, Vec<f32>, usize) {
+        let mut t = Trainer::new(
+            m.clone(),
+            TrainConfig {
+                split_q4_1,
+                ..cfg_for(Method::Lora)
+            },
+        )
+        .unwrap();
+        perturb(&mut t);
+        let (loss, _) = t.forward_backward(&example(40, 3, nv), true).unwrap();
+        (loss, all_grads(&t), t.split_bytes())
+    };
+    let (l1, g1, b1) = run(true);
+    let (l0, g0, b0) = run(false);
+    // the split exists: a Q4_0 copy (18 bytes per 32 weights) and two f32 offsets per block
+    assert!(b1 > 0 && b0 == 0, "split copies: {b1} vs {b0} bytes");
+    assert!(((l1 - l0) / l0).abs() < 1e-5, "loss {l1} vs {l0}");
+    let (rel, _) = relative_l2(&g1, &g0);
+    eprintln!("loss {l1} vs {l0}, gradient relative L2 difference {rel:.2e}");
+    assert!(rel < 1e-3, "relative L2 difference {rel}");
+}
+
 /// Adapter-input dropout, checked exactly: a zero-initialised DiaBlo adapter leaves the
 /// forward pass unchanged whatever the mask, and with one scored row (position 0's logits)
 /// only position 0's input reaches the gradient, so each block column's gradient must be

@@ -31,7 +31,7 @@ pub struct Tensor<'ctx> {
 /// A lifetime-free handle to a tensor, resolved against its owning context with
 /// [`Context::get`]. Used by owners (model weights, KV cache) that keep their context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TensorId(NonNull<sys::ggml_tensor>);
+pub struct TensorId(pub(crate) NonNull<sys::ggml_tensor>);
 
 // SAFETY: the handle is an address; it is only dereferenced after `Context::get` checks it
 // lies inside a live context's arena.
@@ -427,6 +427,56 @@ impl<'ctx> Graph<'ctx> {
                 t.op = sys::GGML_OP_MUL_MAT;
                 t.src[0] = wt.raw();
                 t.src[1] = g;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Rewrites every F32 `out_prod` node (autodiff's gradient of a matmul's first operand:
+    /// attention keys and values, adapter matrices) into a custom node that computes the same
+    /// sum as a blocked GEMM ([`crate::outprod`]); ggml's kernel is one axpy per output row and
+    /// token. CPU backend only (custom nodes run nowhere else). Returns how many nodes were
+    /// rewritten. Call after `build_backward_expand` (and `use_transposed_weights`), before
+    /// allocation.
+    pub fn use_gemm_out_prod(&mut self, ctx: &'ctx Context) -> usize {
+        // ggml lays out a custom node's parameters (function, task count, userdata) itself:
+        // make one such node (no sources, never computed) and copy them from it.
+        // SAFETY: valid context; no sources are passed (n_args 0).
+        let template = unsafe {
+            sys::ggml_custom_4d(
+                ctx.raw(),
+                sys::GGML_TYPE_F32,
+                1,
+                1,
+                1,
+                1,
+                std::ptr::null_mut(),
+                0,
+                Some(crate::outprod::out_prod_gemm),
+                sys::GGML_N_TASKS_MAX,
+                std::ptr::null_mut(),
+            )
+        };
+        if template.is_null() {
+            return 0;
+        }
+        let mut n = 0;
+        for i in 0..self.n_nodes() {
+            // SAFETY: i < n_nodes; nodes are valid tensors of this graph. An out_prod node
+            // keeps its sources and output; only its op and parameters change, to a custom op
+            // that computes the same values (`fits` checked types, shapes and strides).
+            unsafe {
+                let t = &mut *sys::ggml_graph_node(self.ptr.as_ptr(), i);
+                if t.op != sys::GGML_OP_OUT_PROD
+                    || t.src[0].is_null()
+                    || t.src[1].is_null()
+                    || !crate::outprod::fits(t)
+                {
+                    continue;
+                }
+                t.op = sys::GGML_OP_CUSTOM;
+                t.op_params = (*template).op_params;
                 n += 1;
             }
         }

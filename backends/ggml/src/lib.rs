@@ -17,6 +17,8 @@ mod error;
 mod log;
 mod lowrank;
 mod ops;
+mod outprod;
+mod q4split;
 mod sched;
 pub mod threads;
 
@@ -32,6 +34,7 @@ pub use graft_wgpu;
 pub use log::{set_log_level, LogLevel};
 pub use lowrank::MAX_FUSED_MACS;
 pub use ops::RopeParams;
+pub use q4split::{split_q4_1_row, BLOCK as Q4_BLOCK};
 pub use sched::Scheduler;
 
 /// A ggml tensor element type, by its numeric id in `enum ggml_type`.
@@ -51,6 +54,10 @@ impl Type {
     pub const I64: Type = Type(sys::GGML_TYPE_I64);
     /// 8-bit block quantization.
     pub const Q8_0: Type = Type(sys::GGML_TYPE_Q8_0);
+    /// 4-bit block quantization with a scale (`d·(q − 8)`).
+    pub const Q4_0: Type = Type(sys::GGML_TYPE_Q4_0);
+    /// 4-bit block quantization with a scale and an offset (`d·q + m`).
+    pub const Q4_1: Type = Type(sys::GGML_TYPE_Q4_1);
 
     /// The type's name as ggml spells it (`"q4_1"`).
     pub fn name(self) -> String {

@@ -162,7 +162,7 @@ fn scale_of(userdata: *mut c_void) -> f32 {
 }
 
 /// The part of `0..n` that thread `ith` of `nth` computes.
-fn share(n: usize, ith: c_int, nth: c_int) -> std::ops::Range<usize> {
+pub(crate) fn share(n: usize, ith: c_int, nth: c_int) -> std::ops::Range<usize> {
     let (ith, nth) = (ith.max(0) as usize, nth.max(1) as usize);
     n * ith / nth..n * (ith + 1) / nth
 }

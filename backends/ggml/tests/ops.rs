@@ -318,3 +318,159 @@ fn block_diag_update_equals_the_standard_ops() {
     let trainable = ctx.new_tensor(Type::F32, &[bi, bo, nb]).set_param();
     assert!(ctx.block_diag_update(b, x, trainable, 1.0).is_none());
 }
+
+/// `out_prod(a, b)` computed by ggml's kernel and, after `use_gemm_out_prod`, by the GEMM
+/// node, against a naive f64 sum: 2-D, with `b` a transposed view (the input gradient of a
+/// frozen F32 weight), and 3-D with `a` broadcast over the batches (ne2 = 2 vs 6); odd sizes,
+/// 1 to 3 threads.
+#[test]
+fn gemm_out_prod_matches_ggml_out_prod() {
+    // (ne0 of a, rows k, ne0 of b, batches of a, batches of b, b given transposed)
+    let cases = [
+        (37i64, 29i64, 11i64, 1i64, 1i64, false),
+        (8, 256, 576, 1, 1, false),
+        (45, 17, 23, 1, 1, true),
+        (19, 31, 13, 2, 6, false),
+        (1, 5, 1, 1, 1, false),
+    ];
+    for &(m, k, n, ba, bb, transposed) in &cases {
+        let a: Vec<f32> = (0..m * k * ba)
+            .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 37.0)
+            .collect();
+        let b: Vec<f32> = (0..n * k * bb)
+            .map(|i| ((i * 104729 % 89) as f32 - 44.0) / 29.0)
+            .collect();
+        // want[j][i] (batch q) = sum_r a[r][i] (batch q / (bb/ba)) * b[r][j] (batch q)
+        let mut want = vec![0f64; (m * n * bb) as usize];
+        for q in 0..bb {
+            let qa = q / (bb / ba);
+            for j in 0..n {
+                for i in 0..m {
+                    want[(q * n * m + j * m + i) as usize] = (0..k)
+                        .map(|r| {
+                            a[(qa * k * m + r * m + i) as usize] as f64
+                                * b[(q * k * n + r * n + j) as usize] as f64
+                        })
+                        .sum();
+                }
+            }
+        }
+        for threads in 1..=3 {
+            for gemm in [false, true] {
+                let mut backend = Backend::cpu(threads).unwrap();
+                backend.set_adaptive_threads(false);
+                let ctx = Context::new(64, 64).unwrap();
+                let ta = ctx.new_tensor(Type::F32, &[m, k, ba]).set_input();
+                let (tb, b_bytes) = if transposed {
+                    // b stored as [k, n] and viewed transposed as [n, k]
+                    let mut bt = vec![0f32; (n * k) as usize];
+                    for r in 0..k {
+                        for j in 0..n {
+                            bt[(j * k + r) as usize] = b[(r * n + j) as usize];
+                        }
+                    }
+                    (
+                        ctx.new_tensor(Type::F32, &[k, n]).set_input(),
+                        f32_bytes(&bt),
+                    )
+                } else {
+                    (
+                        ctx.new_tensor(Type::F32, &[n, k, bb]).set_input(),
+                        f32_bytes(&b),
+                    )
+                };
+                let bv = if transposed { ctx.transpose(tb) } else { tb };
+                let out = ctx.out_prod(ta, bv).set_output();
+                let mut g = ctx.new_graph(64, false);
+                g.build_forward_expand(out);
+                let rewritten = if gemm { g.use_gemm_out_prod(&ctx) } else { 0 };
+                assert_eq!(rewritten, usize::from(gemm));
+                let mut alloc = GraphAllocator::new(&backend).unwrap();
+                alloc.alloc(&g).unwrap();
+                ta.write_bytes(0, &f32_bytes(&a)).unwrap();
+                tb.write_bytes(0, &b_bytes).unwrap();
+                backend.compute(&g).unwrap();
+                let got = out.to_vec_f32().unwrap();
+                assert_eq!(got.len(), want.len());
+                for (i, (&x, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "case {m}x{k}x{n} b{ba}/{bb} t{transposed} gemm {gemm} x{threads} at {i}: {x} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A Q4_1 product rewritten by `use_q4_1_split` (Q4_0 part on tinyBLAS plus per-block
+/// offsets times the rounded activations' block sums) gives ggml's Q4_1 product up to f32
+/// rounding: prompt-sized (the GEMM path) and odd token counts, shared activations (two
+/// weights reading one input), 1 to 3 threads.
+#[test]
+fn q4_1_split_matches_the_q4_1_product() {
+    let (n_in, n_out) = (576usize, 67usize);
+    let w: Vec<f32> = (0..n_in * n_out)
+        .map(|i| (((i * 7919) % 2003) as f32 / 2003.0 - 0.45) * 0.2)
+        .collect();
+    let q41 = quantize(Type::Q4_1, &w, n_out, n_in).unwrap();
+    let (mut q40, mut off) = (Vec::new(), Vec::new());
+    let row = Type::Q4_1.row_size(n_in as i64);
+    for r in q41.chunks_exact(row) {
+        graft_ggml::split_q4_1_row(r, n_in, &mut q40, &mut off).unwrap();
+    }
+    for n_tok in [1usize, 7, 64, 131] {
+        let x: Vec<f32> = (0..n_in * n_tok)
+            .map(|i| (((i * 104729) % 977) as f32 / 977.0 - 0.5) * 3.0)
+            .collect();
+        for threads in 1..=3 {
+            let mut outs = Vec::new();
+            for split in [false, true] {
+                let mut backend = Backend::cpu(threads).unwrap();
+                backend.set_adaptive_threads(false);
+                let ctx = Context::new(64, 64).unwrap();
+                let tw = ctx
+                    .new_tensor(Type::Q4_1, &[n_in as i64, n_out as i64])
+                    .set_input();
+                let tx = ctx
+                    .new_tensor(Type::F32, &[n_in as i64, n_tok as i64])
+                    .set_input();
+                // The split lives in its own buffer, as the trainer's copies do.
+                let wctx = Context::new(4, 0).unwrap();
+                let tq = wctx.new_tensor(Type::Q4_0, &[n_in as i64, n_out as i64]);
+                let toff = wctx.new_tensor(Type::F32, &[2 * (n_in / 32) as i64, n_out as i64]);
+                let _wbuf = backend.alloc_ctx_tensors(&wctx).unwrap();
+                let y1 = ctx.mul_mat(tw, tx).set_output();
+                let y2 = ctx.mul_mat(tw, tx).set_output();
+                let mut g = ctx.new_graph(64, false);
+                g.build_forward_expand(y1);
+                g.build_forward_expand(y2);
+                if split {
+                    let n = g.use_q4_1_split(&ctx, |id| (id == tw.id()).then_some((tq, toff)));
+                    assert_eq!(n, 2);
+                }
+                let mut alloc = GraphAllocator::new(&backend).unwrap();
+                alloc.alloc(&g).unwrap();
+                tw.write_bytes(0, &q41).unwrap();
+                tx.write_bytes(0, &f32_bytes(&x)).unwrap();
+                tq.write_bytes(0, &q40).unwrap();
+                toff.write_bytes(0, &f32_bytes(&off)).unwrap();
+                backend.compute(&g).unwrap();
+                let (a, b) = (y1.to_vec_f32().unwrap(), y2.to_vec_f32().unwrap());
+                assert_eq!(a, b);
+                outs.push(a);
+            }
+            let scale = outs[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = outs[0]
+                .iter()
+                .zip(&outs[1])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            eprintln!("n_tok {n_tok} x{threads}: max |diff| {worst:e} of max |y| {scale}");
+            assert!(
+                worst <= 2e-6 * scale,
+                "n_tok {n_tok} x{threads}: {worst} vs {scale}"
+            );
+        }
+    }
+}

@@ -331,6 +331,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "memory_mb": {
             "base_file": mb(std::fs::metadata(&a.model).map(|m| m.len() as usize).unwrap_or(0)),
             "transposed_weights": mb(trainer.transposed_bytes()),
+            "q4_1_split": mb(trainer.split_bytes()),
             "compute_buffer": mb(trainer.compute_bytes()),
             "checkpoints": mb(trainer.checkpoint_bytes()),
             "adapter": mb(4 * trainer.n_params()),

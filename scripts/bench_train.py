@@ -199,6 +199,13 @@ def peft_run(data: Path, args) -> dict:
 
 
 def main() -> None:
+    # The data preparation tokenizes with transformers: run in the PEFT environment (made by
+    # scripts/peft_env.sh if missing) when this python lacks it.
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        py = peft_python()
+        os.execv(str(py), [str(py), __file__, *sys.argv[1:]])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT / ".cache/data/sotu/1941_franklin_d_roosevelt_d.txt")
     ap.add_argument("--steps", type=int, default=20)

@@ -8,8 +8,7 @@
 //! - [`error`]: the crate's one error type ([`FormatError`]).
 //!
 //! Adapter files are GGUF files with the conventions of the project's `ADAPTER_FORMAT.md`.
-//! The only `unsafe` in this crate is the memory map in [`Gguf::open`] and the advice to drop
-//! its resident pages in [`Gguf::release_resident_pages`].
+//! The only `unsafe` in this crate is the memory map in [`Gguf::open`].
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]

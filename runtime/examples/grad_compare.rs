@@ -1,6 +1,7 @@
-//! Compares adapter gradients of the exact path (ggml's own backward, no working copies) with
-//! the pre-transposed F16 backward, without and with the Q4_1 forward split, on a model:
-//! `cargo run --release --example grad_compare -- MODEL.gguf [F32.gguf]`; with the F32 model
+//! Compares adapter gradients of the reference path (ggml's own backward, no working copies)
+//! with the GEMM backward, without and with the Q4_1 forward split, on a model:
+//! `cargo run --release --example grad_compare -- MODEL.gguf [F32.gguf]` (with
+//! `GRAFT_GRAD_TEXT=F.txt`: on that text's first 128 tokens); with the F32 model
 //! of the same weights it also prints each path's gradient cosine with the F32 model's
 //! gradient. A debugging aid.
 use std::sync::Arc;
@@ -13,47 +14,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: grad_compare MODEL.gguf")?;
     let f32_path = std::env::args().nth(2);
     let m = Arc::new(graft::Model::load(&path)?);
-    let tokens: Vec<u32> = (0..32)
-        .map(|i| ((i * 7919 + 13) % m.config().n_vocab) as u32)
-        .collect();
+    // $GRAFT_GRAD_TEXT: the first 128 tokens of that text file instead of 32 arbitrary ones.
+    let tokens: Vec<u32> = match std::env::var_os("GRAFT_GRAD_TEXT") {
+        Some(f) => {
+            let mut t = m
+                .tokenizer()
+                .encode(&std::fs::read_to_string(f)?, false, false);
+            t.truncate(128);
+            t
+        }
+        None => (0..32)
+            .map(|i| ((i * 7919 + 13) % m.config().n_vocab) as u32)
+            .collect(),
+    };
     let ex = Example {
         mask: vec![true; tokens.len()],
         tokens,
     };
     type Grads = (f32, Vec<(String, Vec<f32>)>);
-    let grads_of = |m: &Arc<graft::Model>, tb: bool, split: bool| -> Result<Grads, graft::Error> {
-        let mut t = Trainer::new(
-            m.clone(),
-            TrainConfig {
-                transposed_backward: tb,
-                split_q4_1: split,
-                threads: 2,
-                ..Default::default()
-            },
-        )?;
-        for name in t.param_names() {
-            let v: Vec<f32> = t
-                .param(&name)
-                .unwrap()
-                .iter()
-                .enumerate()
-                .map(|(i, x)| x + ((i % 7) as f32 - 3.0) * 0.003)
+    // `nudge`: the parameters' offsets scaled by 1 + nudge, which shows how much the gradient
+    // moves under a change far below anything that matters (activations are rounded to 8-bit
+    // blocks before each quantized matmul, so the loss is piecewise constant at that scale).
+    let grads_of =
+        |m: &Arc<graft::Model>, tb: bool, split: bool, nudge: f32| -> Result<Grads, graft::Error> {
+            let mut t = Trainer::new(
+                m.clone(),
+                TrainConfig {
+                    gemm_backward: tb,
+                    split_q4_1: split,
+                    threads: 2,
+                    ..Default::default()
+                },
+            )?;
+            for name in t.param_names() {
+                let v: Vec<f32> = t
+                    .param(&name)
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| x + ((i % 7) as f32 - 3.0) * 0.003 * (1.0 + nudge))
+                    .collect();
+                t.set_param(&name, &v)?;
+            }
+            t.zero_grads();
+            let (loss, _) = t.forward_backward(&ex, true)?;
+            let g = t
+                .param_names()
+                .into_iter()
+                .map(|n| {
+                    let g = t.accumulated_grad(&n).unwrap().to_vec();
+                    (n, g)
+                })
                 .collect();
-            t.set_param(&name, &v)?;
-        }
-        t.zero_grads();
-        let (loss, _) = t.forward_backward(&ex, true)?;
-        let g = t
-            .param_names()
-            .into_iter()
-            .map(|n| {
-                let g = t.accumulated_grad(&n).unwrap().to_vec();
-                (n, g)
-            })
-            .collect();
-        Ok((loss, g))
-    };
-    let grads = |tb: bool, split: bool| grads_of(&m, tb, split);
+            Ok((loss, g))
+        };
+    let grads = |tb: bool, split: bool, nudge: f32| grads_of(&m, tb, split, nudge);
     let flat = |g: &[(String, Vec<f32>)]| -> Vec<f64> {
         g.iter()
             .flat_map(|(_, v)| v.iter().map(|&x| x as f64))
@@ -61,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let reference = match &f32_path {
         Some(p) => Some(flat(
-            &grads_of(&Arc::new(graft::Model::load(p)?), false, false)?.1,
+            &grads_of(&Arc::new(graft::Model::load(p)?), false, false, 0.0)?.1,
         )),
         None => None,
     };
@@ -77,10 +92,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             dot / (n(&g) * n(r))
         )
     };
-    let exact = grads(false, false)?;
-    println!("exact path: loss {:.7}{}", exact.0, cosine(&exact.1));
-    for (label, split) in [("transposed F16 backward", false), ("+ Q4_1 split", true)] {
-        let (loss, g) = grads(true, split)?;
+    let exact = grads(false, false, 0.0)?;
+    println!(
+        "ggml's out_prod path: loss {:.7}{}",
+        exact.0,
+        cosine(&exact.1)
+    );
+    for (label, tb, split, nudge) in [
+        ("GEMM backward", true, false, 0.0),
+        ("+ Q4_1 split", true, true, 0.0),
+        (
+            "ggml's path, parameter offsets x (1 + 1e-6)",
+            false,
+            false,
+            1e-6,
+        ),
+    ] {
+        let (loss, g) = grads(tb, split, nudge)?;
         println!("{label}: loss {loss:.7}{}", cosine(&g));
         for ((n, x), (_, y)) in g.iter().zip(&exact.1).step_by(37) {
             let d: f64 = x

@@ -354,20 +354,22 @@ fn cli_trains_resumes_and_survives_kill_9() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The backward pass through pre-transposed F16 weight copies (`mul_mat`) gives the gradient of
-/// ggml's own `out_prod` path up to F16 rounding.
+/// The GEMM backward pass (input gradients over dequantized weight panels, `out_prod`s as
+/// GEMMs) with the Q4_1 forward split gives the gradient of ggml's own `out_prod` path up to
+/// rounding.
 #[test]
-fn transposed_backward_matches_out_prod_backward() {
+fn gemm_backward_matches_out_prod_backward() {
     let Some(p) = common::model("qwen2-tiny.Q4_1.gguf") else {
         return;
     };
     let m = Arc::new(Model::load(p).unwrap());
     let nv = m.config().n_vocab;
-    let grads = |transposed_backward: bool| -> Vec<f32> {
+    let grads = |fast: bool| -> Vec<f32> {
         let mut t = Trainer::new(
             m.clone(),
             TrainConfig {
-                transposed_backward,
+                gemm_backward: fast,
+                split_q4_1: fast,
                 ..cfg_for(Method::Lora)
             },
         )

@@ -7,12 +7,20 @@
 //! gradients). The same sum is a matrix product, `D = S1ᵀ · S0` per batch, which a packed GEMM
 //! kernel (the `matrixmultiply` crate, AVX2/AVX-512/NEON) runs near the CPU's FMA rate.
 //!
-//! [`crate::Graph::use_gemm_out_prod`] turns the graph's F32 `out_prod` nodes into custom nodes
+//! [`Graph::use_gemm_out_prod`] turns the graph's F32 `out_prod` nodes into custom nodes
 //! running [`out_prod_gemm`]: same sources, same output tensor, threads split the output rows.
 //! Results differ from ggml's only in the order of the f32 sums.
+//!
+//! The input gradient through a frozen quantized weight, `Wᵀ g` (autodiff's
+//! `out_prod(W, transpose(g))`), is a GEMM too: [`Graph::use_dequant_input_grads`] turns those
+//! nodes into [`input_grad_gemm`], which dequantizes panels of `W` into f32 (ggml's own
+//! `to_float`, so the values are exactly the weight's) and multiplies them with `g` in f32.
+//! ggml's kernel dequantizes the whole matrix once per token; here each weight is dequantized
+//! once per sequence.
 
 use std::os::raw::{c_int, c_void};
 
+use crate::context::{Context, Graph};
 use crate::sys;
 
 /// Whether `t` (an `OUT_PROD` node) is one [`out_prod_gemm`] computes: F32 everywhere, the
@@ -20,7 +28,7 @@ use crate::sys;
 ///
 /// # Safety
 /// `t` is a valid `OUT_PROD` node with both sources set.
-pub(crate) unsafe fn fits(t: &sys::ggml_tensor) -> bool {
+unsafe fn fits(t: &sys::ggml_tensor) -> bool {
     let (a, b) = (&*t.src[0], &*t.src[1]);
     let f32 = sys::GGML_TYPE_F32;
     let f = std::mem::size_of::<f32>();
@@ -51,7 +59,7 @@ pub(crate) unsafe fn fits(t: &sys::ggml_tensor) -> bool {
 ///
 /// # Safety
 /// Called by ggml's CPU backend for a node that [`fits`] accepted, with allocated tensors.
-pub(crate) unsafe extern "C" fn out_prod_gemm(
+unsafe extern "C" fn out_prod_gemm(
     dst: *mut sys::ggml_tensor,
     ith: c_int,
     nth: c_int,
@@ -105,4 +113,189 @@ pub(crate) unsafe extern "C" fn out_prod_gemm(
             }
         }
     }
+}
+
+/// Rows of `W` dequantized and multiplied per GEMM call: bounds the f32 scratch to
+/// `PANEL x (this thread's columns)` floats.
+const PANEL: usize = 256;
+
+/// Whether `t` (an `OUT_PROD` node) is an input gradient [`input_grad_gemm`] computes:
+/// `out_prod(W, transpose(g))` with `W` a 2-D quantized (or F16/BF16) weight that ggml can
+/// dequantize, `g` a contiguous F32 `[n_out, T]` tensor.
+///
+/// # Safety
+/// `t` is a valid `OUT_PROD` node with both sources set.
+unsafe fn input_grad_fits(t: &sys::ggml_tensor) -> bool {
+    let (w, tr) = (&*t.src[0], &*t.src[1]);
+    if tr.op != sys::GGML_OP_TRANSPOSE || tr.src[0].is_null() {
+        return false;
+    }
+    let g = &*tr.src[0];
+    let traits = &*sys::ggml_get_type_traits(w.type_);
+    w.type_ != sys::GGML_TYPE_F32
+        && traits.to_float.is_some()
+        && w.ne[2] == 1
+        && w.ne[3] == 1
+        && sys::ggml_is_contiguous(w)
+        && g.type_ == sys::GGML_TYPE_F32
+        && sys::ggml_is_contiguous(g)
+        && g.ne[0] == w.ne[1]
+        && g.ne[2] == 1
+        && g.ne[3] == 1
+        && t.type_ == sys::GGML_TYPE_F32
+        && t.ne == [w.ne[0], g.ne[1], 1, 1]
+        && t.nb[0] == std::mem::size_of::<f32>()
+}
+
+/// `dst [n_in, T] = Wᵀ g` for `src = [W, g]`: threads split the columns (whole blocks of
+/// `W`'s type); each dequantizes `PANEL` rows of its columns at a time and accumulates
+/// `g_panelᵀ · W_panel` into its part of `dst`.
+///
+/// # Safety
+/// Called by ggml's CPU backend for a node [`Graph::use_dequant_input_grads`] built, with
+/// allocated tensors.
+unsafe extern "C" fn input_grad_gemm(
+    dst: *mut sys::ggml_tensor,
+    ith: c_int,
+    nth: c_int,
+    _userdata: *mut c_void,
+) {
+    // SAFETY: ggml passes the node it computes; `input_grad_fits` checked that W is a
+    // contiguous 2-D weight whose rows dequantize with `to_float`, g a contiguous F32
+    // [n_out, T] tensor, and dst an F32 [n_in, T] tensor with contiguous rows.
+    unsafe {
+        let d = &*dst;
+        let (w, g) = (&*d.src[0], &*d.src[1]);
+        let to_float = (*sys::ggml_get_type_traits(w.type_))
+            .to_float
+            .expect("checked by input_grad_fits");
+        let blck = sys::ggml_blck_size(w.type_) as usize;
+        let [n_in, n_out] = [w.ne[0] as usize, w.ne[1] as usize];
+        let t = g.ne[1] as usize;
+        let blocks = crate::lowrank::share(n_in / blck, ith, nth);
+        let (c0, c1) = (blocks.start * blck, blocks.end * blck);
+        if c0 == c1 || t == 0 {
+            return;
+        }
+        let width = c1 - c0;
+        let block_bytes = sys::ggml_row_size(w.type_, blck as i64);
+        let mut panel = vec![0f32; PANEL.min(n_out) * width];
+        for o0 in (0..n_out).step_by(PANEL) {
+            let rows = PANEL.min(n_out - o0);
+            for r in 0..rows {
+                let src =
+                    (w.data as *const u8).add((o0 + r) * w.nb[1] + blocks.start * block_bytes);
+                to_float(src.cast(), panel.as_mut_ptr().add(r * width), width as i64);
+            }
+            // D[t][c] (+)= Σ_o G[t][o] · W[o][c], G[t][o] = g[o, t].
+            matrixmultiply::sgemm(
+                t,
+                rows,
+                width,
+                1.0,
+                (g.data as *const f32).add(o0),
+                (g.nb[1] / 4) as isize,
+                1,
+                panel.as_ptr(),
+                width as isize,
+                1,
+                if o0 == 0 { 0.0 } else { 1.0 },
+                (d.data as *mut f32).add(c0),
+                (d.nb[1] / 4) as isize,
+                1,
+            );
+        }
+    }
+}
+
+/// A custom op as ggml calls it.
+type CustomFn = unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut c_void);
+
+impl<'ctx> Graph<'ctx> {
+    /// Rewrites every F32 `out_prod` node (autodiff's gradient of a matmul's first operand:
+    /// attention keys and values, adapter matrices, input gradients through F32 weights) into
+    /// a custom node running [`out_prod_gemm`], the same sum as a packed GEMM; ggml's kernel
+    /// is one axpy per output row and token. CPU backend only (custom nodes run nowhere else).
+    /// Returns how many nodes were rewritten. Call after `build_backward_expand`, before
+    /// allocation.
+    pub fn use_gemm_out_prod(&mut self, ctx: &'ctx Context) -> usize {
+        // SAFETY (of the closure's call): `rewrite_out_prods` passes valid out_prod nodes.
+        self.rewrite_out_prods(ctx, out_prod_gemm, |t| unsafe { fits(t) }, false)
+    }
+
+    /// Rewrites the backward pass's `out_prod(W, transpose(g))` nodes whose `W` is a frozen
+    /// quantized (or F16/BF16) 2-D weight, the input gradient `Wᵀ g` of `mul_mat(W, x)`, into
+    /// custom nodes running [`input_grad_gemm`]: the weight's exact values, f32 products, no
+    /// copy of the weights. CPU backend only. Returns how many nodes were rewritten. Call after
+    /// `build_backward_expand`, before allocation.
+    pub fn use_dequant_input_grads(&mut self, ctx: &'ctx Context) -> usize {
+        // SAFETY (of the closure's call): `rewrite_out_prods` passes valid out_prod nodes.
+        self.rewrite_out_prods(
+            ctx,
+            input_grad_gemm,
+            |t| unsafe { input_grad_fits(t) },
+            true,
+        )
+    }
+
+    /// Turns each `out_prod` node that `accept`s into a custom node running `fun`; with
+    /// `untranspose`, its second source (a transpose view) becomes the view's source.
+    fn rewrite_out_prods(
+        &mut self,
+        ctx: &'ctx Context,
+        fun: CustomFn,
+        accept: impl Fn(&sys::ggml_tensor) -> bool,
+        untranspose: bool,
+    ) -> usize {
+        let Some(params) = custom_params(ctx, fun) else {
+            return 0;
+        };
+        let mut n = 0;
+        for i in 0..self.n_nodes() {
+            // SAFETY: i < n_nodes; nodes are valid tensors of this graph. The node keeps its
+            // output; its op becomes a custom op computing the same values from the sources
+            // `accept` checked (the untransposed view's source is computed before the view).
+            unsafe {
+                let t = &mut *sys::ggml_graph_node(self.ptr.as_ptr(), i);
+                if t.op != sys::GGML_OP_OUT_PROD
+                    || t.src[0].is_null()
+                    || t.src[1].is_null()
+                    || !accept(t)
+                {
+                    continue;
+                }
+                if untranspose {
+                    t.src[1] = (*t.src[1]).src[0];
+                }
+                t.op = sys::GGML_OP_CUSTOM;
+                t.op_params = params;
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// The op parameters ggml stores for a custom node running `fun` on all threads: ggml lays
+/// them out itself, so they are taken from a node made for the purpose (no sources, never
+/// computed). `None` if the context has no room.
+fn custom_params(ctx: &Context, fun: CustomFn) -> Option<[i32; 16]> {
+    // SAFETY: valid context; no sources are passed (n_args 0).
+    let t = unsafe {
+        sys::ggml_custom_4d(
+            ctx.raw(),
+            sys::GGML_TYPE_F32,
+            1,
+            1,
+            1,
+            1,
+            std::ptr::null_mut(),
+            0,
+            Some(fun),
+            sys::GGML_N_TASKS_MAX,
+            std::ptr::null_mut(),
+        )
+    };
+    // SAFETY: a tensor ggml just made, when not null.
+    (!t.is_null()).then(|| unsafe { (*t).op_params })
 }

@@ -474,3 +474,63 @@ fn q4_1_split_matches_the_q4_1_product() {
         }
     }
 }
+
+/// The input gradient through a quantized (or F16) weight, `out_prod(W, transpose(g))` =
+/// `Wᵀ g`, computed by ggml's kernel and, after `use_dequant_input_grads`, by dequantized
+/// panels and an f32 GEMM, against an f64 sum over the dequantized weight: more rows than one
+/// panel (300 > 256), a token count that is not a multiple of any tile, 1 to 3 threads.
+#[test]
+fn dequant_input_grads_match_ggml_out_prod() {
+    let (n_in, n_out, n_tok) = (96usize, 300usize, 37usize);
+    let w: Vec<f32> = (0..n_in * n_out)
+        .map(|i| (((i * 7919) % 2003) as f32 / 2003.0 - 0.5) * 0.3)
+        .collect();
+    let g: Vec<f32> = (0..n_out * n_tok)
+        .map(|i| (((i * 104729) % 977) as f32 / 977.0 - 0.5) * 2.0)
+        .collect();
+    for ty in [Type::Q4_1, Type::Q8_0, Type::F16] {
+        let bytes = quantize(ty, &w, n_out, n_in).unwrap();
+        let wd = graft_ggml::dequantize(ty, &bytes, n_in * n_out).unwrap();
+        // want[t][i] = sum_o wd[o][i] * g[t][o]
+        let want: Vec<f64> = (0..n_tok * n_in)
+            .map(|ti| {
+                let (t, i) = (ti / n_in, ti % n_in);
+                (0..n_out)
+                    .map(|o| wd[o * n_in + i] as f64 * g[t * n_out + o] as f64)
+                    .sum()
+            })
+            .collect();
+        for threads in 1..=3 {
+            for gemm in [false, true] {
+                let mut backend = Backend::cpu(threads).unwrap();
+                backend.set_adaptive_threads(false);
+                let ctx = Context::new(64, 64).unwrap();
+                let tw = ctx.new_tensor(ty, &[n_in as i64, n_out as i64]).set_input();
+                let tg = ctx
+                    .new_tensor(Type::F32, &[n_out as i64, n_tok as i64])
+                    .set_input();
+                let out = ctx.out_prod(tw, ctx.transpose(tg)).set_output();
+                let mut gr = ctx.new_graph(64, false);
+                gr.build_forward_expand(out);
+                let n = if gemm {
+                    gr.use_dequant_input_grads(&ctx)
+                } else {
+                    0
+                };
+                assert_eq!(n, usize::from(gemm));
+                let mut alloc = GraphAllocator::new(&backend).unwrap();
+                alloc.alloc(&gr).unwrap();
+                tw.write_bytes(0, &bytes).unwrap();
+                tg.write_bytes(0, &f32_bytes(&g)).unwrap();
+                backend.compute(&gr).unwrap();
+                let got = out.to_vec_f32().unwrap();
+                for (i, (&x, &y)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x as f64 - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                        "{ty:?} gemm {gemm} x{threads} at {i}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -123,7 +123,7 @@ impl Gguf {
     /// rewritten one changes bytes that were already validated. graft never modifies a file it
     /// has open; replace model and adapter files by rename (as [`GgufWriter::write_atomic`]
     /// does), which leaves the mapped inode intact.
-    #[allow(unsafe_code)] // The memory map (and its advice in `release_resident_pages`).
+    #[allow(unsafe_code)] // The crate's only unsafe: the memory map.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
@@ -172,22 +172,6 @@ impl Gguf {
     /// Alignment of tensor data (`general.alignment`, default 32): a nonzero power of two.
     pub fn alignment(&self) -> u64 {
         self.alignment
-    }
-
-    /// Drops this process's resident pages of a mapped file (Unix; nothing otherwise, or for
-    /// owned bytes). The mapping stays valid: a later read faults its page back in from the
-    /// page cache or the file. For callers that have copied what they need (the trainer's
-    /// working copies), so the file's pages stop counting in the process's memory.
-    #[allow(unsafe_code)] // The memory map's advice, beside the map itself.
-    pub fn release_resident_pages(&self) -> std::io::Result<()> {
-        match &self.bytes {
-            #[cfg(unix)]
-            // SAFETY: the map is read-only and file-backed, and nothing writes through it, so
-            // MADV_DONTNEED only discards page-table entries: every later read sees the same
-            // bytes, reloaded from the file.
-            Bytes::Mmap(m) => unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) },
-            _ => Ok(()),
-        }
     }
 
     /// Offset of the data section from the start of the file.

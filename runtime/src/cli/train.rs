@@ -330,7 +330,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "grad_checkpointing": trainer.config().checkpointing,
         "memory_mb": {
             "base_file": mb(std::fs::metadata(&a.model).map(|m| m.len() as usize).unwrap_or(0)),
-            "transposed_weights": mb(trainer.transposed_bytes()),
+            // The F16 transposed copies the backward pass once used are gone (it dequantizes
+            // panels of the mapped weights); the field stays for the scripts that read it.
+            "transposed_weights": 0.0,
             "q4_1_split": mb(trainer.split_bytes()),
             "compute_buffer": mb(trainer.compute_bytes()),
             "checkpoints": mb(trainer.checkpoint_bytes()),

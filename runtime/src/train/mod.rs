@@ -12,11 +12,11 @@
 //! input embeddings, ggml's backward pass yields dL/dZ, and [`crate::adapter::lopa`]
 //! backpropagates it through the encoder.
 
+mod copies;
 pub mod data;
 mod fit;
 mod galore;
 mod state;
-mod transposed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,8 +36,10 @@ pub use fit::{next_batch, Control, FitOptions, FitReport, Progress};
 pub use galore::GaloreConfig;
 pub use state::TrainState;
 
-/// The initial loss scale (a power of two, so scaling is exact in f32): the largest that kept
-/// SmolLM2's backward pass inside F16's range with 64x to spare (65536 overflowed).
+/// The initial loss scale (a power of two, so scaling is exact in f32). It kept the softmax
+/// gradient's small probabilities representable when the backward pass multiplied through F16
+/// weight copies; the backward pass is f32 now, and the scale (kept in checkpoints as
+/// `train.loss_scale`) moves the gradients by powers of two only.
 pub const LOSS_SCALE: f32 = 1024.0;
 
 /// What kind of adapter to train.
@@ -135,13 +137,14 @@ pub struct TrainConfig {
     pub ctx: usize,
     /// RNG seed (initialisation).
     pub seed: u64,
-    /// Compute input gradients through quantized base weights with pre-transposed F16 copies
-    /// (about 5x faster on a Q4_1 base; costs 2 bytes per layer weight).
-    pub transposed_backward: bool,
-    /// With `transposed_backward`, also keep each Q4_1 layer weight as a Q4_0 matrix plus
-    /// per-block offsets, whose products sum to the Q4_1 product up to f32 rounding on a GEMM
-    /// kernel (ggml has none for Q4_1): about 1.25x the training speed for 0.69 bytes per
-    /// layer weight.
+    /// Input gradients through quantized (and F16/BF16) base weights as f32 GEMMs over panels
+    /// of the weights dequantized once per sequence, and the other F32 `out_prod`s (attention,
+    /// adapter matrices) as GEMMs. `false`: ggml's own `out_prod` kernels, which dequantize a
+    /// quantized weight once per token (several times slower; the reference path).
+    pub gemm_backward: bool,
+    /// Keep each Q4_1 layer weight also as a Q4_0 matrix plus per-block offsets, whose
+    /// products sum to ggml's Q4_1 product up to f32 rounding on a GEMM kernel (ggml has none
+    /// for Q4_1): faster forward passes for 0.69 bytes per layer weight.
     pub split_q4_1: bool,
     /// Gradient checkpointing: keep only each layer's input through the forward pass and
     /// recompute the layer's activations in the backward pass (the compute buffer holds one
@@ -176,7 +179,7 @@ impl Default for TrainConfig {
             total_steps: 100,
             ctx: 256,
             seed: 0,
-            transposed_backward: true,
+            gemm_backward: true,
             split_q4_1: true,
             checkpointing: false,
             threads: crate::session::default_threads(),
@@ -366,26 +369,27 @@ fn add_loss<'a>(
 }
 
 /// Finishes a training graph before allocation: with `backward`, appends the backward pass of
-/// its loss (input gradients through quantized weights use their pre-transposed copies when
-/// there are some, and the remaining F32 `out_prod`s, attention and adapter matrices, run as
-/// GEMMs); then the forward products of Q4_1 weights use their split copies. Forward-only
-/// graphs get the same forward products, so evaluation and training compute the same loss.
+/// its loss, and with `gemm` runs its input gradients through quantized weights and its F32
+/// `out_prod`s (attention, adapter matrices) as GEMMs (the training graphs run on the CPU
+/// backend, where these custom nodes run); then the forward products of split Q4_1 weights
+/// use their copies. Forward-only graphs get the same forward products, so evaluation and
+/// training compute the same loss.
 fn finish_graph<'a>(
     ctx: &'a Context,
     gf: &mut graft_ggml::Graph<'a>,
-    copies: Option<&'a transposed::TransposedWeights>,
+    split: Option<&'a copies::Q41Split>,
     backward: bool,
+    gemm: bool,
 ) {
     if backward {
         gf.build_backward_expand(ctx);
-        if let Some(c) = copies {
-            gf.use_transposed_weights(|id| c.get(id));
+        if gemm {
+            gf.use_dequant_input_grads(ctx);
+            gf.use_gemm_out_prod(ctx);
         }
-        // The training graphs run on the CPU backend, where the custom GEMM node runs.
-        gf.use_gemm_out_prod(ctx);
     }
-    if let Some(c) = copies {
-        gf.use_q4_1_split(ctx, |id| c.split(id));
+    if let Some(s) = split {
+        gf.use_q4_1_split(ctx, |id| s.get(id));
     }
 }
 
@@ -399,7 +403,7 @@ pub struct Trainer {
     alloc: GraphAllocator,
     ctx: Context,
     state: TrainState,
-    transposed: Option<transposed::TransposedWeights>,
+    split: Option<copies::Q41Split>,
     /// Which sequence of the current optimizer step is being processed (seeds dropout).
     micro: usize,
     /// Host bytes of the layer inputs kept by the last checkpointed step.
@@ -660,16 +664,9 @@ impl Trainer {
         let alloc = GraphAllocator::new(&backend)?;
         let nodes = llama::max_nodes(&model, 1) * llama::TRAIN_GRAPH_FACTOR;
         let ctx = Context::with_graph(nodes + 64, nodes, true)?;
-        let transposed = if cfg.transposed_backward {
-            let copies = transposed::TransposedWeights::build(&model, cfg.split_q4_1)?;
-            // The copies stand for the quantized weights in every training product, so the
-            // file's pages read to make them need not stay resident; those still read (the
-            // embeddings, norms, unsplit types) fault back in. Advisory: a failure only
-            // leaves the pages where they are.
-            let _ = model.gguf().release_resident_pages();
-            Some(copies)
-        } else {
-            None
+        let split = match cfg.split_q4_1 {
+            true => Some(copies::Q41Split::build(&model)?),
+            false => None,
         };
         Ok(Self {
             model,
@@ -680,7 +677,7 @@ impl Trainer {
             alloc,
             ctx,
             state,
-            transposed,
+            split,
             micro: 0,
             checkpoint_bytes: 0,
         })
@@ -776,14 +773,9 @@ impl Trainer {
         crate::BackendReport::of(&self.backend)
     }
 
-    /// Bytes of the pre-transposed weight copies (0 when off or nothing is quantized).
-    pub fn transposed_bytes(&self) -> usize {
-        self.transposed.as_ref().map_or(0, |t| t.bytes())
-    }
-
     /// Bytes of the Q4_1 weights' forward split copies (0 when off or no weight is Q4_1).
     pub fn split_bytes(&self) -> usize {
-        self.transposed.as_ref().map_or(0, |t| t.split_bytes())
+        self.split.as_ref().map_or(0, |s| s.bytes())
     }
 
     /// Bytes of optimizer state held (Adam moments; with GaLore, projections and projected
@@ -891,7 +883,7 @@ impl Trainer {
             _ => param_grads,
         };
         if loss_scale > 1.0 && grads.iter().flatten().any(|g| !g.is_finite()) {
-            // The scaled backward pass overflowed F16: retry this sequence at a smaller scale
+            // The scaled backward pass overflowed: retry this sequence at a smaller scale
             // (kept from now on, and saved with the training state).
             self.state.loss_scale = (loss_scale / 8.0).max(1.0);
             return self.forward_backward(ex, true);
@@ -931,7 +923,13 @@ impl Trainer {
         // cross-entropy backward assumes every label row sums to 1, so masked rows must not be
         // there); `out_ids` picks them before the last layer's feed-forward.
         let (labels, loss) = add_loss(ctx, &mut gf, inp.out, loss_scale);
-        finish_graph(ctx, &mut gf, self.transposed.as_ref(), grads);
+        finish_graph(
+            ctx,
+            &mut gf,
+            self.split.as_ref(),
+            grads,
+            self.cfg.gemm_backward,
+        );
         self.alloc.alloc(&gf)?;
         seq.write_inputs(&inp)?;
         labels.write_f32(0, &seq.labels(n_vocab, 0..scored))?;
@@ -1028,7 +1026,13 @@ impl Trainer {
             let set = ActiveAdapters::none();
             let (mut gf, inp) = span_graph(&self.model, ctx, &set, shape, span);
             let (labels, loss) = add_loss(ctx, &mut gf, inp.out, loss_scale * share);
-            finish_graph(ctx, &mut gf, self.transposed.as_ref(), true);
+            finish_graph(
+                ctx,
+                &mut gf,
+                self.split.as_ref(),
+                true,
+                self.cfg.gemm_backward,
+            );
             self.alloc.alloc(&gf)?;
             inp.tokens.write_f32(0, &x_last[r0 * n_embd..r1 * n_embd])?;
             labels.write_f32(0, &seq.labels(n_vocab, r0..r1))?;
@@ -1112,7 +1116,13 @@ impl Trainer {
             // d/dy sum(y ⊙ g) = g: the incoming gradient, exactly.
             gf.build_forward_expand(ctx.sum(ctx.mul(inp.out, g)).set_loss());
         }
-        finish_graph(ctx, &mut gf, self.transposed.as_ref(), g_out.is_some());
+        finish_graph(
+            ctx,
+            &mut gf,
+            self.split.as_ref(),
+            g_out.is_some(),
+            self.cfg.gemm_backward,
+        );
         self.alloc.alloc(&gf)?;
         match input {
             Some(x) => inp.tokens.write_f32(0, x)?,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training memory, measured: graft's own accounting (mapped base file, F16 transposed weight
+# Training memory, measured: graft's own accounting (mapped base file, the Q4_1 weights' split
 # copies, compute buffer, layer inputs kept by gradient checkpointing, adapter / gradients /
 # optimizer state) against the process's peak RSS, for each method and a few context lengths.
 # 2 optimizer steps each (the compute buffer is sized by the first graph).
@@ -64,7 +64,7 @@ PY
     exit 0
 fi
 
-echo "| method | ctx | base file | F16 copies | compute buffer | adapter | gradients | optimizer (plain Adam) | sum | peak RSS |"
+echo "| method | ctx | base file | Q4_1 split | compute buffer | adapter | gradients | optimizer (plain Adam) | sum | peak RSS |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for spec in "${SPECS[@]}"; do
     name=${spec%%:*}
@@ -72,7 +72,7 @@ for spec in "${SPECS[@]}"; do
         train "$name" "$ctx" 2 | python3 -c '
 import json, sys
 d = json.load(sys.stdin); m = d["memory_mb"]
-parts = ["base_file", "transposed_weights", "compute_buffer", "adapter", "gradients", "optimizer"]
+parts = ["base_file", "q4_1_split", "compute_buffer", "adapter", "gradients", "optimizer"]
 s = sum(m[k] for k in parts)
 print(f"| {sys.argv[1]} | {sys.argv[2]} | " + " | ".join(f"{m[k]:.0f}" for k in parts[:5])
       + " | %.1f (%.1f) | %.0f | %.0f |" % (m["optimizer"], m["optimizer_plain_adam"], s, d["peak_rss_mb"]))

@@ -103,11 +103,20 @@ pub(crate) unsafe extern "C" fn q8_block_sums(
     }
 }
 
-/// `[f16(d·Σq), f16(d)·Σq]` of one block, as ggml's `quantize_row_q8_1` rounds it.
+/// `[f16(d·Σq), f16(d)·Σq]` of one block, as ggml's `quantize_row_q8_1` rounds it (its x86
+/// and NEON versions; ties to even, as both round).
 fn block_sums(x: &[f32]) -> [f32; 2] {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    // The reciprocal as ggml's quantizer of this architecture computes it (its x86 code
+    // divides 127 by amax, its NEON code 1 by d: they can differ in the last bit).
+    let id = if amax == 0.0 {
+        0.0
+    } else if cfg!(any(target_arch = "x86_64", target_arch = "x86")) {
+        127.0 / amax
+    } else {
+        1.0 / d
+    };
     // |v·id| <= 127: adding and subtracting 1.5·2^23 rounds to an integer in the FPU's
     // round-to-nearest-even mode, as ggml's `_mm256_round_ps(_MM_ROUND_NEAREST)` does, and
     // vectorizes (`round_ties_even` is a libm call on baseline x86-64).

@@ -188,6 +188,8 @@ impl<'ctx> Graph<'ctx> {
             let mut order: Vec<*mut sys::ggml_tensor> =
                 Vec::with_capacity(n_nodes + 3 * plan.len());
             let mut sums: HashMap<*mut sys::ggml_tensor, *mut sys::ggml_tensor> = HashMap::new();
+            // ggml's CPU backend skips nodes without this flag (the graph's own nodes have it).
+            let compute = sys::GGML_TENSOR_FLAG_COMPUTE as i32;
             let mut next = plan.iter().peekable();
             for i in 0..n_nodes {
                 let node = *nodes.add(i);
@@ -210,6 +212,7 @@ impl<'ctx> Graph<'ctx> {
                                 sys::GGML_N_TASKS_MAX,
                                 std::ptr::null_mut(),
                             );
+                            (*s).flags |= compute;
                             sums.insert(x, s);
                             order.push(s);
                             s
@@ -217,6 +220,8 @@ impl<'ctx> Graph<'ctx> {
                     };
                     let main = sys::ggml_mul_mat(ctx.raw(), q.raw(), x);
                     let rest = sys::ggml_mul_mat(ctx.raw(), off.raw(), s);
+                    (*main).flags |= compute;
+                    (*rest).flags |= compute;
                     order.push(main);
                     order.push(rest);
                     let t = &mut *node;
@@ -226,9 +231,6 @@ impl<'ctx> Graph<'ctx> {
                     t.op_params = [0; 16];
                 }
                 order.push(node);
-            }
-            for &t in &order {
-                (*t).flags |= sys::GGML_TENSOR_FLAG_COMPUTE as i32;
             }
             // The first n_nodes slots are rewritten in place; the rest are appended.
             for (i, &t) in order.iter().enumerate() {

@@ -126,11 +126,11 @@ impl Context {
 
     /// A custom node computing an F32 `[ne0, ne1]` tensor from `args` with `fun`, all
     /// threads, the scale `s` carried in the userdata pointer's bits (nothing to keep alive).
-    fn custom_f32(
+    pub(crate) fn custom_f32(
         &self,
         args: &mut [*mut sys::ggml_tensor],
         [ne0, ne1]: [i64; 2],
-        fun: unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut c_void),
+        fun: CustomFn,
         s: f32,
     ) -> Tensor<'_> {
         let userdata = s.to_bits() as usize as *mut c_void; // read back by `scale_of`
@@ -155,6 +155,10 @@ impl Context {
         self.wrap(p)
     }
 }
+
+/// A custom op's compute function as ggml calls it: the node, this thread's index, the
+/// thread count, the node's userdata.
+pub(crate) type CustomFn = unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut c_void);
 
 /// The scale [`Context::custom_f32`] stored in the userdata pointer's bits.
 fn scale_of(userdata: *mut c_void) -> f32 {

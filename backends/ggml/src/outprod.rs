@@ -21,6 +21,7 @@
 use std::os::raw::{c_int, c_void};
 
 use crate::context::{Context, Graph};
+use crate::lowrank::CustomFn;
 use crate::sys;
 
 /// Whether `t` (an `OUT_PROD` node) is one [`out_prod_gemm`] computes: F32 everywhere, the
@@ -194,22 +195,19 @@ unsafe extern "C" fn input_grad_gemm(
                 width,
                 1.0,
                 (g.data as *const f32).add(o0),
-                (g.nb[1] / 4) as isize,
+                (g.nb[1] / std::mem::size_of::<f32>()) as isize,
                 1,
                 panel.as_ptr(),
                 width as isize,
                 1,
                 if o0 == 0 { 0.0 } else { 1.0 },
                 (d.data as *mut f32).add(c0),
-                (d.nb[1] / 4) as isize,
+                (d.nb[1] / std::mem::size_of::<f32>()) as isize,
                 1,
             );
         }
     }
 }
-
-/// A custom op as ggml calls it.
-type CustomFn = unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut c_void);
 
 impl<'ctx> Graph<'ctx> {
     /// Rewrites every F32 `out_prod` node (autodiff's gradient of a matmul's first operand:

@@ -57,7 +57,7 @@ pub fn split_q4_1_row(
 ///
 /// # Safety
 /// `x` is a valid tensor.
-pub(crate) unsafe fn sums_fit(x: &sys::ggml_tensor) -> bool {
+unsafe fn sums_fit(x: &sys::ggml_tensor) -> bool {
     x.type_ == sys::GGML_TYPE_F32
         && x.nb[0] == std::mem::size_of::<f32>()
         && (x.ne[0] as usize).is_multiple_of(BLOCK)
@@ -72,7 +72,7 @@ pub(crate) unsafe fn sums_fit(x: &sys::ggml_tensor) -> bool {
 /// # Safety
 /// Called by ggml's CPU backend for a node built by [`crate::Graph::use_q4_1_split`] (its
 /// source passed [`sums_fit`]), with allocated tensors.
-pub(crate) unsafe extern "C" fn q8_block_sums(
+unsafe extern "C" fn q8_block_sums(
     dst: *mut sys::ggml_tensor,
     ith: c_int,
     nth: c_int,
@@ -198,20 +198,8 @@ impl<'ctx> Graph<'ctx> {
                     let s = match sums.get(&x) {
                         Some(&s) => s,
                         None => {
-                            let mut args = [x];
-                            let s = sys::ggml_custom_4d(
-                                ctx.raw(),
-                                sys::GGML_TYPE_F32,
-                                2 * (*x).ne[0] / BLOCK as i64,
-                                (*x).ne[1],
-                                1,
-                                1,
-                                args.as_mut_ptr(),
-                                1,
-                                Some(q8_block_sums),
-                                sys::GGML_N_TASKS_MAX,
-                                std::ptr::null_mut(),
-                            );
+                            let ne = [2 * (*x).ne[0] / BLOCK as i64, (*x).ne[1]];
+                            let s = ctx.custom_f32(&mut [x], ne, q8_block_sums, 0.0).raw();
                             (*s).flags |= compute;
                             sums.insert(x, s);
                             order.push(s);

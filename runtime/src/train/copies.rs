@@ -41,7 +41,8 @@ impl Q41Split {
         for &id in &ids {
             let [n_in, n_out, _, _] = model.w(id).ne();
             let q = ctx.new_tensor(Type::Q4_0, &[n_in, n_out]).id();
-            let off = ctx.new_tensor(Type::F32, &[2 * n_in / 32, n_out]).id();
+            let nb = n_in / graft_ggml::Q4_BLOCK as i64;
+            let off = ctx.new_tensor(Type::F32, &[2 * nb, n_out]).id();
             parts.insert(id, (q, off));
         }
         // One buffer for all copies (none when nothing is Q4_1), filled a weight at a time.

@@ -356,7 +356,7 @@ fn cli_trains_resumes_and_survives_kill_9() {
 
 /// The GEMM backward pass (input gradients over dequantized weight panels, `out_prod`s as
 /// GEMMs) with the Q4_1 forward split gives the gradient of ggml's own `out_prod` path up to
-/// rounding.
+/// rounding (both with ggml's forward products).
 #[test]
 fn gemm_backward_matches_out_prod_backward() {
     let Some(p) = common::model("qwen2-tiny.Q4_1.gguf") else {
@@ -370,6 +370,7 @@ fn gemm_backward_matches_out_prod_backward() {
             TrainConfig {
                 gemm_backward: fast,
                 split_q4_1: fast,
+                gemm_forward: false,
                 ..cfg_for(Method::Lora)
             },
         )
@@ -397,6 +398,7 @@ fn q4_1_split_keeps_the_loss_and_gradients() {
             m.clone(),
             TrainConfig {
                 split_q4_1,
+                gemm_forward: false,
                 ..cfg_for(Method::Lora)
             },
         )
@@ -413,6 +415,69 @@ fn q4_1_split_keeps_the_loss_and_gradients() {
     let (rel, _) = relative_l2(&g1, &g0);
     eprintln!("loss {l1} vs {l0}, gradient relative L2 difference {rel:.2e}");
     assert!(rel < 1e-3, "relative L2 difference {rel}");
+}
+
+/// The GEMM forward (every `mul_mat` as an f32 GEMM over the weights' dequantized values)
+/// against ggml's forward kernels. With F32 weights only the order of the sums differs: same
+/// loss and gradients up to rounding. With quantized weights ggml also rounds the activations
+/// to 8-bit blocks before each product and the GEMM does not, so the loss moves by that
+/// rounding (well under 1 %) and both gradients follow the F32 model's, the GEMM forward's
+/// at least as closely as ggml's (cosines printed). And where the F32 model holds exactly the
+/// quantized model's dequantized weights, the GEMM forward over the quantized weights is the
+/// F32 model's computation.
+#[test]
+fn gemm_forward_keeps_the_loss_and_gradients() {
+    let run = |file: &str, gemm_forward: bool| -> Option<(f32, Vec<f32>)> {
+        let m = Arc::new(Model::load(common::model(file)?).unwrap());
+        let nv = m.config().n_vocab;
+        let mut t = Trainer::new(
+            m,
+            TrainConfig {
+                gemm_forward,
+                ..cfg_for(Method::Lora)
+            },
+        )
+        .unwrap();
+        perturb(&mut t);
+        let (loss, _) = t.forward_backward(&example(40, 3, nv), true).unwrap();
+        Some((loss, all_grads(&t)))
+    };
+    let Some((l0, g0)) = run("qwen2-tiny.gguf", false) else {
+        return;
+    };
+    let (l1, g1) = run("qwen2-tiny.gguf", true).unwrap();
+    let (rel, _) = relative_l2(&g1, &g0);
+    eprintln!("F32: loss {l1} vs {l0}, gradient relative L2 difference {rel:.2e}");
+    assert!(((l1 - l0) / l0).abs() < 1e-5, "F32 loss {l1} vs {l0}");
+    assert!(rel < 1e-4, "F32 relative L2 difference {rel}");
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    for q in ["qwen2-tiny.Q8_0.gguf", "qwen2-tiny.Q4_1.gguf"] {
+        let Some((lq, gq)) = run(q, false) else {
+            return;
+        };
+        let (lg, gg) = run(q, true).unwrap();
+        let (cq, cg) = (cos(&gq, &g0), cos(&gg, &g0));
+        eprintln!(
+            "{q}: loss {lg} (GEMM forward) vs {lq} (ggml); gradient cosine with the F32 \
+             model's {cg:.5} vs {cq:.5}"
+        );
+        assert!(((lg - lq) / lq).abs() < 1e-2, "{q}: loss {lg} vs {lq}");
+        assert!(cg > 0.9 && cg > cq - 0.01, "{q}: cosines {cg} vs {cq}");
+    }
+    // SmolLM2's F32 file holds its Q4_1 file's dequantized values (scripts/make_variants.py),
+    // so the GEMM forward over the Q4_1 weights computes the F32 model's loss and gradients.
+    let Some((lf, gf)) = run("SmolLM2-135M-Instruct.F32.gguf", false) else {
+        return;
+    };
+    let (lq, gq) = run("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
+    let (rel, _) = relative_l2(&gq, &gf);
+    eprintln!("SmolLM2 Q4_1 GEMM forward: loss {lq} vs F32 {lf}, relative L2 {rel:.2e}");
+    assert!(((lq - lf) / lf).abs() < 1e-5, "SmolLM2 loss {lq} vs {lf}");
+    assert!(rel < 1e-3, "SmolLM2 relative L2 difference {rel}");
 }
 
 /// Adapter-input dropout, checked exactly: a zero-initialised DiaBlo adapter leaves the

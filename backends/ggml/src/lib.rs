@@ -16,6 +16,7 @@ mod device;
 mod error;
 mod log;
 mod lowrank;
+mod mulmat;
 mod ops;
 mod outprod;
 mod q4split;

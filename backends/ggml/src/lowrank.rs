@@ -171,6 +171,22 @@ pub(crate) fn share(n: usize, ith: c_int, nth: c_int) -> std::ops::Range<usize> 
     n * ith / nth..n * (ith + 1) / nth
 }
 
+/// Thread `ith`'s part of a `rows x cols` output: its share of the rows and all columns, or,
+/// where there are fewer rows than columns and `cols_ok`, all rows and its share of the columns
+/// (so that a rank-sized side is not cut into slivers).
+pub(crate) fn share_2d(
+    rows: usize,
+    cols: usize,
+    cols_ok: bool,
+    ith: c_int,
+    nth: c_int,
+) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    match cols_ok && rows < cols {
+        true => (0..rows, share(cols, ith, nth)),
+        false => (share(rows, ith, nth), 0..cols),
+    }
+}
+
 /// Rows of a contiguous 2-D tensor as f32, for the two element types [`supported`] admits.
 struct Rows {
     data: *const u8,

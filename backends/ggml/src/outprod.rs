@@ -56,7 +56,8 @@ unsafe fn fits(t: &sys::ggml_tensor) -> bool {
 }
 
 /// `dst[i0, i1, i2, i3] = Σ_k a[i0, k, i2/r2, i3/r3] · b[i1, k, i2, i3]` (ggml's `out_prod`,
-/// `a = src[0]`, `b = src[1]`), as one GEMM per (i2, i3) over this thread's rows `i1`.
+/// `a = src[0]`, `b = src[1]`), as one GEMM per (i2, i3) over this thread's rows `i1` (or
+/// columns `i0`).
 ///
 /// # Safety
 /// Called by ggml's CPU backend for a node that [`fits`] accepted, with allocated tensors.
@@ -75,21 +76,24 @@ unsafe extern "C" fn out_prod_gemm(
         let [n, m, ne2, ne3] = d.ne.map(|v| v as usize);
         let k = a.ne[1] as usize;
         let (r2, r3) = (ne2 / a.ne[2] as usize, ne3 / a.ne[3] as usize);
-        let rows = crate::lowrank::share(m, ith, nth);
-        if rows.is_empty() || n == 0 {
+        // Threads split the output's rows, or its columns where there are fewer rows (a
+        // LoRA's A gradient has rank-many rows).
+        let (rows, cols) = crate::lowrank::share_2d(m, n, true, ith, nth);
+        if rows.is_empty() || cols.is_empty() {
             return;
         }
         let st = |s: usize| (s / f) as isize;
         for i3 in 0..ne3 {
             for i2 in 0..ne2 {
-                let pa = (a.data as *const u8).add((i2 / r2) * a.nb[2] + (i3 / r3) * a.nb[3]);
+                let pa = (a.data as *const u8)
+                    .add((i2 / r2) * a.nb[2] + (i3 / r3) * a.nb[3] + cols.start * f);
                 let pb =
                     (b.data as *const u8).add(i2 * b.nb[2] + i3 * b.nb[3] + rows.start * b.nb[0]);
-                let pd =
-                    (d.data as *mut u8).add(i2 * d.nb[2] + i3 * d.nb[3] + rows.start * d.nb[1]);
+                let pd = (d.data as *mut u8)
+                    .add(i2 * d.nb[2] + i3 * d.nb[3] + rows.start * d.nb[1] + cols.start * f);
                 if k == 0 {
                     for r in 0..rows.len() {
-                        std::slice::from_raw_parts_mut(pd.add(r * d.nb[1]) as *mut f32, n)
+                        std::slice::from_raw_parts_mut(pd.add(r * d.nb[1]) as *mut f32, cols.len())
                             .fill(0.0);
                     }
                     continue;
@@ -98,7 +102,7 @@ unsafe extern "C" fn out_prod_gemm(
                 matrixmultiply::sgemm(
                     rows.len(),
                     k,
-                    n,
+                    cols.len(),
                     1.0,
                     pb as *const f32,
                     st(b.nb[0]),
@@ -217,8 +221,14 @@ impl<'ctx> Graph<'ctx> {
     /// Returns how many nodes were rewritten. Call after `build_backward_expand`, before
     /// allocation.
     pub fn use_gemm_out_prod(&mut self, ctx: &'ctx Context) -> usize {
-        // SAFETY (of the closure's call): `rewrite_out_prods` passes valid out_prod nodes.
-        self.rewrite_out_prods(ctx, out_prod_gemm, |t| unsafe { fits(t) }, false)
+        // SAFETY (of the closure's call): `rewrite_nodes` passes valid out_prod nodes.
+        self.rewrite_nodes(
+            ctx,
+            sys::GGML_OP_OUT_PROD,
+            out_prod_gemm,
+            |t| unsafe { fits(t) },
+            false,
+        )
     }
 
     /// Rewrites the backward pass's `out_prod(W, transpose(g))` nodes whose `W` is a frozen
@@ -227,20 +237,23 @@ impl<'ctx> Graph<'ctx> {
     /// copy of the weights. CPU backend only. Returns how many nodes were rewritten. Call after
     /// `build_backward_expand`, before allocation.
     pub fn use_dequant_input_grads(&mut self, ctx: &'ctx Context) -> usize {
-        // SAFETY (of the closure's call): `rewrite_out_prods` passes valid out_prod nodes.
-        self.rewrite_out_prods(
+        // SAFETY (of the closure's call): `rewrite_nodes` passes valid out_prod nodes.
+        self.rewrite_nodes(
             ctx,
+            sys::GGML_OP_OUT_PROD,
             input_grad_gemm,
             |t| unsafe { input_grad_fits(t) },
             true,
         )
     }
 
-    /// Turns each `out_prod` node that `accept`s into a custom node running `fun`; with
-    /// `untranspose`, its second source (a transpose view) becomes the view's source.
-    fn rewrite_out_prods(
+    /// Turns each `op` node (with two sources) that `accept`s into a custom node running
+    /// `fun`; with `untranspose`, its second source (a transpose view) becomes the view's
+    /// source.
+    pub(crate) fn rewrite_nodes(
         &mut self,
         ctx: &'ctx Context,
+        op: sys::ggml_op,
         fun: CustomFn,
         accept: impl Fn(&sys::ggml_tensor) -> bool,
         untranspose: bool,
@@ -255,11 +268,7 @@ impl<'ctx> Graph<'ctx> {
             // `accept` checked (the untransposed view's source is computed before the view).
             unsafe {
                 let t = &mut *sys::ggml_graph_node(self.ptr.as_ptr(), i);
-                if t.op != sys::GGML_OP_OUT_PROD
-                    || t.src[0].is_null()
-                    || t.src[1].is_null()
-                    || !accept(t)
-                {
+                if t.op != op || t.src[0].is_null() || t.src[1].is_null() || !accept(t) {
                     continue;
                 }
                 if untranspose {

@@ -534,3 +534,96 @@ fn dequant_input_grads_match_ggml_out_prod() {
         }
     }
 }
+
+/// `mul_mat(w, x)` after `use_gemm_mul_mat` (an f32 GEMM over dequantized weight panels)
+/// against an f64 sum over the weight's dequantized values: F32 weights with a rank-sized
+/// inner dimension (8, where ggml's GEMM does not apply), fewer rows than tokens (the tokens
+/// are split), a permuted (strided) activation broadcast over batches (attention scores),
+/// and Q4_1, Q8_0 and F16 weights with more rows than one panel; odd sizes, 1 to 3 threads.
+/// ggml's own product is checked against the same sum where it computes in f32 (F32 weights).
+#[test]
+fn gemm_mul_mat_matches_an_f64_product() {
+    // (weight type, k, weight rows m, tokens n, weight batches, activation batches, permuted)
+    let cases = [
+        (Type::F32, 8i64, 300i64, 37i64, 1i64, 1i64, false),
+        (Type::F32, 576, 5, 37, 1, 1, false),
+        (Type::F32, 64, 29, 31, 3, 9, true),
+        (Type::Q4_1, 96, 300, 37, 1, 1, false),
+        (Type::Q8_0, 64, 513, 3, 1, 1, false),
+        (Type::F16, 40, 260, 19, 1, 1, false),
+    ];
+    for &(ty, k, m, n, bw, bx, permuted) in &cases {
+        let w: Vec<f32> = (0..k * m * bw)
+            .map(|i| (((i * 7919) % 2003) as f32 / 2003.0 - 0.5) * 0.3)
+            .collect();
+        let x: Vec<f32> = (0..k * n * bx)
+            .map(|i| (((i * 104729) % 977) as f32 / 977.0 - 0.5) * 2.0)
+            .collect();
+        let bytes = match ty {
+            Type::F32 => f32_bytes(&w),
+            _ => quantize(ty, &w, (m * bw) as usize, k as usize).unwrap(),
+        };
+        let wd = match ty {
+            Type::F32 => w.clone(),
+            _ => graft_ggml::dequantize(ty, &bytes, w.len()).unwrap(),
+        };
+        // x[kk, t, b] is stored at kk + k·t + k·n·b, or, permuted, at kk + k·b + k·bx·t.
+        let xi = |kk: i64, t: i64, b: i64| match permuted {
+            false => (kk + k * t + k * n * b) as usize,
+            true => (kk + k * b + k * bx * t) as usize,
+        };
+        // want[b][t][i] = sum_kk wd[b / (bx/bw)][i][kk] * x[kk, t, b]
+        let mut want = vec![0f64; (m * n * bx) as usize];
+        for b in 0..bx {
+            let bwi = b / (bx / bw);
+            for t in 0..n {
+                for i in 0..m {
+                    want[(b * n * m + t * m + i) as usize] = (0..k)
+                        .map(|kk| {
+                            wd[(bwi * m * k + i * k + kk) as usize] as f64 * x[xi(kk, t, b)] as f64
+                        })
+                        .sum();
+                }
+            }
+        }
+        for threads in 1..=3 {
+            for gemm in [false, true] {
+                if !gemm && ty != Type::F32 {
+                    continue; // ggml rounds the activations to the weight's dot-product type
+                }
+                let mut backend = Backend::cpu(threads).unwrap();
+                backend.set_adaptive_threads(false);
+                let ctx = Context::new(64, 64).unwrap();
+                let tw = ctx.new_tensor(ty, &[k, m, bw]).set_input();
+                let (tx, xv) = match permuted {
+                    false => {
+                        let t = ctx.new_tensor(Type::F32, &[k, n, bx]).set_input();
+                        (t, t)
+                    }
+                    true => {
+                        let t = ctx.new_tensor(Type::F32, &[k, bx, n]).set_input();
+                        (t, ctx.permute(t, [0, 2, 1, 3]))
+                    }
+                };
+                let out = ctx.mul_mat(tw, xv).set_output();
+                let mut g = ctx.new_graph(64, false);
+                g.build_forward_expand(out);
+                let rewritten = if gemm { g.use_gemm_mul_mat(&ctx) } else { 0 };
+                assert_eq!(rewritten, usize::from(gemm));
+                let mut alloc = GraphAllocator::new(&backend).unwrap();
+                alloc.alloc(&g).unwrap();
+                tw.write_bytes(0, &bytes).unwrap();
+                tx.write_bytes(0, &f32_bytes(&x)).unwrap();
+                backend.compute(&g).unwrap();
+                let got = out.to_vec_f32().unwrap();
+                assert_eq!(got.len(), want.len());
+                for (i, (&v, &y)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (v as f64 - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                        "{ty:?} {k}x{m}x{n} b{bw}/{bx} p{permuted} gemm {gemm} x{threads} at {i}: {v} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -112,6 +112,11 @@ pub struct TrainArgs {
     /// the backward pass (memory of one layer instead of all, about a third more time).
     #[arg(long)]
     grad_checkpointing: bool,
+    /// Run the forward products through ggml's kernels, as inference does (activations
+    /// rounded to the weights' dot-product type), instead of f32 GEMMs over the dequantized
+    /// weights: the training loss then equals `graft perplexity`'s; slower.
+    #[arg(long)]
+    ggml_forward: bool,
     /// CPU threads.
     #[arg(long, value_parser = crate::args::positive_count)]
     threads: Option<usize>,
@@ -211,6 +216,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         ctx: a.ctx,
         seed: a.seed,
         checkpointing: a.grad_checkpointing,
+        gemm_forward: !a.ggml_forward,
         threads,
         backend: a.backend,
         ..TrainConfig::default()
@@ -328,6 +334,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "peak_rss_mb": crate::bench::peak_rss_mb(),
         "trainable_params": trainer.n_params(),
         "grad_checkpointing": trainer.config().checkpointing,
+        "gemm_forward": trainer.config().gemm_forward,
         "memory_mb": {
             "base_file": mb(std::fs::metadata(&a.model).map(|m| m.len() as usize).unwrap_or(0)),
             // The F16 transposed copies the backward pass once used are gone (it dequantizes

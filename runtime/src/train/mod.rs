@@ -142,9 +142,18 @@ pub struct TrainConfig {
     /// adapter matrices) as GEMMs. `false`: ggml's own `out_prod` kernels, which dequantize a
     /// quantized weight once per token (several times slower; the reference path).
     pub gemm_backward: bool,
-    /// Keep each Q4_1 layer weight also as a Q4_0 matrix plus per-block offsets, whose
-    /// products sum to ggml's Q4_1 product up to f32 rounding on a GEMM kernel (ggml has none
-    /// for Q4_1): faster forward passes for 0.69 bytes per layer weight.
+    /// Forward products as f32 GEMMs: every `mul_mat` with F32 activations (base weights of
+    /// any type, dequantized in panels; adapter matrices; attention) runs on a packed f32 GEMM
+    /// instead of ggml's kernels, which first round the activations to the weights' dot-product
+    /// type (Q8 blocks for quantized weights) and have no GEMM for Q4_1, for small inner
+    /// dimensions or for strided operands. The weights' values are exact; the activations are
+    /// not quantized (as QLoRA-style trainers compute), so the loss differs from ggml's
+    /// inference loss by that rounding. `false`: ggml's kernels (the inference path).
+    pub gemm_forward: bool,
+    /// With `gemm_forward` off: keep each Q4_1 layer weight also as a Q4_0 matrix plus
+    /// per-block offsets, whose products sum to ggml's Q4_1 product up to f32 rounding on a
+    /// GEMM kernel (ggml has none for Q4_1): faster forward passes for 0.69 bytes per layer
+    /// weight.
     pub split_q4_1: bool,
     /// Gradient checkpointing: keep only each layer's input through the forward pass and
     /// recompute the layer's activations in the backward pass (the compute buffer holds one
@@ -180,6 +189,7 @@ impl Default for TrainConfig {
             ctx: 256,
             seed: 0,
             gemm_backward: true,
+            gemm_forward: true,
             split_q4_1: true,
             checkpointing: false,
             threads: crate::session::default_threads(),
@@ -369,24 +379,28 @@ fn add_loss<'a>(
 }
 
 /// Finishes a training graph before allocation: with `backward`, appends the backward pass of
-/// its loss, and with `gemm` runs its input gradients through quantized weights and its F32
-/// `out_prod`s (attention, adapter matrices) as GEMMs (the training graphs run on the CPU
-/// backend, where these custom nodes run); then the forward products of split Q4_1 weights
-/// use their copies. Forward-only graphs get the same forward products, so evaluation and
+/// its loss, and with `cfg.gemm_backward` runs its input gradients through quantized weights
+/// and its F32 `out_prod`s (attention, adapter matrices) as GEMMs (the training graphs run on
+/// the CPU backend, where these custom nodes run). Then the forward products: with
+/// `cfg.gemm_forward` as f32 GEMMs over dequantized weights, else those of split Q4_1 weights
+/// through their copies. Forward-only graphs get the same forward products, so evaluation and
 /// training compute the same loss.
 fn finish_graph<'a>(
     ctx: &'a Context,
     gf: &mut graft_ggml::Graph<'a>,
     split: Option<&'a copies::Q41Split>,
     backward: bool,
-    gemm: bool,
+    cfg: &TrainConfig,
 ) {
     if backward {
         gf.build_backward_expand(ctx);
-        if gemm {
+        if cfg.gemm_backward {
             gf.use_dequant_input_grads(ctx);
             gf.use_gemm_out_prod(ctx);
         }
+    }
+    if cfg.gemm_forward {
+        gf.use_gemm_mul_mat(ctx);
     }
     if let Some(s) = split {
         gf.use_q4_1_split(ctx, |id| s.get(id));
@@ -664,7 +678,7 @@ impl Trainer {
         let alloc = GraphAllocator::new(&backend)?;
         let nodes = llama::max_nodes(&model, 1) * llama::TRAIN_GRAPH_FACTOR;
         let ctx = Context::with_graph(nodes + 64, nodes, true)?;
-        let split = match cfg.split_q4_1 {
+        let split = match cfg.split_q4_1 && !cfg.gemm_forward {
             true => Some(copies::Q41Split::build(&model)?),
             false => None,
         };
@@ -923,13 +937,7 @@ impl Trainer {
         // cross-entropy backward assumes every label row sums to 1, so masked rows must not be
         // there); `out_ids` picks them before the last layer's feed-forward.
         let (labels, loss) = add_loss(ctx, &mut gf, inp.out, loss_scale);
-        finish_graph(
-            ctx,
-            &mut gf,
-            self.split.as_ref(),
-            grads,
-            self.cfg.gemm_backward,
-        );
+        finish_graph(ctx, &mut gf, self.split.as_ref(), grads, &self.cfg);
         self.alloc.alloc(&gf)?;
         seq.write_inputs(&inp)?;
         labels.write_f32(0, &seq.labels(n_vocab, 0..scored))?;
@@ -1026,13 +1034,7 @@ impl Trainer {
             let set = ActiveAdapters::none();
             let (mut gf, inp) = span_graph(&self.model, ctx, &set, shape, span);
             let (labels, loss) = add_loss(ctx, &mut gf, inp.out, loss_scale * share);
-            finish_graph(
-                ctx,
-                &mut gf,
-                self.split.as_ref(),
-                true,
-                self.cfg.gemm_backward,
-            );
+            finish_graph(ctx, &mut gf, self.split.as_ref(), true, &self.cfg);
             self.alloc.alloc(&gf)?;
             inp.tokens.write_f32(0, &x_last[r0 * n_embd..r1 * n_embd])?;
             labels.write_f32(0, &seq.labels(n_vocab, r0..r1))?;
@@ -1121,7 +1123,7 @@ impl Trainer {
             &mut gf,
             self.split.as_ref(),
             g_out.is_some(),
-            self.cfg.gemm_backward,
+            &self.cfg,
         );
         self.alloc.alloc(&gf)?;
         match input {

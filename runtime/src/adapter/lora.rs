@@ -81,6 +81,12 @@ pub(crate) fn load(b: &mut Builder<'_>, g: &Gguf) -> Result<()> {
 }
 
 /// `scale · B (A x)` for `x [n_in, n]` → `[n_out, n]`.
+///
+/// Inference scales the product, as llama.cpp does (same rounding, same tokens). A training
+/// graph (A is a trainable parameter) scales the rank-sized `A x` instead: the same function,
+/// and in the backward pass too the scale then runs over `r x n` values instead of
+/// `n_out x n` (a LoRA on every target spends its time moving such activations, not in its
+/// rank-r products).
 pub(crate) fn delta<'a>(
     ctx: &'a Context,
     a: Tensor<'a>,
@@ -89,6 +95,9 @@ pub(crate) fn delta<'a>(
     scale: f32,
 ) -> Tensor<'a> {
     let ax = ctx.mul_mat(a, x);
+    if a.is_param() {
+        return ctx.mul_mat(b, ctx.scale(ax, scale));
+    }
     ctx.scale(ctx.mul_mat(b, ax), scale)
 }
 

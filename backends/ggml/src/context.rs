@@ -270,6 +270,19 @@ impl<'ctx> Tensor<'ctx> {
         Ok(())
     }
 
+    /// Sets every byte of the tensor (which must be allocated in a backend buffer) to zero.
+    pub fn zero(&self) -> Result<()> {
+        if !self.is_allocated() {
+            return Err(Error::Shape(format!(
+                "zeroing {}: not allocated",
+                self.name()
+            )));
+        }
+        // SAFETY: the tensor has a buffer; the range is the whole tensor.
+        unsafe { sys::ggml_backend_tensor_memset(self.raw(), 0, 0, self.nbytes()) };
+        Ok(())
+    }
+
     /// Copies f32 values into the tensor from element `offset` (tensor must be F32).
     pub fn write_f32(&self, offset: usize, data: &[f32]) -> Result<()> {
         self.expect_type(Type::F32)?;

@@ -171,19 +171,49 @@ pub(crate) fn share(n: usize, ith: c_int, nth: c_int) -> std::ops::Range<usize> 
     n * ith / nth..n * (ith + 1) / nth
 }
 
-/// Thread `ith`'s part of a `rows x cols` output: its share of the rows and all columns, or,
-/// where there are fewer rows than columns and `cols_ok`, all rows and its share of the columns
-/// (so that a rank-sized side is not cut into slivers).
-pub(crate) fn share_2d(
+/// A thread's part of a batched product: which batches, and which rows and columns of each.
+pub(crate) struct Share {
+    pub batches: std::ops::Range<usize>,
+    pub rows: std::ops::Range<usize>,
+    pub cols: std::ops::Range<usize>,
+}
+
+impl Share {
+    /// Whether this thread has nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty() || self.rows.is_empty() || self.cols.is_empty()
+    }
+}
+
+/// Thread `ith`'s part of `batches` outputs of `rows x cols`. Whole batches where they divide
+/// evenly among the threads or are many (DiaBlo's 64 small blocks: one GEMM call per block
+/// and thread costs more than the block's arithmetic); else its share of every batch's rows,
+/// or, where there are fewer rows than columns and `cols_ok`, of its columns (so that a
+/// rank-sized side is not cut into slivers).
+pub(crate) fn share_batched(
+    batches: usize,
     rows: usize,
     cols: usize,
     cols_ok: bool,
     ith: c_int,
     nth: c_int,
-) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-    match cols_ok && rows < cols {
+) -> Share {
+    let threads = nth.max(1) as usize;
+    if batches >= threads && (batches.is_multiple_of(threads) || batches >= 8 * threads) {
+        return Share {
+            batches: share(batches, ith, nth),
+            rows: 0..rows,
+            cols: 0..cols,
+        };
+    }
+    let (rows, cols) = match cols_ok && rows < cols {
         true => (0..rows, share(cols, ith, nth)),
         false => (share(rows, ith, nth), 0..cols),
+    };
+    Share {
+        batches: 0..batches,
+        rows,
+        cols,
     }
 }
 

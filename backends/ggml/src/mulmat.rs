@@ -88,13 +88,14 @@ unsafe extern "C" fn mul_mat_gemm(
         let [m, n, ne2, ne3] = d.ne.map(|v| v as usize);
         let k = w.ne[0] as usize;
         let (r2, r3) = (ne2 / w.ne[2] as usize, ne3 / w.ne[3] as usize);
-        // Threads split the weight's rows, except for F32 weights with fewer rows than there
-        // are tokens (a LoRA's A, one head's values), where they split the tokens.
+        // Threads split the batches, or each batch's weight rows, or, for F32 weights with
+        // fewer rows than there are tokens (a LoRA's A, one head's values), its tokens.
         let f32_weight = w.type_ == sys::GGML_TYPE_F32;
-        let (rows, toks) = crate::lowrank::share_2d(m, n, f32_weight, ith, nth);
-        if rows.is_empty() || toks.is_empty() {
+        let work = crate::lowrank::share_batched(ne2 * ne3, m, n, f32_weight, ith, nth);
+        if work.is_empty() {
             return;
         }
+        let (rows, toks) = (work.rows, work.cols);
         let n = toks.len();
         let st = |s: usize| (s / f) as isize;
         let to_float = (w.type_ != sys::GGML_TYPE_F32).then(|| {
@@ -106,64 +107,62 @@ unsafe extern "C" fn mul_mat_gemm(
             Some(_) => vec![0f32; PANEL.min(rows.len()) * k],
             None => Vec::new(),
         };
-        for i3 in 0..ne3 {
-            for i2 in 0..ne2 {
-                let pw = (w.data as *const u8).add((i2 / r2) * w.nb[2] + (i3 / r3) * w.nb[3]);
-                let px = (x.data as *const u8)
-                    .add(i2 * x.nb[2] + i3 * x.nb[3] + toks.start * x.nb[1])
-                    as *const f32;
-                let pd = (d.data as *mut u8).add(i2 * d.nb[2] + i3 * d.nb[3] + toks.start * d.nb[1])
-                    as *mut f32;
-                if k == 0 {
-                    for i1 in 0..n {
-                        let row = pd.add(i1 * st(d.nb[1]) as usize + rows.start);
-                        std::slice::from_raw_parts_mut(row, rows.len()).fill(0.0);
-                    }
-                    continue;
+        for bi in work.batches {
+            let (i2, i3) = (bi % ne2, bi / ne2);
+            let pw = (w.data as *const u8).add((i2 / r2) * w.nb[2] + (i3 / r3) * w.nb[3]);
+            let px = (x.data as *const u8).add(i2 * x.nb[2] + i3 * x.nb[3] + toks.start * x.nb[1])
+                as *const f32;
+            let pd = (d.data as *mut u8).add(i2 * d.nb[2] + i3 * d.nb[3] + toks.start * d.nb[1])
+                as *mut f32;
+            if k == 0 {
+                for i1 in 0..n {
+                    let row = pd.add(i1 * st(d.nb[1]) as usize + rows.start);
+                    std::slice::from_raw_parts_mut(row, rows.len()).fill(0.0);
                 }
-                // D (n x m) = X (n x k) · Wᵀ (k x m): D[i1][i0] = Σ_k x[k, i1] · w[k, i0].
-                let Some(to_float) = to_float else {
-                    matrixmultiply::sgemm(
-                        n,
-                        k,
-                        rows.len(),
-                        1.0,
-                        px,
-                        st(x.nb[1]),
-                        1,
-                        (pw as *const f32).add(rows.start * st(w.nb[1]) as usize),
-                        1,
-                        st(w.nb[1]),
-                        0.0,
-                        pd.add(rows.start),
-                        st(d.nb[1]),
-                        1,
-                    );
-                    continue;
-                };
-                for r0 in rows.clone().step_by(PANEL) {
-                    let len = PANEL.min(rows.end - r0);
-                    for r in 0..len {
-                        let src = pw.add((r0 + r) * w.nb[1]);
-                        to_float(src.cast(), panel.as_mut_ptr().add(r * k), k as i64);
-                    }
-                    matrixmultiply::sgemm(
-                        n,
-                        k,
-                        len,
-                        1.0,
-                        px,
-                        st(x.nb[1]),
-                        1,
-                        panel.as_ptr(),
-                        1,
-                        k as isize,
-                        0.0,
-                        pd.add(r0),
-                        st(d.nb[1]),
-                        1,
-                    );
+                continue;
+            }
+            // D (n x m) = X (n x k) · Wᵀ (k x m): D[i1][i0] = Σ_k x[k, i1] · w[k, i0].
+            let Some(to_float) = to_float else {
+                matrixmultiply::sgemm(
+                    n,
+                    k,
+                    rows.len(),
+                    1.0,
+                    px,
+                    st(x.nb[1]),
+                    1,
+                    (pw as *const f32).add(rows.start * st(w.nb[1]) as usize),
+                    1,
+                    st(w.nb[1]),
+                    0.0,
+                    pd.add(rows.start),
+                    st(d.nb[1]),
+                    1,
+                );
+                continue;
+            };
+            for r0 in rows.clone().step_by(PANEL) {
+                let len = PANEL.min(rows.end - r0);
+                for r in 0..len {
+                    let src = pw.add((r0 + r) * w.nb[1]);
+                    to_float(src.cast(), panel.as_mut_ptr().add(r * k), k as i64);
                 }
+                matrixmultiply::sgemm(
+                    n,
+                    k,
+                    len,
+                    1.0,
+                    px,
+                    st(x.nb[1]),
+                    1,
+                    panel.as_ptr(),
+                    1,
+                    k as isize,
+                    0.0,
+                    pd.add(r0),
+                    st(d.nb[1]),
+                    1,
+                );
             }
         }
     }

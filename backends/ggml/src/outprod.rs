@@ -76,46 +76,45 @@ unsafe extern "C" fn out_prod_gemm(
         let [n, m, ne2, ne3] = d.ne.map(|v| v as usize);
         let k = a.ne[1] as usize;
         let (r2, r3) = (ne2 / a.ne[2] as usize, ne3 / a.ne[3] as usize);
-        // Threads split the output's rows, or its columns where there are fewer rows (a
-        // LoRA's A gradient has rank-many rows).
-        let (rows, cols) = crate::lowrank::share_2d(m, n, true, ith, nth);
-        if rows.is_empty() || cols.is_empty() {
+        // Threads split the batches, or each batch's output rows, or its columns where there
+        // are fewer rows (a LoRA's A gradient has rank-many rows).
+        let work = crate::lowrank::share_batched(ne2 * ne3, m, n, true, ith, nth);
+        if work.is_empty() {
             return;
         }
+        let (rows, cols) = (work.rows, work.cols);
         let st = |s: usize| (s / f) as isize;
-        for i3 in 0..ne3 {
-            for i2 in 0..ne2 {
-                let pa = (a.data as *const u8)
-                    .add((i2 / r2) * a.nb[2] + (i3 / r3) * a.nb[3] + cols.start * f);
-                let pb =
-                    (b.data as *const u8).add(i2 * b.nb[2] + i3 * b.nb[3] + rows.start * b.nb[0]);
-                let pd = (d.data as *mut u8)
-                    .add(i2 * d.nb[2] + i3 * d.nb[3] + rows.start * d.nb[1] + cols.start * f);
-                if k == 0 {
-                    for r in 0..rows.len() {
-                        std::slice::from_raw_parts_mut(pd.add(r * d.nb[1]) as *mut f32, cols.len())
-                            .fill(0.0);
-                    }
-                    continue;
+        for bi in work.batches {
+            let (i2, i3) = (bi % ne2, bi / ne2);
+            let pa = (a.data as *const u8)
+                .add((i2 / r2) * a.nb[2] + (i3 / r3) * a.nb[3] + cols.start * f);
+            let pb = (b.data as *const u8).add(i2 * b.nb[2] + i3 * b.nb[3] + rows.start * b.nb[0]);
+            let pd = (d.data as *mut u8)
+                .add(i2 * d.nb[2] + i3 * d.nb[3] + rows.start * d.nb[1] + cols.start * f);
+            if k == 0 {
+                for r in 0..rows.len() {
+                    std::slice::from_raw_parts_mut(pd.add(r * d.nb[1]) as *mut f32, cols.len())
+                        .fill(0.0);
                 }
-                // D (rows x n) = B' (rows x k) · A (k x n), B'[i1][k] = b[i1, k], A[k][i0] = a[i0, k].
-                matrixmultiply::sgemm(
-                    rows.len(),
-                    k,
-                    cols.len(),
-                    1.0,
-                    pb as *const f32,
-                    st(b.nb[0]),
-                    st(b.nb[1]),
-                    pa as *const f32,
-                    st(a.nb[1]),
-                    1,
-                    0.0,
-                    pd as *mut f32,
-                    st(d.nb[1]),
-                    1,
-                );
+                continue;
             }
+            // D (rows x n) = B' (rows x k) · A (k x n), B'[i1][k] = b[i1, k], A[k][i0] = a[i0, k].
+            matrixmultiply::sgemm(
+                rows.len(),
+                k,
+                cols.len(),
+                1.0,
+                pb as *const f32,
+                st(b.nb[0]),
+                st(b.nb[1]),
+                pa as *const f32,
+                st(a.nb[1]),
+                1,
+                0.0,
+                pd as *mut f32,
+                st(d.nb[1]),
+                1,
+            );
         }
     }
 }

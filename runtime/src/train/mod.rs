@@ -311,13 +311,20 @@ impl Sequence<'_> {
         Ok(())
     }
 
-    /// One-hot labels `[n_vocab, len]` of scored rows `range`.
-    fn labels(&self, n_vocab: usize, range: std::ops::Range<usize>) -> Vec<f32> {
-        let mut lab = vec![0f32; n_vocab * range.len()];
+    /// Writes the one-hot labels `[n_vocab, len]` of scored rows `range` into `labels`.
+    fn write_labels(
+        &self,
+        labels: graft_ggml::Tensor<'_>,
+        n_vocab: usize,
+        range: std::ops::Range<usize>,
+    ) -> Result<()> {
+        // Zeroed in place and then one 1.0 per row: a host copy would be n_vocab floats per
+        // row (50 MB for SmolLM2 at ctx 256), built and copied every step.
+        labels.zero()?;
         for (r, &t) in self.picked[range].iter().enumerate() {
-            lab[r * n_vocab + self.ex.tokens[t + 1] as usize] = 1.0;
+            labels.write_f32(r * n_vocab + self.ex.tokens[t + 1] as usize, &[1.0])?;
         }
-        lab
+        Ok(())
     }
 }
 
@@ -940,7 +947,7 @@ impl Trainer {
         finish_graph(ctx, &mut gf, self.split.as_ref(), grads, &self.cfg);
         self.alloc.alloc(&gf)?;
         seq.write_inputs(&inp)?;
-        labels.write_f32(0, &seq.labels(n_vocab, 0..scored))?;
+        seq.write_labels(labels, n_vocab, 0..scored)?;
         if seq.dropout {
             self.fill_dropout_masks(0..self.model.config().n_layer)?;
         }
@@ -1037,7 +1044,7 @@ impl Trainer {
             finish_graph(ctx, &mut gf, self.split.as_ref(), true, &self.cfg);
             self.alloc.alloc(&gf)?;
             inp.tokens.write_f32(0, &x_last[r0 * n_embd..r1 * n_embd])?;
-            labels.write_f32(0, &seq.labels(n_vocab, r0..r1))?;
+            seq.write_labels(labels, n_vocab, r0..r1)?;
             gf.reset_grads();
             self.backend.compute(&gf)?;
             loss_total += loss.to_vec_f32()?[0] * share;

@@ -11,9 +11,10 @@
 //! dequantization.
 //!
 //! [`Graph::use_gemm_mul_mat`] turns such `mul_mat` nodes into custom nodes running
-//! [`mul_mat_gemm`]: threads split the weight's rows; each dequantizes `PANEL` of its rows at
-//! a time with ggml's own `to_float` (so the weights' values are exact) and multiplies them with
-//! the f32 activations (the `matrixmultiply` crate). F32 weights are read in place.
+//! [`mul_mat_gemm`]: threads split the weight's rows (or whole batches, or the tokens); each
+//! dequantizes `PANEL` of its rows at a time with ggml's own `to_float` (so the weights' values
+//! are exact) and multiplies them with the f32 activations (the `matrixmultiply` crate). F32
+//! weights are read in place.
 //!
 //! The values differ from ggml's in rounding only: for F32 weights in the order of the sums;
 //! for quantized and F16 weights also because the activations are not rounded to the weights'
@@ -68,8 +69,8 @@ unsafe fn fits(t: &sys::ggml_tensor) -> bool {
 }
 
 /// `dst[i0, i1, i2, i3] = Σ_k w[k, i0, i2/r2, i3/r3] · x[k, i1, i2, i3]` (ggml's `mul_mat`,
-/// `w = src[0]`, `x = src[1]`), over this thread's weight rows `i0` (or tokens `i1`), per
-/// batch.
+/// `w = src[0]`, `x = src[1]`), over this thread's part ([`crate::lowrank::share_batched`]:
+/// whole batches, or weight rows `i0`, or tokens `i1`).
 ///
 /// # Safety
 /// Called by ggml's CPU backend for a node that [`fits`] accepted, with allocated tensors.

@@ -56,8 +56,8 @@ unsafe fn fits(t: &sys::ggml_tensor) -> bool {
 }
 
 /// `dst[i0, i1, i2, i3] = Σ_k a[i0, k, i2/r2, i3/r3] · b[i1, k, i2, i3]` (ggml's `out_prod`,
-/// `a = src[0]`, `b = src[1]`), as one GEMM per (i2, i3) over this thread's rows `i1` (or
-/// columns `i0`).
+/// `a = src[0]`, `b = src[1]`), as one GEMM per (i2, i3) over this thread's part
+/// ([`crate::lowrank::share_batched`]: whole batches, or rows `i1`, or columns `i0`).
 ///
 /// # Safety
 /// Called by ggml's CPU backend for a node that [`fits`] accepted, with allocated tensors.

@@ -393,6 +393,53 @@ impl<'ctx> Graph<'ctx> {
         })
     }
 
+    /// Puts new nodes into the node array right before existing ones: `inserts` holds, in
+    /// increasing order of index, the index of an existing node and the new nodes that go
+    /// right before it, in order. New nodes get ggml's compute flag (the CPU backend skips
+    /// nodes without it; the graph's own nodes have it). Returns `false`, with the graph
+    /// unchanged, when the graph has no room for them.
+    ///
+    /// # Safety
+    /// The new nodes are valid tensors of this graph's context that read only tensors computed
+    /// before the node they go in front of (so the array stays a topological order).
+    pub(crate) unsafe fn splice(
+        &mut self,
+        inserts: &[(usize, Vec<*mut sys::ggml_tensor>)],
+    ) -> bool {
+        let g = self.ptr.as_ptr();
+        // SAFETY: valid graph; its node array holds n_nodes valid tensors and has room for
+        // `size` (checked below); the new nodes are valid (the caller's promise).
+        unsafe {
+            let n_nodes = sys::ggml_graph_n_nodes(g) as usize;
+            let added: usize = inserts.iter().map(|(_, v)| v.len()).sum();
+            if n_nodes + added > sys::ggml_graph_size(g) as usize {
+                return false;
+            }
+            let nodes = sys::ggml_graph_nodes(g);
+            let compute = sys::GGML_TENSOR_FLAG_COMPUTE as i32;
+            let mut order = Vec::with_capacity(n_nodes + added);
+            let mut next = inserts.iter().peekable();
+            for i in 0..n_nodes {
+                while let Some((_, new)) = next.next_if(|p| p.0 == i) {
+                    for &t in new {
+                        (*t).flags |= compute;
+                        order.push(t);
+                    }
+                }
+                order.push(*nodes.add(i));
+            }
+            // The first n_nodes slots are rewritten in place; the rest are appended.
+            for (i, &t) in order.iter().enumerate() {
+                if i < n_nodes {
+                    *nodes.add(i) = t;
+                } else {
+                    sys::ggml_graph_add_node(g, t);
+                }
+            }
+            true
+        }
+    }
+
     /// Number of nodes.
     pub fn n_nodes(&self) -> i32 {
         // SAFETY: valid graph.

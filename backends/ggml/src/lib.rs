@@ -22,6 +22,7 @@ mod outprod;
 mod q4split;
 mod sched;
 pub mod threads;
+mod xent;
 
 pub use backend::{Backend, BackendKind, Buffer, ComputeStats, GraphAllocator, HostMemory};
 pub use context::{Context, FrozenContext, Graph, Tensor, TensorId};

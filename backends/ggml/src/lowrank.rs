@@ -133,10 +133,11 @@ impl Context {
         fun: CustomFn,
         s: f32,
     ) -> Tensor<'_> {
-        let userdata = s.to_bits() as usize as *mut c_void; // read back by `scale_of`
-                                                            // SAFETY: valid context and tensors (the callers checked them); `args` is read during
-                                                            // the call only; ggml keeps the tensors as the node's sources and calls `fun` with them
-                                                            // during compute.
+        // The scale travels in the userdata pointer's bits; `scale_of` reads it back.
+        let userdata = s.to_bits() as usize as *mut c_void;
+        // SAFETY: valid context and tensors (the callers checked them); `args` is read during
+        // the call only; ggml keeps the tensors as the node's sources and calls `fun` with them
+        // during compute.
         let p = unsafe {
             sys::ggml_custom_4d(
                 self.raw(),

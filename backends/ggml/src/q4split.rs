@@ -146,9 +146,9 @@ impl<'ctx> Graph<'ctx> {
         'w: 'ctx,
     {
         let g = self.ptr.as_ptr();
-        // SAFETY: valid graph; the node array holds n_nodes valid tensors, and every write
-        // below keeps it a topological order of valid tensors (new nodes go right before the
-        // node that reads them, after their own sources) within the graph's capacity.
+        // SAFETY: valid graph; the node array holds n_nodes valid tensors. The new nodes read
+        // only tensors computed before the node they replace the sources of, and go right
+        // before it (`splice`), within the graph's capacity (checked first).
         unsafe {
             let n_nodes = sys::ggml_graph_n_nodes(g) as usize;
             let cap = sys::ggml_graph_size(g) as usize;
@@ -185,49 +185,33 @@ impl<'ctx> Graph<'ctx> {
             {
                 return 0;
             }
-            let mut order: Vec<*mut sys::ggml_tensor> =
-                Vec::with_capacity(n_nodes + 3 * plan.len());
+            let mut inserts = Vec::with_capacity(plan.len());
             let mut sums: HashMap<*mut sys::ggml_tensor, *mut sys::ggml_tensor> = HashMap::new();
-            // ggml's CPU backend skips nodes without this flag (the graph's own nodes have it).
-            let compute = sys::GGML_TENSOR_FLAG_COMPUTE as i32;
-            let mut next = plan.iter().peekable();
-            for i in 0..n_nodes {
+            for &(i, q, off) in &plan {
                 let node = *nodes.add(i);
-                if let Some((_, q, off)) = next.next_if(|p| p.0 == i) {
-                    let x = (*node).src[1];
-                    let s = match sums.get(&x) {
-                        Some(&s) => s,
-                        None => {
-                            let ne = [2 * (*x).ne[0] / BLOCK as i64, (*x).ne[1]];
-                            let s = ctx.custom_f32(&mut [x], ne, q8_block_sums, 0.0).raw();
-                            (*s).flags |= compute;
-                            sums.insert(x, s);
-                            order.push(s);
-                            s
-                        }
-                    };
-                    let main = sys::ggml_mul_mat(ctx.raw(), q.raw(), x);
-                    let rest = sys::ggml_mul_mat(ctx.raw(), off.raw(), s);
-                    (*main).flags |= compute;
-                    (*rest).flags |= compute;
-                    order.push(main);
-                    order.push(rest);
-                    let t = &mut *node;
-                    t.op = sys::GGML_OP_ADD;
-                    t.src[0] = main;
-                    t.src[1] = rest;
-                    t.op_params = [0; 16];
-                }
-                order.push(node);
+                let x = (*node).src[1];
+                let mut new = Vec::with_capacity(3);
+                let s = match sums.get(&x) {
+                    Some(&s) => s,
+                    None => {
+                        let ne = [2 * (*x).ne[0] / BLOCK as i64, (*x).ne[1]];
+                        let s = ctx.custom_f32(&mut [x], ne, q8_block_sums, 0.0).raw();
+                        sums.insert(x, s);
+                        new.push(s);
+                        s
+                    }
+                };
+                let main = sys::ggml_mul_mat(ctx.raw(), q.raw(), x);
+                let rest = sys::ggml_mul_mat(ctx.raw(), off.raw(), s);
+                new.extend([main, rest]);
+                let t = &mut *node;
+                t.op = sys::GGML_OP_ADD;
+                t.src[0] = main;
+                t.src[1] = rest;
+                t.op_params = [0; 16];
+                inserts.push((i, new));
             }
-            // The first n_nodes slots are rewritten in place; the rest are appended.
-            for (i, &t) in order.iter().enumerate() {
-                if i < n_nodes {
-                    *nodes.add(i) = t;
-                } else {
-                    sys::ggml_graph_add_node(g, t);
-                }
-            }
+            self.splice(&inserts);
             plan.len()
         }
     }

@@ -627,3 +627,70 @@ fn gemm_mul_mat_matches_an_f64_product() {
         }
     }
 }
+
+/// ggml's cross-entropy loss and, after `use_fast_cross_entropy`, the per-row custom node
+/// summed: one-hot and soft labels, a row width that is not a multiple of the vector lanes,
+/// rows over two dimensions, logits spread so wide that the exponentials span the f32 range
+/// and so narrow that the log-sum-exp is most of the loss; 1 to 3 threads. Both against an
+/// f64 log-softmax.
+#[test]
+fn fast_cross_entropy_matches_ggml() {
+    // (row width, rows, row batches, soft labels, logit spread)
+    let cases = [
+        (1003i64, 7i64, 1i64, false, 60.0f32),
+        (1003, 5, 1, false, 2.0),
+        (49, 3, 2, true, 60.0),
+    ];
+    for (nc, ne1, ne2, soft, spread) in cases {
+        let n = (nc * ne1 * ne2) as usize;
+        let logits: Vec<f32> = (0..n)
+            .map(|i| (((i * 7919) % 2003) as f32 / 2003.0 - 0.5) * spread)
+            .collect();
+        let mut labels = vec![0f32; n];
+        for (r, row) in labels.chunks_mut(nc as usize).enumerate() {
+            if soft {
+                let z: f32 = (1..=nc).map(|j| j as f32).sum();
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = (j + 1) as f32 / z;
+                }
+            } else {
+                row[(r * 37) % nc as usize] = 1.0;
+            }
+        }
+        let rows = (ne1 * ne2) as usize;
+        let want: f64 = logits
+            .chunks(nc as usize)
+            .zip(labels.chunks(nc as usize))
+            .map(|(l, lab)| {
+                let max = l.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+                let lse = l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+                -l.iter().zip(lab).map(|(&v, &p)| p as f64 * (v as f64 - lse)).sum::<f64>()
+            })
+            .sum::<f64>()
+            / rows as f64;
+        for threads in 1..=3 {
+            for fast in [false, true] {
+                let mut backend = Backend::cpu(threads).unwrap();
+                backend.set_adaptive_threads(false);
+                let ctx = Context::new(64, 64).unwrap();
+                let tl = ctx.new_tensor(Type::F32, &[nc, ne1, ne2]).set_input();
+                let tb = ctx.new_tensor(Type::F32, &[nc, ne1, ne2]).set_input();
+                let loss = ctx.cross_entropy_loss(tl, tb).set_output();
+                let mut g = ctx.new_graph(64, false);
+                g.build_forward_expand(loss);
+                let rewritten = if fast { g.use_fast_cross_entropy(&ctx) } else { 0 };
+                assert_eq!(rewritten, usize::from(fast));
+                let mut alloc = GraphAllocator::new(&backend).unwrap();
+                alloc.alloc(&g).unwrap();
+                tl.write_f32(0, &logits).unwrap();
+                tb.write_f32(0, &labels).unwrap();
+                backend.compute(&g).unwrap();
+                let got = loss.to_vec_f32().unwrap()[0] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs(),
+                    "{nc}x{ne1}x{ne2} soft {soft} fast {fast} x{threads}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}

@@ -148,7 +148,9 @@ pub struct TrainConfig {
     /// type (Q8 blocks for quantized weights) and have no GEMM for Q4_1, for small inner
     /// dimensions or for strided operands. The weights' values are exact; the activations are
     /// not quantized (as QLoRA-style trainers compute), so the loss differs from ggml's
-    /// inference loss by that rounding. `false`: ggml's kernels (the inference path).
+    /// inference loss by that rounding. The cross entropy's forward also runs on a vectorized
+    /// exponential (within 3e-7 of libm's) instead of ggml's scalar one. `false`: ggml's
+    /// kernels (the inference path).
     pub gemm_forward: bool,
     /// With `gemm_forward` off: keep each Q4_1 layer weight also as a Q4_0 matrix plus
     /// per-block offsets, whose products sum to ggml's Q4_1 product up to f32 rounding on a
@@ -408,6 +410,7 @@ fn finish_graph<'a>(
     }
     if cfg.gemm_forward {
         gf.use_gemm_mul_mat(ctx);
+        gf.use_fast_cross_entropy(ctx);
     }
     if let Some(s) = split {
         gf.use_q4_1_split(ctx, |id| s.get(id));

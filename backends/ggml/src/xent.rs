@@ -1,0 +1,201 @@
+//! ggml's cross-entropy loss forward with a vectorizable exponential (CPU training graphs).
+//!
+//! ggml's CPU `cross_entropy_loss` computes each row's log-sum-exp with libm's scalar `expf`:
+//! over SmolLM2's 49152-wide logits at ctx 256 that is 3 % of a training step. Its threads
+//! then meet at a barrier to add their partial sums, which a custom op cannot do. So
+//! [`Graph::use_fast_cross_entropy`] splits the node in two: a custom node computing each
+//! row's share of the loss ([`xent_rows`], all threads, rows split), spliced in before it, and
+//! the node itself turned into a `sum` of those rows. The backward pass (ggml's
+//! `cross_entropy_loss_back`, already vectorized) was built from the original node and is
+//! unchanged.
+
+use std::os::raw::{c_int, c_void};
+
+use crate::context::{Context, Graph};
+use crate::sys;
+
+/// `e^x`, within 3e-7 relative of libm's for `x` in [-87, 88] (clamped outside): a
+/// Cody-Waite reduction `x = n·ln2 + r` and a degree-6 polynomial for `e^r`, branch-free so
+/// that a loop over it vectorizes.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    // ln 2 in two parts, so that n·LN2_HI is exact
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_52 + r * 0.001_388_89)))));
+    // 2^n from t's low mantissa bits (n as an integer), without a float-to-int conversion
+    let bits = t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// Lanes of the partial sums (so that the loops vectorize).
+const LANES: usize = 8;
+
+/// `log Σ_j e^(l_j - max)` and `max` of one row.
+fn log_sum_exp(l: &[f32]) -> (f32, f32) {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = l.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in m.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    let mut s = [0f32; LANES];
+    let chunks = l.chunks_exact(LANES);
+    for c in chunks {
+        for (a, &v) in s.iter_mut().zip(c) {
+            *a += exp(v - max);
+        }
+    }
+    let sum: f64 = s.iter().map(|&v| v as f64).sum::<f64>()
+        + tail.iter().map(|&v| exp(v - max) as f64).sum::<f64>();
+    ((sum as f32).ln(), max)
+}
+
+/// Whether `t` (a `CROSS_ENTROPY_LOSS` node) is one [`xent_rows`] computes: F32 logits and
+/// labels of the same shape with contiguous rows, a scalar F32 output.
+///
+/// # Safety
+/// `t` is a valid `CROSS_ENTROPY_LOSS` node with both sources set.
+unsafe fn fits(t: &sys::ggml_tensor) -> bool {
+    let (a, b) = (&*t.src[0], &*t.src[1]);
+    let f = std::mem::size_of::<f32>();
+    let f32 = sys::GGML_TYPE_F32;
+    a.type_ == f32
+        && b.type_ == f32
+        && t.type_ == f32
+        && a.ne == b.ne
+        && a.nb[0] == f
+        && b.nb[0] == f
+        && a.ne[0] > 0
+        && t.ne == [1, 1, 1, 1]
+}
+
+/// `dst[r] = -Σ_j labels[j, r] · log_softmax(logits[·, r])_j / rows` for this thread's rows
+/// (`src = [logits, labels]`, rows over ne1..ne3): ggml's loss is the sum of `dst`.
+///
+/// # Safety
+/// Called by ggml's CPU backend for a node built by [`Graph::use_fast_cross_entropy`] (its
+/// sources passed [`fits`]), with allocated tensors.
+unsafe extern "C" fn xent_rows(
+    dst: *mut sys::ggml_tensor,
+    ith: c_int,
+    nth: c_int,
+    _userdata: *mut c_void,
+) {
+    // SAFETY: ggml passes the node it computes; `fits` checked that logits and labels are F32
+    // tensors of one shape with contiguous rows, and `dst` is the F32 vector of one value per
+    // row made for them.
+    unsafe {
+        let d = &*dst;
+        let (a, b) = (&*d.src[0], &*d.src[1]);
+        let nc = a.ne[0] as usize;
+        let [n1, n2, n3] = [a.ne[1], a.ne[2], a.ne[3]].map(|v| v as usize);
+        let rows = n1 * n2 * n3;
+        let out = std::slice::from_raw_parts_mut(d.data as *mut f32, rows);
+        for r in crate::lowrank::share(rows, ith, nth) {
+            let (i1, i2, i3) = (r % n1, (r / n1) % n2, r / (n1 * n2));
+            let row = |t: &sys::ggml_tensor| {
+                let p = (t.data as *const u8).add(i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3]);
+                std::slice::from_raw_parts(p as *const f32, nc)
+            };
+            let (l, lab) = (row(a), row(b));
+            let (lse, max) = log_sum_exp(l);
+            // Σ lab·(l - max - lse) = Σ lab·(l - max) - lse·Σ lab
+            let (mut dot, mut mass) = ([0f32; LANES], [0f32; LANES]);
+            for (cl, cb) in l.chunks_exact(LANES).zip(lab.chunks_exact(LANES)) {
+                for k in 0..LANES {
+                    dot[k] += cb[k] * (cl[k] - max);
+                    mass[k] += cb[k];
+                }
+            }
+            let tail = nc - nc % LANES;
+            let dot: f64 = dot.iter().map(|&v| v as f64).sum::<f64>()
+                + (tail..nc)
+                    .map(|j| (lab[j] * (l[j] - max)) as f64)
+                    .sum::<f64>();
+            let mass: f64 = mass.iter().map(|&v| v as f64).sum::<f64>()
+                + lab[tail..].iter().map(|&v| v as f64).sum::<f64>();
+            out[r] = (-(dot - lse as f64 * mass) / rows as f64) as f32;
+        }
+    }
+}
+
+impl<'ctx> Graph<'ctx> {
+    /// Rewrites each `cross_entropy_loss(logits, labels)` node into a `sum` over a new custom
+    /// node of per-row losses ([`xent_rows`], a vectorizable exponential instead of libm's
+    /// scalar one), spliced in before it: the same loss up to f32 rounding (the exponential is
+    /// within 3e-7 of libm's). CPU backend only. Returns how many nodes were rewritten; none
+    /// when the graph or the context has no room. Call after `build_backward_expand` (the
+    /// backward pass, built from the original node, is unchanged), before allocation.
+    pub fn use_fast_cross_entropy(&mut self, ctx: &'ctx Context) -> usize {
+        let g = self.ptr.as_ptr();
+        // SAFETY: valid graph and context; every node index is below n_nodes. Each new node
+        // reads the logits and labels, computed before the loss node it goes in front of, and
+        // the loss node becomes a sum of it (a scalar, as before).
+        unsafe {
+            let n_nodes = sys::ggml_graph_n_nodes(g) as usize;
+            let nodes = sys::ggml_graph_nodes(g);
+            let plan: Vec<usize> = (0..n_nodes)
+                .filter(|&i| {
+                    let t = &**nodes.add(i);
+                    t.op == sys::GGML_OP_CROSS_ENTROPY_LOSS
+                        && !t.src[0].is_null()
+                        && !t.src[1].is_null()
+                        && fits(t)
+                })
+                .collect();
+            let room = sys::ggml_get_mem_size(ctx.raw()) - sys::ggml_used_mem(ctx.raw());
+            if plan.is_empty()
+                || n_nodes + plan.len() > sys::ggml_graph_size(g) as usize
+                || room < plan.len() * (sys::ggml_tensor_overhead() + 64)
+            {
+                return 0;
+            }
+            let mut inserts = Vec::with_capacity(plan.len());
+            for &i in &plan {
+                let t = &mut **nodes.add(i);
+                let (a, b) = (t.src[0], t.src[1]);
+                let rows = (*a).ne[1] * (*a).ne[2] * (*a).ne[3];
+                let per_row = ctx.custom_f32(&mut [a, b], [rows, 1], xent_rows, 0.0).raw();
+                t.op = sys::GGML_OP_SUM;
+                t.src[0] = per_row;
+                t.src[1] = std::ptr::null_mut();
+                t.op_params = [0; 16];
+                inserts.push((i, vec![per_row]));
+            }
+            self.splice(&inserts);
+            plan.len()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_3e_7_of_libm() {
+        let mut worst = 0f64;
+        for i in 0..200_000 {
+            let x = -87.0 + i as f32 * (175.0 / 200_000.0);
+            let (a, b) = (exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - b) / b).abs());
+        }
+        assert!(worst < 3e-7, "worst relative error {worst:e}");
+        assert_eq!(exp(-1000.0), exp(-87.0));
+        assert!(exp(1000.0).is_finite());
+    }
+}

@@ -664,7 +664,10 @@ fn fast_cross_entropy_matches_ggml() {
             .map(|(l, lab)| {
                 let max = l.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
                 let lse = l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-                -l.iter().zip(lab).map(|(&v, &p)| p as f64 * (v as f64 - lse)).sum::<f64>()
+                -l.iter()
+                    .zip(lab)
+                    .map(|(&v, &p)| p as f64 * (v as f64 - lse))
+                    .sum::<f64>()
             })
             .sum::<f64>()
             / rows as f64;
@@ -678,7 +681,11 @@ fn fast_cross_entropy_matches_ggml() {
                 let loss = ctx.cross_entropy_loss(tl, tb).set_output();
                 let mut g = ctx.new_graph(64, false);
                 g.build_forward_expand(loss);
-                let rewritten = if fast { g.use_fast_cross_entropy(&ctx) } else { 0 };
+                let rewritten = if fast {
+                    g.use_fast_cross_entropy(&ctx)
+                } else {
+                    0
+                };
                 assert_eq!(rewritten, usize::from(fast));
                 let mut alloc = GraphAllocator::new(&backend).unwrap();
                 alloc.alloc(&g).unwrap();

@@ -62,10 +62,7 @@ unsafe fn fits(t: &sys::ggml_tensor) -> bool {
         && t.ne[1] == x.ne[1]
         && t.ne[2] == x.ne[2]
         && t.ne[3] == x.ne[3]
-        && w.ne[2] > 0
-        && w.ne[3] > 0
-        && x.ne[2] % w.ne[2] == 0
-        && x.ne[3] % w.ne[3] == 0
+        && crate::outprod::broadcasts(w, x)
 }
 
 /// `dst[i0, i1, i2, i3] = Σ_k w[k, i0, i2/r2, i3/r3] · x[k, i1, i2, i3]` (ggml's `mul_mat`,
@@ -99,7 +96,7 @@ unsafe extern "C" fn mul_mat_gemm(
         let (rows, toks) = (work.rows, work.cols);
         let n = toks.len();
         let st = |s: usize| (s / f) as isize;
-        let to_float = (w.type_ != sys::GGML_TYPE_F32).then(|| {
+        let to_float = (!f32_weight).then(|| {
             (*sys::ggml_get_type_traits(w.type_))
                 .to_float
                 .expect("checked by fits")

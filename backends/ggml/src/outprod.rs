@@ -49,10 +49,13 @@ unsafe fn fits(t: &sys::ggml_tensor) -> bool {
         && a.ne[1] == b.ne[1]
         && t.ne[2] == b.ne[2]
         && t.ne[3] == b.ne[3]
-        && a.ne[2] > 0
-        && a.ne[3] > 0
-        && t.ne[2] % a.ne[2] == 0
-        && t.ne[3] % a.ne[3] == 0
+        && broadcasts(a, t)
+}
+
+/// Whether `src`'s batches (dims 2 and 3) broadcast over `out`'s as ggml broadcasts a
+/// product's first operand: none empty, each count dividing `out`'s.
+pub(crate) fn broadcasts(src: &sys::ggml_tensor, out: &sys::ggml_tensor) -> bool {
+    src.ne[2] > 0 && src.ne[3] > 0 && out.ne[2] % src.ne[2] == 0 && out.ne[3] % src.ne[3] == 0
 }
 
 /// `dst[i0, i1, i2, i3] = Σ_k a[i0, k, i2/r2, i3/r3] · b[i1, k, i2, i3]` (ggml's `out_prod`,

@@ -81,12 +81,17 @@ fn cfg_for(method: Method) -> TrainConfig {
 /// Central finite differences of the loss against the autodiff gradient, on the largest
 /// gradient coordinates of a few tensors.
 fn grad_check(model_file: &str, method: Method) {
+    grad_check_with(model_file, cfg_for(method));
+}
+
+fn grad_check_with(model_file: &str, cfg: TrainConfig) {
     let Some(p) = common::model(model_file) else {
         return;
     };
+    let method = cfg.method;
     let m = Arc::new(Model::load(p).unwrap());
     let nv = m.config().n_vocab;
-    let mut t = Trainer::new(m, cfg_for(method)).unwrap();
+    let mut t = Trainer::new(m, cfg).unwrap();
     // Move B off zero (at B = 0 the gradient of A vanishes).
     perturb(&mut t);
     let ex = example(12, 1, nv);
@@ -144,6 +149,19 @@ fn lora_gradients_match_finite_differences_f32() {
 #[test]
 fn diablo_gradients_match_finite_differences_f32() {
     grad_check("qwen2-tiny.gguf", Method::Diablo);
+}
+
+/// Blocks that tile every layer (4 on 128, 64 and 352): the path where the projections that
+/// read one input share its block-major copy and sum their gradients there.
+#[test]
+fn diablo_tiled_gradients_match_finite_differences_f32() {
+    grad_check_with(
+        "qwen2-tiny.gguf",
+        TrainConfig {
+            blocks: 4,
+            ..cfg_for(Method::Diablo)
+        },
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! All contexts made here are `no_alloc`: they hold tensor metadata and graph nodes only;
 //! tensor data lives in backend [`Buffer`](crate::Buffer)s.
 
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -15,7 +16,18 @@ pub struct Context {
     ptr: NonNull<sys::ggml_context>,
     // The metadata arena, owned here so that re-initialising a context never mallocs.
     _mem: Vec<u8>,
+    // Tensors derived once per source (`Context::derived`), until the next reset.
+    derived: RefCell<Vec<Derived>>,
 }
+
+/// A key of [`Context::derived`]: the source tensor, a name for the derivation and its one
+/// parameter; the derived tensor.
+type Derived = (
+    NonNull<sys::ggml_tensor>,
+    &'static str,
+    i64,
+    NonNull<sys::ggml_tensor>,
+);
 
 // SAFETY: a ggml context is plain memory with no thread affinity; `&Context` methods mutate
 // it (adding tensors), so it is Send but deliberately not Sync.
@@ -68,13 +80,49 @@ impl Context {
         // not move when Self moves).
         let ptr = unsafe { sys::ggml_init(params) };
         let ptr = NonNull::new(ptr).ok_or_else(|| Error::Alloc("ggml_init".into()))?;
-        Ok(Self { ptr, _mem: mem })
+        Ok(Self {
+            ptr,
+            _mem: mem,
+            derived: RefCell::default(),
+        })
     }
 
     /// Drops every tensor and graph made in this context, keeping its arena (no allocation).
     pub fn reset(&mut self) {
+        self.derived.get_mut().clear();
         // SAFETY: &mut self guarantees no Tensor or Graph borrowed from this context lives.
         unsafe { sys::ggml_reset(self.raw()) }
+    }
+
+    /// The tensor `make` derives from `src`, made once per (`src`, `what`, `param`) until the
+    /// next reset and shared after that. Graph builders use it where several consumers would
+    /// each make the same copy of one input (the projections that read one normed
+    /// activation): one node instead of several, and in a training graph their gradients meet
+    /// at that one node.
+    pub fn derived<'a>(
+        &'a self,
+        src: Tensor<'a>,
+        what: &'static str,
+        param: i64,
+        make: impl FnOnce() -> Tensor<'a>,
+    ) -> Tensor<'a> {
+        let found = self
+            .derived
+            .borrow()
+            .iter()
+            .find(|&&(s, w, p, _)| s == src.ptr && w == what && p == param)
+            .map(|e| e.3);
+        if let Some(ptr) = found {
+            return Tensor {
+                ptr,
+                _ctx: PhantomData,
+            };
+        }
+        let t = make();
+        self.derived
+            .borrow_mut()
+            .push((src.ptr, what, param, t.ptr));
+        t
     }
 
     pub(crate) fn raw(&self) -> *mut sys::ggml_context {

@@ -701,3 +701,36 @@ fn fast_cross_entropy_matches_ggml() {
         }
     }
 }
+
+#[test]
+fn derived_tensors_are_made_once_per_source_and_key_until_reset() {
+    let mut ctx = Context::new(16, 0).unwrap();
+    {
+        let ctx = &ctx;
+        let (a, b) = (
+            ctx.new_tensor(Type::F32, &[4, 3]),
+            ctx.new_tensor(Type::F32, &[4, 3]),
+        );
+        let made = std::cell::Cell::new(0);
+        let copy = |src, what, p| {
+            ctx.derived(src, what, p, || {
+                made.set(made.get() + 1);
+                ctx.cont(ctx.transpose(src))
+            })
+        };
+        let first = copy(a, "t", 1);
+        assert_eq!(copy(a, "t", 1).id(), first.id());
+        assert_ne!(copy(a, "t", 2).id(), first.id());
+        assert_ne!(copy(a, "u", 1).id(), first.id());
+        assert_ne!(copy(b, "t", 1).id(), first.id());
+        assert_eq!(made.get(), 4);
+    }
+    ctx.reset();
+    let c = ctx.new_tensor(Type::F32, &[4, 3]);
+    let mut made = false;
+    ctx.derived(c, "t", 1, || {
+        made = true;
+        c
+    });
+    assert!(made, "a reset context derives anew");
+}

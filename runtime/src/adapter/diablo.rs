@@ -95,14 +95,30 @@ pub(crate) fn apply<'a>(
                 ctx.acc(y, out, yb, 0)
             };
         } else {
-            let xs = x.nb()[1];
-            let xv = ctx.view(x, &[bi, full, n], &[bi as usize * 4, xs], 0);
-            let xr = ctx.cont(ctx.permute(xv, [0, 2, 1, 3])); // [bs_in, n, full]
+            // When the blocks cover x exactly, x is a reshape of itself into [bs_in, N, n]:
+            // its gradient then comes back as one copy and a contiguous add (a view's comes
+            // back through `acc`, which copies x's whole gradient and adds rows of bs_in
+            // values through strides).
+            // The projections that read one x with the same block width (q, k, v; gate,
+            // up) share this copy. It is shared as [bs_in·n, full], so that in a training
+            // graph their gradients are summed in rows of bs_in·n values: ggml's `add` runs
+            // row by row, and rows of bs_in values would cost it more than the copies saved.
+            let xr = ctx.derived(x, "diablo_blocks", (bi << 32) | full, || {
+                let xv = if full * bi == n_in {
+                    ctx.reshape(x, &[bi, full, n])
+                } else {
+                    ctx.view(x, &[bi, full, n], &[bi as usize * 4, x.nb()[1]], 0)
+                };
+                let xr = ctx.cont(ctx.permute(xv, [0, 2, 1, 3])); // [bs_in, n, full]
+                ctx.reshape(xr, &[bi * n, full])
+            });
+            let xr = ctx.reshape(xr, &[bi, n, full]);
             let out = scaled(ctx.mul_mat(dv, xr)); // [bs_out, n, full]
             y = if tiles {
-                let y3 = ctx.reshape(y, &[bo, full, n]);
-                let sum = ctx.add(y3, ctx.permute(out, [0, 2, 1, 3]));
-                ctx.reshape(sum, &[n_out, n])
+                // Copied into y's layout, then added contiguously: ggml's `add` over a
+                // permuted operand walks rows of bs_out values (2x slower than copy + add).
+                let out = ctx.cont(ctx.permute(out, [0, 2, 1, 3])); // [bs_out, N, n]
+                ctx.add(y, ctx.reshape(out, &[n_out, n]))
             } else {
                 let out = ctx.reshape(ctx.cont(ctx.permute(out, [0, 2, 1, 3])), &[bo * full, n]);
                 ctx.acc(y, out, yb, 0)

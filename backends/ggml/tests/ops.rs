@@ -322,7 +322,7 @@ fn block_diag_update_equals_the_standard_ops() {
 /// `out_prod(a, b)` computed by ggml's kernel and, after `use_gemm_out_prod`, by the GEMM
 /// node, against a naive f64 sum: 2-D, with `b` a transposed view (the input gradient of a
 /// frozen F32 weight), and 3-D with `a` broadcast over the batches (ne2 = 2 vs 6); odd sizes,
-/// 1 to 3 threads.
+/// 1 to 3 threads; batches of small products as DiaBlo's blocks make them.
 #[test]
 fn gemm_out_prod_matches_ggml_out_prod() {
     // (ne0 of a, rows k, ne0 of b, batches of a, batches of b, b given transposed)
@@ -332,6 +332,14 @@ fn gemm_out_prod_matches_ggml_out_prod() {
         (45, 17, 23, 1, 1, true),
         (19, 31, 13, 2, 6, false),
         (1, 5, 1, 1, 1, false),
+        // DiaBlo-like batches of small products: the blocks' input gradient (a short inner
+        // dimension, many columns) and their gradients (sums over the tokens of small outer
+        // products).
+        (9, 24, 256, 8, 8, false),
+        (24, 300, 9, 4, 4, false),
+        (9, 300, 24, 4, 4, false),
+        (9, 20, 300, 1, 1, true),
+        (70, 3, 5, 3, 3, false),
     ];
     for &(m, k, n, ba, bb, transposed) in &cases {
         let a: Vec<f32> = (0..m * k * ba)
@@ -548,6 +556,10 @@ fn gemm_mul_mat_matches_an_f64_product() {
         (Type::F32, 8i64, 300i64, 37i64, 1i64, 1i64, false),
         (Type::F32, 576, 5, 37, 1, 1, false),
         (Type::F32, 64, 29, 31, 3, 9, true),
+        // DiaBlo-like batches of small products, 7 batches over 1-3 threads.
+        (Type::F32, 9, 24, 37, 7, 7, false),
+        (Type::F32, 24, 9, 5, 7, 7, true),
+        (Type::F32, 9, 70, 3, 4, 4, false),
         (Type::Q4_1, 96, 300, 37, 1, 1, false),
         (Type::Q8_0, 64, 513, 3, 1, 1, false),
         (Type::F16, 40, 260, 19, 1, 1, false),

@@ -21,6 +21,8 @@ mod ops;
 mod outprod;
 mod q4split;
 mod sched;
+mod simd;
+mod softmax;
 pub mod threads;
 mod xent;
 

@@ -260,7 +260,7 @@ impl<'ctx> Graph<'ctx> {
         accept: impl Fn(&sys::ggml_tensor) -> bool,
         untranspose: bool,
     ) -> usize {
-        let Some(params) = custom_params(ctx, fun) else {
+        let Some(params) = custom_params(ctx, fun, std::ptr::null_mut()) else {
             return 0;
         };
         let mut n = 0;
@@ -285,10 +285,14 @@ impl<'ctx> Graph<'ctx> {
     }
 }
 
-/// The op parameters ggml stores for a custom node running `fun` on all threads: ggml lays
-/// them out itself, so they are taken from a node made for the purpose (no sources, never
-/// computed). `None` if the context has no room.
-fn custom_params(ctx: &Context, fun: CustomFn) -> Option<[i32; 16]> {
+/// The op parameters ggml stores for a custom node running `fun` on all threads with
+/// `userdata`: ggml lays them out itself, so they are taken from a node made for the purpose
+/// (no sources, never computed). `None` if the context has no room.
+pub(crate) fn custom_params(
+    ctx: &Context,
+    fun: CustomFn,
+    userdata: *mut c_void,
+) -> Option<[i32; 16]> {
     // SAFETY: valid context; no sources are passed (n_args 0).
     let t = unsafe {
         sys::ggml_custom_4d(
@@ -302,7 +306,7 @@ fn custom_params(ctx: &Context, fun: CustomFn) -> Option<[i32; 16]> {
             0,
             Some(fun),
             sys::GGML_N_TASKS_MAX,
-            std::ptr::null_mut(),
+            userdata,
         )
     };
     // SAFETY: a tensor ggml just made, when not null.

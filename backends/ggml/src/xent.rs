@@ -38,8 +38,10 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// Lanes of the partial sums (so that the loops vectorize).
 const LANES: usize = 8;
 
-/// `log Σ_j e^(l_j - max)` and `max` of one row.
-fn log_sum_exp(l: &[f32]) -> (f32, f32) {
+/// The largest value of a row (-inf for none), in `LANES` partial maxima so that the loop
+/// vectorizes.
+#[inline(always)]
+pub(crate) fn row_max(l: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
     let chunks = l.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -48,10 +50,15 @@ fn log_sum_exp(l: &[f32]) -> (f32, f32) {
             *a = a.max(v);
         }
     }
-    let max = tail
-        .iter()
+    tail.iter()
         .chain(&m)
-        .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        .fold(f32::NEG_INFINITY, |a, &v| a.max(v))
+}
+
+/// `log Σ_j e^(l_j - max)` and `max` of one row.
+fn log_sum_exp(l: &[f32]) -> (f32, f32) {
+    let max = row_max(l);
+    let tail = &l[l.len() - l.len() % LANES..];
     let mut s = [0f32; LANES];
     let chunks = l.chunks_exact(LANES);
     for c in chunks {

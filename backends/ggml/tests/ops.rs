@@ -746,3 +746,73 @@ fn derived_tensors_are_made_once_per_source_and_key_until_reset() {
     });
     assert!(made, "a reset context derives anew");
 }
+
+/// ggml's `soft_max_ext` and, after `use_masked_softmax`, the custom node that stops each row
+/// at the mask's last open column: a causal mask, a mask with holes and additive values, a
+/// mask taller than the scores (as ggml pads it) broadcast over 3 heads; 1 to 3 threads.
+/// Both against an f64 softmax.
+#[test]
+fn masked_softmax_matches_ggml() {
+    let inf = f32::NEG_INFINITY;
+    let (nkv, nq, heads, scale) = (37i64, 29i64, 3i64, 0.125f32);
+    let mask_rows = nq + 3;
+    let causal: Vec<f32> = (0..mask_rows * nkv)
+        .map(|i| if i % nkv <= i / nkv + 5 { 0.0 } else { inf })
+        .collect();
+    let holes: Vec<f32> = (0..mask_rows * nkv)
+        .map(|i| match (i * 7919) % 11 {
+            0..=2 => inf,
+            3 => -1.5,
+            _ => 0.0,
+        })
+        .collect();
+    let x: Vec<f32> = (0..nkv * nq * heads)
+        .map(|i| (((i * 104729) % 977) as f32 / 977.0 - 0.5) * 20.0)
+        .collect();
+    for mask in [&causal, &holes] {
+        let mut want = vec![0f64; x.len()];
+        for h in 0..heads {
+            for q in 0..nq {
+                let row = ((h * nq + q) * nkv) as usize;
+                let v: Vec<f64> = (0..nkv as usize)
+                    .map(|k| x[row + k] as f64 * scale as f64 + mask[(q * nkv) as usize + k] as f64)
+                    .collect();
+                let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = v.iter().map(|v| (v - max).exp()).sum();
+                for k in 0..nkv as usize {
+                    want[row + k] = (v[k] - max).exp() / sum;
+                }
+            }
+        }
+        for threads in 1..=3 {
+            for custom in [false, true] {
+                let mut backend = Backend::cpu(threads).unwrap();
+                backend.set_adaptive_threads(false);
+                let ctx = Context::new(64, 64).unwrap();
+                let tx = ctx.new_tensor(Type::F32, &[nkv, nq, heads]).set_input();
+                let tm = ctx.new_tensor(Type::F32, &[nkv, mask_rows]).set_input();
+                let out = ctx.soft_max_ext(tx, Some(tm), scale).set_output();
+                let mut g = ctx.new_graph(64, false);
+                g.build_forward_expand(out);
+                let rewritten = if custom {
+                    g.use_masked_softmax(&ctx)
+                } else {
+                    0
+                };
+                assert_eq!(rewritten, usize::from(custom));
+                let mut alloc = GraphAllocator::new(&backend).unwrap();
+                alloc.alloc(&g).unwrap();
+                tx.write_bytes(0, &f32_bytes(&x)).unwrap();
+                tm.write_bytes(0, &f32_bytes(mask)).unwrap();
+                backend.compute(&g).unwrap();
+                let got = out.to_vec_f32().unwrap();
+                for (i, (&v, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (v as f64 - w).abs() <= 1e-6,
+                        "custom {custom} x{threads} at {i}: {v} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

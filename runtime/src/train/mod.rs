@@ -392,8 +392,9 @@ fn add_loss<'a>(
 /// and its F32 `out_prod`s (attention, adapter matrices) as GEMMs (the training graphs run on
 /// the CPU backend, where these custom nodes run). Then the forward products: with
 /// `cfg.gemm_forward` as f32 GEMMs over dequantized weights, else those of split Q4_1 weights
-/// through their copies. Forward-only graphs get the same forward products, so evaluation and
-/// training compute the same loss.
+/// through their copies; the cross entropy's forward and the attention's softmax (which skips
+/// each row's masked tail) as CPU custom nodes too. Forward-only graphs get the same forward
+/// ops, so evaluation and training compute the same loss.
 fn finish_graph<'a>(
     ctx: &'a Context,
     gf: &mut graft_ggml::Graph<'a>,
@@ -411,6 +412,7 @@ fn finish_graph<'a>(
     if cfg.gemm_forward {
         gf.use_gemm_mul_mat(ctx);
         gf.use_fast_cross_entropy(ctx);
+        gf.use_masked_softmax(ctx);
     }
     if let Some(s) = split {
         gf.use_q4_1_split(ctx, |id| s.get(id));

@@ -12,6 +12,7 @@
 
 mod backend;
 mod context;
+mod dequant;
 mod device;
 mod error;
 mod log;

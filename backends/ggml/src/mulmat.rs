@@ -12,8 +12,8 @@
 //!
 //! [`Graph::use_gemm_mul_mat`] turns such `mul_mat` nodes into custom nodes running
 //! [`mul_mat_gemm`]: threads split the weight's rows (or whole batches, or the tokens); each
-//! dequantizes `PANEL` of its rows at a time with ggml's own `to_float` (so the weights' values
-//! are exact) and multiplies them with the f32 activations (the `matrixmultiply` crate). F32
+//! dequantizes `PANEL` of its rows at a time (`dequant.rs`: ggml's `to_float` values, bit for
+//! bit, so the weights' values are exact) and multiplies them with the f32 activations (the `matrixmultiply` crate). F32
 //! weights are read in place.
 //!
 //! The values differ from ggml's in rounding only: for F32 weights in the order of the sums;
@@ -96,11 +96,8 @@ unsafe extern "C" fn mul_mat_gemm(
         let (rows, toks) = (work.rows, work.cols);
         let n = toks.len();
         let st = |s: usize| (s / f) as isize;
-        let to_float = (!f32_weight).then(|| {
-            (*sys::ggml_get_type_traits(w.type_))
-                .to_float
-                .expect("checked by fits")
-        });
+        let to_float =
+            (!f32_weight).then(|| crate::dequant::Dequant::new(w.type_).expect("checked by fits"));
         let mut panel = match to_float {
             Some(_) => vec![0f32; PANEL.min(rows.len()) * k],
             None => Vec::new(),
@@ -143,7 +140,7 @@ unsafe extern "C" fn mul_mat_gemm(
                 let len = PANEL.min(rows.end - r0);
                 for r in 0..len {
                     let src = pw.add((r0 + r) * w.nb[1]);
-                    to_float(src.cast(), panel.as_mut_ptr().add(r * k), k as i64);
+                    to_float.row(src, panel.as_mut_ptr().add(r * k), k);
                 }
                 matrixmultiply::sgemm(
                     n,

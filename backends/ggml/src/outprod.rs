@@ -13,10 +13,10 @@
 //!
 //! The input gradient through a frozen quantized weight, `Wᵀ g` (autodiff's
 //! `out_prod(W, transpose(g))`), is a GEMM too: [`Graph::use_dequant_input_grads`] turns those
-//! nodes into [`input_grad_gemm`], which dequantizes panels of `W` into f32 (ggml's own
-//! `to_float`, so the values are exactly the weight's) and multiplies them with `g` in f32.
-//! ggml's kernel dequantizes the whole matrix once per token; here each weight is dequantized
-//! once per sequence.
+//! nodes into [`input_grad_gemm`], which dequantizes panels of `W` into f32 (`dequant.rs`:
+//! ggml's `to_float` values bit for bit, so the values are exactly the weight's) and
+//! multiplies them with `g` in f32. ggml's kernel dequantizes the whole matrix once per token;
+//! here each weight is dequantized once per sequence.
 
 use std::os::raw::{c_int, c_void};
 
@@ -173,9 +173,7 @@ unsafe extern "C" fn input_grad_gemm(
     unsafe {
         let d = &*dst;
         let (w, g) = (&*d.src[0], &*d.src[1]);
-        let to_float = (*sys::ggml_get_type_traits(w.type_))
-            .to_float
-            .expect("checked by input_grad_fits");
+        let to_float = crate::dequant::Dequant::new(w.type_).expect("checked by input_grad_fits");
         let blck = sys::ggml_blck_size(w.type_) as usize;
         let [n_in, n_out] = [w.ne[0] as usize, w.ne[1] as usize];
         let t = g.ne[1] as usize;
@@ -192,7 +190,7 @@ unsafe extern "C" fn input_grad_gemm(
             for r in 0..rows {
                 let src =
                     (w.data as *const u8).add((o0 + r) * w.nb[1] + blocks.start * block_bytes);
-                to_float(src.cast(), panel.as_mut_ptr().add(r * width), width as i64);
+                to_float.row(src, panel.as_mut_ptr().add(r * width), width);
             }
             // D[t][c] (+)= Σ_o G[t][o] · W[o][c], G[t][o] = g[o, t].
             matrixmultiply::sgemm(

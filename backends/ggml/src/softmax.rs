@@ -56,7 +56,20 @@ unsafe fn fits(t: &sys::ggml_tensor) -> bool {
 /// `y` may be `x`'s memory: `x = None` then reads the scores from `y`. The loops run at the
 /// CPU's vector width ([`crate::simd::vectorized`]).
 fn softmax_row(x: Option<&[f32]>, mask: &[f32], scale: f32, y: &mut [f32]) {
-    crate::simd::vectorized(|| row(x, mask, scale, y))
+    struct Row<'a, 'b> {
+        x: Option<&'a [f32]>,
+        mask: &'a [f32],
+        scale: f32,
+        y: &'b mut [f32],
+    }
+    impl crate::simd::Kernel for Row<'_, '_> {
+        type Output = ();
+        #[inline(always)]
+        fn run(self) {
+            row(self.x, self.mask, self.scale, self.y)
+        }
+    }
+    crate::simd::vectorized(Row { x, mask, scale, y })
 }
 
 #[inline(always)]

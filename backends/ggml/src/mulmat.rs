@@ -13,8 +13,8 @@
 //! [`Graph::use_gemm_mul_mat`] turns such `mul_mat` nodes into custom nodes running
 //! [`mul_mat_gemm`]: threads split the weight's rows (or whole batches, or the tokens); each
 //! dequantizes `PANEL` of its rows at a time (`dequant.rs`: ggml's `to_float` values, bit for
-//! bit, so the weights' values are exact) and multiplies them with the f32 activations (the `matrixmultiply` crate). F32
-//! weights are read in place.
+//! bit, so the weights' values are exact) and multiplies them with the f32 activations (the
+//! `matrixmultiply` crate). F32 weights are read in place.
 //!
 //! The values differ from ggml's in rounding only: for F32 weights in the order of the sums;
 //! for quantized and F16 weights also because the activations are not rounded to the weights'
@@ -96,9 +96,9 @@ unsafe extern "C" fn mul_mat_gemm(
         let (rows, toks) = (work.rows, work.cols);
         let n = toks.len();
         let st = |s: usize| (s / f) as isize;
-        let to_float =
+        let dequant =
             (!f32_weight).then(|| crate::dequant::Dequant::new(w.type_).expect("checked by fits"));
-        let mut panel = match to_float {
+        let mut panel = match dequant {
             Some(_) => vec![0f32; PANEL.min(rows.len()) * k],
             None => Vec::new(),
         };
@@ -117,7 +117,7 @@ unsafe extern "C" fn mul_mat_gemm(
                 continue;
             }
             // D (n x m) = X (n x k) · Wᵀ (k x m): D[i1][i0] = Σ_k x[k, i1] · w[k, i0].
-            let Some(to_float) = to_float else {
+            let Some(dequant) = dequant else {
                 matrixmultiply::sgemm(
                     n,
                     k,
@@ -140,7 +140,7 @@ unsafe extern "C" fn mul_mat_gemm(
                 let len = PANEL.min(rows.end - r0);
                 for r in 0..len {
                     let src = pw.add((r0 + r) * w.nb[1]);
-                    to_float.row(src, panel.as_mut_ptr().add(r * k), k);
+                    dequant.row(src, panel.as_mut_ptr().add(r * k), k);
                 }
                 matrixmultiply::sgemm(
                     n,
@@ -175,7 +175,7 @@ impl<'ctx> Graph<'ctx> {
             ctx,
             sys::GGML_OP_MUL_MAT,
             mul_mat_gemm,
-            |t| unsafe { fits(t) },
+            |t| unsafe { fits(t) }.then(std::ptr::null_mut),
             false,
         )
     }

@@ -173,7 +173,7 @@ unsafe extern "C" fn input_grad_gemm(
     unsafe {
         let d = &*dst;
         let (w, g) = (&*d.src[0], &*d.src[1]);
-        let to_float = crate::dequant::Dequant::new(w.type_).expect("checked by input_grad_fits");
+        let dequant = crate::dequant::Dequant::new(w.type_).expect("checked by input_grad_fits");
         let blck = sys::ggml_blck_size(w.type_) as usize;
         let [n_in, n_out] = [w.ne[0] as usize, w.ne[1] as usize];
         let t = g.ne[1] as usize;
@@ -190,7 +190,7 @@ unsafe extern "C" fn input_grad_gemm(
             for r in 0..rows {
                 let src =
                     (w.data as *const u8).add((o0 + r) * w.nb[1] + blocks.start * block_bytes);
-                to_float.row(src, panel.as_mut_ptr().add(r * width), width);
+                dequant.row(src, panel.as_mut_ptr().add(r * width), width);
             }
             // D[t][c] (+)= Σ_o G[t][o] · W[o][c], G[t][o] = g[o, t].
             matrixmultiply::sgemm(
@@ -226,7 +226,7 @@ impl<'ctx> Graph<'ctx> {
             ctx,
             sys::GGML_OP_OUT_PROD,
             out_prod_gemm,
-            |t| unsafe { fits(t) },
+            |t| unsafe { fits(t) }.then(std::ptr::null_mut),
             false,
         )
     }
@@ -242,25 +242,24 @@ impl<'ctx> Graph<'ctx> {
             ctx,
             sys::GGML_OP_OUT_PROD,
             input_grad_gemm,
-            |t| unsafe { input_grad_fits(t) },
+            |t| unsafe { input_grad_fits(t) }.then(std::ptr::null_mut),
             true,
         )
     }
 
     /// Turns each `op` node (with two sources) that `accept`s into a custom node running
-    /// `fun`; with `untranspose`, its second source (a transpose view) becomes the view's
-    /// source.
+    /// `fun` with the userdata `accept` returns for it; with `untranspose`, its second source
+    /// (a transpose view) becomes the view's source.
     pub(crate) fn rewrite_nodes(
         &mut self,
         ctx: &'ctx Context,
         op: sys::ggml_op,
         fun: CustomFn,
-        accept: impl Fn(&sys::ggml_tensor) -> bool,
+        accept: impl Fn(&sys::ggml_tensor) -> Option<*mut c_void>,
         untranspose: bool,
     ) -> usize {
-        let Some(params) = custom_params(ctx, fun, std::ptr::null_mut()) else {
-            return 0;
-        };
+        // The params of the last userdata seen (the rewrites pass one value for every node).
+        let mut made: Option<(*mut c_void, [i32; 16])> = None;
         let mut n = 0;
         for i in 0..self.n_nodes() {
             // SAFETY: i < n_nodes; nodes are valid tensors of this graph. The node keeps its
@@ -268,9 +267,22 @@ impl<'ctx> Graph<'ctx> {
             // `accept` checked (the untransposed view's source is computed before the view).
             unsafe {
                 let t = &mut *sys::ggml_graph_node(self.ptr.as_ptr(), i);
-                if t.op != op || t.src[0].is_null() || t.src[1].is_null() || !accept(t) {
+                if t.op != op || t.src[0].is_null() || t.src[1].is_null() {
                     continue;
                 }
+                let Some(userdata) = accept(t) else {
+                    continue;
+                };
+                let params = match made {
+                    Some((u, p)) if u == userdata => p,
+                    _ => {
+                        let Some(p) = custom_params(ctx, fun, userdata) else {
+                            return n;
+                        };
+                        made = Some((userdata, p));
+                        p
+                    }
+                };
                 if untranspose {
                     t.src[1] = (*t.src[1]).src[0];
                 }
@@ -286,11 +298,7 @@ impl<'ctx> Graph<'ctx> {
 /// The op parameters ggml stores for a custom node running `fun` on all threads with
 /// `userdata`: ggml lays them out itself, so they are taken from a node made for the purpose
 /// (no sources, never computed). `None` if the context has no room.
-pub(crate) fn custom_params(
-    ctx: &Context,
-    fun: CustomFn,
-    userdata: *mut c_void,
-) -> Option<[i32; 16]> {
+fn custom_params(ctx: &Context, fun: CustomFn, userdata: *mut c_void) -> Option<[i32; 16]> {
     // SAFETY: valid context; no sources are passed (n_args 0).
     let t = unsafe {
         sys::ggml_custom_4d(

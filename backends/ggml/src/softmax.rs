@@ -172,27 +172,15 @@ impl<'ctx> Graph<'ctx> {
     /// were rewritten. Call after `build_backward_expand` (whose `soft_max_back` reads the
     /// output, not the op), before allocation.
     pub fn use_masked_softmax(&mut self, ctx: &'ctx Context) -> usize {
-        let mut n = 0;
-        for i in 0..self.n_nodes() {
-            // SAFETY: i < n_nodes; nodes are valid tensors of this graph. A node that fits
-            // becomes a custom node computing the same values from the same sources.
-            unsafe {
-                let t = &mut *sys::ggml_graph_node(self.ptr.as_ptr(), i);
-                if t.op != sys::GGML_OP_SOFT_MAX || !fits(t) {
-                    continue;
-                }
-                let scale = f32::from_bits(t.op_params[0] as u32);
-                let userdata = scale.to_bits() as usize as *mut c_void;
-                let Some(params) = crate::outprod::custom_params(ctx, softmax_rows, userdata)
-                else {
-                    return n;
-                };
-                t.op = sys::GGML_OP_CUSTOM;
-                t.op_params = params;
-                n += 1;
-            }
-        }
-        n
+        // SAFETY (of the closure's call): `rewrite_nodes` passes valid soft_max nodes. The
+        // scale (op param 0) travels in the userdata pointer's bits.
+        self.rewrite_nodes(
+            ctx,
+            sys::GGML_OP_SOFT_MAX,
+            softmax_rows,
+            |t| unsafe { fits(t) }.then(|| t.op_params[0] as u32 as usize as *mut c_void),
+            false,
+        )
     }
 }
 

@@ -38,6 +38,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFT = ROOT / "target" / "release" / "graft"
+# `--isa avx2`: what an AVX2-only CPU (AMD Zen 2/3, Intel before AVX-512) runs, on a CPU that has
+# more. graft's ggml is built for AVX2, matrixmultiply (the f32 GEMMs) is kept off its AVX-512
+# kernel by its compile-time MMTEST_FEATURE list (graft's own pulp kernels stop at AVX2 + FMA), and
+# torch, MKL and oneDNN are capped at AVX2 by their documented environment variables.
+GRAFT_AVX2 = ROOT / "target" / "avx2" / "release" / "graft"
+AVX2_BUILD = (
+    "GRAFT_GGML_ISA=avx2 MMTEST_FEATURE=sse2,avx,avx2,fma CARGO_TARGET_DIR=target/avx2 "
+    "cargo build --release -p graft --bin graft"
+)
+TORCH_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def peft_python() -> Path:
@@ -83,12 +93,12 @@ def wait_quiet(limit_s: float, threshold: float = 0.15) -> float:
         time.sleep(10)
 
 
-def run_child(cmd: list[str]) -> dict:
-    """Popen + os.wait4 so that ru_maxrss is this child's alone."""
+def run_child(cmd: list[str], env: dict | None = None) -> dict:
+    """Popen + os.wait4 so that ru_maxrss is this child's alone; `env` is added to ours."""
     s0, i0 = cpu_times()
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True)
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env={**os.environ, **(env or {})})
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         s1, i1 = cpu_times()
@@ -191,11 +201,22 @@ def peft_run(data: Path, args) -> dict:
            "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--ctx", str(args.ctx),
            "--rank", str(args.rank), "--alpha", str(args.alpha), "--lr", str(args.lr),
            "--threads", str(args.threads), "--attn", args.attn]
-    r = run_child(cmd)
+    r = run_child(cmd, TORCH_AVX2_ENV if args.isa == "avx2" else None)
     j = json.loads([l for l in r["stdout"].splitlines() if l.startswith("{")][-1])
+    if args.isa == "avx2" and j["torch_cpu_capability"] != "AVX2":
+        sys.exit(f"torch ignored ATEN_CPU_CAPABILITY=avx2 (it runs {j['torch_cpu_capability']})")
     j.update({"model": F32.name + " (HF float32)", "peak_rss_mb_self": j["peak_rss_mb"],
               "peak_rss_mb": r["maxrss_mb"], "wall_s": r["wall_s"], "foreign_cores": r["foreign_cores"]})
     return j
+
+
+def isa_note(isa: str) -> str:
+    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+    have = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    if isa == "avx2":
+        return (f"AVX2 + FMA only (the CPU has {have}: ggml built with GRAFT_GGML_ISA=avx2, torch run with "
+                + " ".join(f"{k}={v}" for k, v in TORCH_AVX2_ENV.items()) + ")")
+    return f"all the CPU has ({have}; ggml -march=native, torch's own dispatch)"
 
 
 def main() -> None:
@@ -222,7 +243,15 @@ def main() -> None:
                     help="comma-separated graft methods to time over Q4_1 (" + ",".join(METHODS) + ")")
     ap.add_argument("--quiet-timeout", type=float, default=600)
     ap.add_argument("--json-out", type=Path, help="write all results here")
+    ap.add_argument("--isa", default="native", choices=["native", "avx2"],
+                    help="avx2: both tools limited to AVX2 + FMA (graft from target/avx2, built by "
+                         + AVX2_BUILD + "; torch, MKL and oneDNN capped by environment)")
     args = ap.parse_args()
+    global GRAFT
+    if args.isa == "avx2":
+        GRAFT = GRAFT_AVX2
+        if not GRAFT.exists():
+            sys.exit(f"{GRAFT} is missing: build it with `{AVX2_BUILD}`")
 
     st = GRAFT.stat()
     newer = [str(p.relative_to(ROOT)) for p in (ROOT / "runtime" / "src").rglob("*.rs") if p.stat().st_mtime > st.st_mtime]
@@ -279,7 +308,7 @@ def main() -> None:
           f"ctx {args.ctx}, batch 1, {args.threads} threads, {args.steps} timed steps after {args.warmup_steps} "
           f"warm-up steps, {args.rounds} interleaved rounds (median; per-round values in brackets; "
           f"* = another process used > 0.1 core during that run, left out of the median). "
-          f"CPU: {cpu}. graft {graft_sha} ({datetime.datetime.fromtimestamp(st.st_mtime):%Y-%m-%d %H:%M}).\n")
+          f"CPU: {cpu}, instructions: {isa_note(args.isa)}. graft {graft_sha} ({datetime.datetime.fromtimestamp(st.st_mtime):%Y-%m-%d %H:%M}).\n")
     print("| trainer | base weights | tokens/s | peak RSS (MB) | tokens/s vs PEFT | peak RSS vs PEFT | final loss |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, rs in groups:

@@ -25,6 +25,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cmake/CMakeLists.txt");
     println!("cargo:rerun-if-env-changed=GRAFT_GGML_SRC");
     println!("cargo:rerun-if-env-changed=GRAFT_GGML_NATIVE");
+    println!("cargo:rerun-if-env-changed=GRAFT_GGML_ISA");
     println!("cargo:rerun-if-env-changed=GRAFT_GGML_CACHE");
 
     let ggml_src = find_ggml_source();
@@ -37,7 +38,18 @@ fn main() {
 
     // Host builds use every instruction the build machine has (AVX-512 VNNI here), as
     // llama.cpp's own default build does; cross builds (and GRAFT_GGML_NATIVE=0) stay generic.
+    // GRAFT_GGML_ISA=avx2 builds for an AVX2-only x86-64 CPU (AMD Zen 2/3, Intel before
+    // AVX-512) on any x86-64 host, so that a benchmark can measure what such a machine runs.
+    let isa = env::var("GRAFT_GGML_ISA").ok().filter(|v| !v.is_empty());
+    let avx2_only = match isa.as_deref() {
+        None => false,
+        Some("avx2") if target.starts_with("x86_64") => true,
+        Some(other) => {
+            panic!("GRAFT_GGML_ISA={other}: the one value supported is `avx2`, on x86-64")
+        }
+    };
     let native = target == host
+        && !avx2_only
         && env::var("GRAFT_GGML_NATIVE")
             .map(|v| v != "0")
             .unwrap_or(true);
@@ -60,6 +72,18 @@ fn main() {
         ("GGML_VULKAN", on_off(vulkan).into()),
         ("CMAKE_BUILD_TYPE", "Release".into()),
     ];
+    if avx2_only {
+        for option in [
+            "GGML_SSE42",
+            "GGML_AVX",
+            "GGML_AVX2",
+            "GGML_BMI2",
+            "GGML_FMA",
+            "GGML_F16C",
+        ] {
+            defines.push((option, "ON".into()));
+        }
+    }
     if target.contains("android") || target.contains("aarch64") && target != host {
         defines.push(("GGML_OPENMP", "OFF".into()));
     }

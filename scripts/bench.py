@@ -59,18 +59,28 @@ def die(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def default_python() -> str:
-    """$GRAFT_REF_PYTHON, else the llama-cpp-python venv of scripts/references.sh (made if missing)."""
+# --isa avx2: both engines built for an AVX2-only x86-64 CPU (AMD Zen 2/3, Intel before
+# AVX-512), measured on a CPU that has more.
+AVX2_GRAFT_BUILD = ("GRAFT_GGML_ISA=avx2 MMTEST_FEATURE=sse2,avx,avx2,fma CARGO_TARGET_DIR=target/avx2 "
+                    "cargo build --release -p graft --bin graft")
+
+
+def default_python(isa: str = "native") -> str:
+    """$GRAFT_REF_PYTHON, else the llama-cpp-python venv of scripts/references.sh (made if missing;
+    with isa "avx2", the one built for AVX2 only)."""
     env = os.environ.get("GRAFT_REF_PYTHON")
-    if env:
+    if env and isa == "native":
         return env
-    out = subprocess.run([str(HERE / "references.sh"), "--env"], stdout=subprocess.PIPE, text=True)
+    flag = "--env-avx2" if isa == "avx2" else "--env"
+    out = subprocess.run([str(HERE / "references.sh"), flag], stdout=subprocess.PIPE, text=True)
     if out.returncode != 0:
-        die("scripts/references.sh --env could not make the llama-cpp-python environment")
+        die(f"scripts/references.sh {flag} could not make the llama-cpp-python environment")
     return out.stdout.strip()
 
 
-def default_graft() -> str:
+def default_graft(isa: str = "native") -> str:
+    if isa == "avx2":
+        return str(ROOT / "target" / "avx2" / "release" / "graft")
     return os.environ.get("GRAFT_BIN") or str(ROOT / "target" / "release" / "graft")
 
 
@@ -458,7 +468,12 @@ def main() -> int:
     ap.add_argument("--retries", type=int, default=3, help="reruns allowed per run (default 3)")
     ap.add_argument("--quiet-wait", type=float, default=120.0,
                     help="seconds to wait for a quiet machine before each run (default 120)")
-    ap.add_argument("--graft", default=default_graft(), help="graft binary")
+    ap.add_argument("--graft", default=None,
+                    help="graft binary (default: $GRAFT_BIN, else target/release/graft; with "
+                         "--isa avx2 target/avx2/release/graft)")
+    ap.add_argument("--isa", default="native", choices=["native", "avx2"],
+                    help="avx2: graft and llama.cpp both built for AVX2 + FMA only (graft by "
+                         + AVX2_GRAFT_BUILD + "; llama.cpp by scripts/references.sh --env-avx2)")
     ap.add_argument("--python", default=None,
                     help="python interpreter with llama-cpp-python")
     ap.add_argument("--json", type=Path, help="write all raw results and the summary here")
@@ -486,12 +501,15 @@ def main() -> int:
     model = Path(args.model)
     if not model.is_file():
         die(f"model not found: {model}")
+    if args.graft is None:
+        args.graft = default_graft(args.isa)
     graft = shutil.which(args.graft) if os.sep not in args.graft else args.graft
     if not graft or not os.path.isfile(graft):
-        die(f"graft binary not found: {args.graft} (build it with `cargo build --release`, "
+        build = AVX2_GRAFT_BUILD if args.isa == "avx2" else "cargo build --release"
+        die(f"graft binary not found: {args.graft} (build it with `{build}`, "
             "or pass --graft / set GRAFT_BIN)")
     if args.python is None and not args.graft_only:
-        args.python = default_python()
+        args.python = default_python(args.isa)
     llama_version = None if args.graft_only else check_python(args.python)
     gv = subprocess.run([graft, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                         text=True)
@@ -578,6 +596,7 @@ def run_pair(args, graft: str, graft_version: str, llama_version: str | None, mo
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("OMP_", "GOMP_", "GGML_", "KMP_", "GRAFT_ADAPTIVE"))},
         "busy_processes": args.busy,
+        "isa": args.isa,
     }
     info = {
         "machine": machine,
@@ -602,6 +621,10 @@ def run_pair(args, graft: str, graft_version: str, llama_version: str | None, mo
 
     print(f"machine:  {machine['cpu']}, nproc {machine['nproc']} "
           f"(load avg {fmt(load_before, 2)} before, {fmt(machine['loadavg_after'], 2)} after)")
+    flags = next((l.split()[2:] for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+    has = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    print(f"isa:      {'AVX2 + FMA builds of both engines' if args.isa == 'avx2' else 'native builds'}"
+          f" (the CPU has {has})")
     print(f"model:    {model} ({info['model_size_mib']:.1f} MiB)")
     print(f"threads:  {args.threads}, flash_attn: {args.flash_attn}, "
           f"{args.rounds} rounds x {args.reps} reps, interleaved")

@@ -4,6 +4,9 @@
 #
 #   scripts/references.sh            make them if this machine has none yet, then link them
 #   scripts/references.sh --env      only make the llama-cpp-python environment; print its python
+#   scripts/references.sh --env-avx2 the same, built for an AVX2-only x86-64 CPU (what llama.cpp
+#                                    runs on AMD Zen 2/3 and older Intel), for benchmarks of that
+#                                    instruction set on a CPU that has more (scripts/bench.py --isa)
 #
 # Why on this machine: ggml (in graft and in llama.cpp alike) is compiled with -march=native, and
 # its prompt kernels (tinyBLAS, quantized dot products) round differently on AVX-512 and on AVX2,
@@ -40,6 +43,13 @@ sha() { sha256sum "$@" | cut -c1-64; }
 cpu="$(scripts/machine_info.sh --cpu)"
 cpu_hash="$(printf '%s' "$cpu" | sha | cut -c1-12)"
 ENV_DIR="$CACHE/llama-cpp-python-$LLAMA_CPP_PYTHON-$cpu_hash"
+CMAKE_ISA=()
+if [[ "${1:-}" == "--env-avx2" ]]; then
+    # ggml's instruction-set options as an AVX2-only build sets them; nothing native.
+    ENV_DIR="$CACHE/llama-cpp-python-$LLAMA_CPP_PYTHON-avx2"
+    CMAKE_ISA=(-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON
+               -DGGML_FMA=ON -DGGML_F16C=ON)
+fi
 PY="$ENV_DIR/venv/bin/python"
 
 # Runs "$@" with its output in $1's log file, printing a line a minute so a CI log shows progress.
@@ -73,13 +83,15 @@ ensure_env() {
     wheel="$(ls "$ENV_DIR"/wheel/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl 2>/dev/null | head -n1 || true)"
     if [[ -z "$wheel" ]]; then
         command -v cmake >/dev/null || die "cmake is missing (scripts/install_deps.sh installs it)"
-        log "building llama-cpp-python $LLAMA_CPP_PYTHON from source for this CPU ($cpu)"
+        log "building llama-cpp-python $LLAMA_CPP_PYTHON from source for ${CMAKE_ISA[*]:-this CPU ($cpu)}"
         log "  ~15 min on 2 cores, once per CPU kind; the wheel is kept in $ENV_DIR/wheel"
         rm -rf "$ENV_DIR/wheel.tmp"
         # --no-binary: a prebuilt generic wheel would run other kernels than graft's native ggml.
+        # --no-cache-dir: pip's wheel cache is keyed by the sdist alone, so a wheel built for
+        # other CMAKE_ARGS (or another CPU) would come back from it.
         with_heartbeat "$ENV_DIR/wheel-build.log" "llama-cpp-python build" \
-            env CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-            "$ENV_DIR/venv/bin/pip" wheel --no-deps --no-binary llama-cpp-python \
+            env CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" CMAKE_ARGS="${CMAKE_ISA[*]}" \
+            "$ENV_DIR/venv/bin/pip" wheel --no-deps --no-binary llama-cpp-python --no-cache-dir \
             -w "$ENV_DIR/wheel.tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON"
         mv -T "$ENV_DIR/wheel.tmp" "$ENV_DIR/wheel"
         wheel="$(ls "$ENV_DIR"/wheel/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl | head -n1)"
@@ -89,7 +101,7 @@ ensure_env() {
     "$PY" -c "import llama_cpp, gguf, numpy" || die "the llama-cpp-python venv does not import"
 }
 
-if [[ "${1:-}" == "--env" ]]; then
+if [[ "${1:-}" == "--env" || "${1:-}" == "--env-avx2" ]]; then
     ensure_env >&2
     echo "$PY"
     exit 0

@@ -82,9 +82,19 @@ pub(crate) fn find(name: &str) -> Option<sys::ggml_backend_dev_t> {
     (!dev.is_null()).then_some(dev)
 }
 
-/// Every device ggml's registry has, in registry order (GPUs first, the CPU last).
+/// Every device ggml's registry has, in registry order (GPUs first, the CPU last), graft's wgpu
+/// devices included.
 pub fn devices() -> Vec<Device> {
     register_backends();
+    registered_devices()
+}
+
+/// The devices registered so far: ggml's own backends (registered statically), and graft's wgpu
+/// devices only once something asked for them. Enumerating wgpu adapters loads every installed
+/// Vulkan driver (Mesa's lavapipe maps LLVM: +45 MB of resident memory), which a run on the CPU
+/// or an `auto` choice (which never takes wgpu) must not pay.
+fn registered_devices() -> Vec<Device> {
+    crate::log::install();
     // SAFETY: the registry is initialised on first use and never freed.
     let n = unsafe { sys::ggml_backend_dev_count() };
     (0..n)
@@ -253,10 +263,10 @@ const AUTO_ORDER: [&str; 3] = ["cuda", "metal", "vulkan"];
 /// none; a named backend takes its first device, and a backend without one is an error naming
 /// the backends this build has.
 pub fn select_device(choice: BackendChoice) -> Result<Option<Device>> {
-    let devs = devices();
     match choice {
         BackendChoice::Cpu => Ok(None),
         BackendChoice::Auto => {
+            let devs = registered_devices();
             for backend in AUTO_ORDER {
                 if let Some(d) = devs
                     .iter()
@@ -269,7 +279,8 @@ pub fn select_device(choice: BackendChoice) -> Result<Option<Device>> {
         }
         other => {
             let name = other.as_str();
-            devs.iter()
+            devices()
+                .iter()
                 .find(|d| d.backend == name)
                 .cloned()
                 .map(Some)

@@ -130,6 +130,11 @@ pub(crate) fn register() -> usize {
     r.devices.len()
 }
 
+/// Whether [`register`] has run.
+pub(crate) fn is_registered() -> bool {
+    REGISTRY.get().is_some()
+}
+
 /// Whether the adapter of ggml device `name` is a software rasterizer (lavapipe, WARP).
 pub(crate) fn is_software(name: &str) -> Option<bool> {
     let r = REGISTRY.get()?;

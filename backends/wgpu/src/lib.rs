@@ -47,6 +47,11 @@ pub fn register() -> usize {
     ffi::register()
 }
 
+/// Whether [`register`] has run (and enumerated the adapters, loading the Vulkan drivers).
+pub fn is_registered() -> bool {
+    ffi::is_registered()
+}
+
 /// How matrix-vector products (MUL_MAT with one activation column: decoding) are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatVec {

@@ -8,7 +8,7 @@ the largest peak RSS, and the ratio graft/llama.cpp.
 
 Usage:
   python3 scripts/bench.py --model M [--threads N] [--pp 128,512] [--tg 64] [--reps 3]
-                           [--rounds 3] [--flash-attn] [--extra-bufts] [--graft PATH]
+                           [--rounds 3] [--flash-attn] [--extra-bufts] [--cpu-repack] [--graft PATH]
                            [--python PATH] [--json OUT] [--markdown]
                            [--max-noise PCT] [--retries N] [--quiet-wait S]
                            [--adapter A.gguf]... [--graft-only] [--variant SPEC]...
@@ -462,6 +462,9 @@ def main() -> int:
     ap.add_argument("--extra-bufts", action="store_true",
                     help="let llama.cpp use its extra (AMX/repack) weight buffers "
                          "(its default; segfaults on some AMX machines)")
+    ap.add_argument("--cpu-repack", action="store_true",
+                    help="graft runs the weights ggml has repacked kernels for from a repacked copy "
+                         "(`graft bench --cpu-repack`), the counterpart of llama.cpp's --extra-bufts")
     ap.add_argument("--max-noise", type=float, default=5.0,
                     help="rerun a run during which other processes used more than this %% of "
                          "the CPUs (default 5; negative: never rerun)")
@@ -519,7 +522,7 @@ def main() -> int:
               "--tg", args.tg, "--reps", str(args.reps)]
     if args.flash_attn:
         common.append("--flash-attn")
-    graft_cmd = [graft, "bench"] + common
+    graft_cmd = [graft, "bench"] + common + (["--cpu-repack"] if args.cpu_repack else [])
     for a in args.adapter:
         graft_cmd += ["--adapter", a]
     llama_cmd = [args.python, str(LLAMA_SCRIPT)] + common + (
@@ -602,6 +605,7 @@ def run_pair(args, graft: str, graft_version: str, llama_version: str | None, mo
         "machine": machine,
         "threads": args.threads,
         "flash_attn": args.flash_attn,
+        "graft_cpu_repack": args.cpu_repack,
         "model": str(model),
         "model_size_mib": model.stat().st_size / 2**20,
         "graft_version": graft_version,
@@ -631,7 +635,7 @@ def run_pair(args, graft: str, graft_version: str, llama_version: str | None, mo
     if args.graft_only:
         print(f"versions: {graft_version} (graft only)")
     else:
-        print(f"versions: {graft_version}; llama-cpp-python {llama_version} "
+        print(f"versions: {graft_version} (cpu_repack={args.cpu_repack}); llama-cpp-python {llama_version} "
               f"(use_extra_bufts={l0.get('use_extra_bufts')}, n_ctx {l0.get('n_ctx')}, "
               f"n_batch {l0.get('n_batch')}, n_ubatch {l0.get('n_ubatch')})")
     if args.adapter:

@@ -45,6 +45,9 @@ pub struct BatchConfig {
     pub flash_attn: bool,
     /// Keep the KV cache in F32.
     pub kv_f32: bool,
+    /// Run the weights ggml has repacked CPU kernels for from a repacked copy (see
+    /// [`SessionConfig::cpu_repack`](crate::SessionConfig::cpu_repack)).
+    pub cpu_repack: bool,
 }
 
 impl Default for BatchConfig {
@@ -56,6 +59,7 @@ impl Default for BatchConfig {
             n_threads: crate::session::default_threads(),
             flash_attn: false,
             kv_f32: false,
+            cpu_repack: false,
         }
     }
 }
@@ -111,6 +115,7 @@ impl BatchDecoder {
             cfg.flash_attn,
             cfg.kv_f32,
             BackendChoice::Auto,
+            cfg.cpu_repack,
         )?;
         Ok(Self {
             slots: vec![false; cfg.n_seq_max],

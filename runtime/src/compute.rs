@@ -30,12 +30,14 @@ pub(crate) struct Scratch {
     pub out_ids: Vec<i32>,
 }
 
-/// Where graphs run: the CPU backend alone (weights read in place from the map), or a device
-/// holding the weights and the KV cache, with the CPU taking the nodes the device cannot.
+/// Where graphs run: the CPU backend alone (weights read in place from the map, or, those it
+/// has, from the model's repacked copy), or a device holding the weights and the KV cache, with
+/// the CPU taking the nodes the device cannot.
 pub(crate) enum Executor {
     Cpu {
         backend: Backend,
         alloc: GraphAllocator,
+        repacked: Option<Arc<DeviceWeights>>,
     },
     Device {
         name: Arc<str>,
@@ -46,18 +48,25 @@ pub(crate) enum Executor {
 
 impl Executor {
     /// The executor for `choice` (see [`graft_ggml::select_device`]) with `n_threads` CPU
-    /// threads and room for graphs of `graph_size` nodes.
+    /// threads and room for graphs of `graph_size` nodes; on the CPU, with `cpu_repack`, over
+    /// the model's repacked weights.
     fn new(
         model: &Model,
         choice: BackendChoice,
         n_threads: usize,
         graph_size: usize,
+        cpu_repack: bool,
     ) -> Result<Self> {
         let cpu = Backend::cpu(n_threads)?;
         Ok(match graft_ggml::select_device(choice)? {
             None => Self::Cpu {
                 alloc: GraphAllocator::new(&cpu)?,
                 backend: cpu,
+                repacked: if cpu_repack {
+                    Some(model.devices.cpu_repacked(model)?)
+                } else {
+                    None
+                },
             },
             Some(dev) => {
                 let device = Backend::on_device(&dev.name)?;
@@ -95,10 +104,10 @@ impl Executor {
         }
     }
 
-    /// The device copy of the weights, when graphs run on a device.
+    /// The copy of the weights graphs read: the device's, or the CPU's repacked one.
     pub fn weights(&self) -> Option<Arc<DeviceWeights>> {
         match self {
-            Self::Cpu { .. } => None,
+            Self::Cpu { repacked, .. } => repacked.clone(),
             Self::Device { weights, .. } => Some(weights.clone()),
         }
     }
@@ -130,7 +139,12 @@ impl Executor {
     /// Where graphs ran so far.
     pub fn report(&self) -> BackendReport {
         match self {
-            Self::Cpu { backend, .. } => BackendReport::new(backend, backend.stats()),
+            Self::Cpu {
+                backend, repacked, ..
+            } => BackendReport {
+                repacked_weights: repacked.as_ref().map_or(0, |r| r.len()),
+                ..BackendReport::new(backend, backend.stats())
+            },
             Self::Device { sched, .. } => BackendReport::new(sched.device(), sched.stats()),
         }
     }
@@ -154,8 +168,9 @@ impl Compute {
         flash_attn: bool,
         kv_f32: bool,
         choice: BackendChoice,
+        cpu_repack: bool,
     ) -> Result<Self> {
-        let exec = Executor::new(model, choice, n_threads, sched_size(model, 0))?;
+        let exec = Executor::new(model, choice, n_threads, sched_size(model, 0), cpu_repack)?;
         let kv = KvCache::new(model.config(), n_cells, flash_attn, kv_f32, exec.memory())?;
         if matches!(exec, Executor::Device { .. }) {
             kv.check_writable(exec.memory())?;
@@ -314,6 +329,9 @@ pub struct BackendReport {
     pub nodes_on_device: u64,
     /// All graph nodes computed.
     pub nodes_total: u64,
+    /// Weights read from the CPU's repacked copy (`cpu_repack`; 0 without it, on a device, or
+    /// when this CPU has no repacked kernels for the model's types).
+    pub repacked_weights: usize,
 }
 
 impl BackendReport {
@@ -327,6 +345,7 @@ impl BackendReport {
             device: backend.device_description(),
             nodes_on_device: stats.nodes_on_device,
             nodes_total: stats.nodes_total,
+            repacked_weights: 0,
         }
     }
 }

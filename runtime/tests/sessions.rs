@@ -199,3 +199,57 @@ fn flash_attention_agrees_with_matmul_attention() {
     let d = max_diff(&plain, &flash);
     assert!(d < 2e-2, "max diff {d}");
 }
+
+/// `cpu_repack`: the projections of a Q4_0 model run ggml's repacked kernels from a copy made
+/// once per model. The logits stay those of the plain kernels up to their different blocking
+/// of the same quantized products, an adapter changes them as it does on the plain path, and a
+/// second session shares the copy. Where the CPU has no repacked Q4_0 kernels nothing changes.
+#[test]
+fn cpu_repack_keeps_logits_and_adapters() {
+    let Some(p) = common::model("SmolLM2-135M-Instruct.Q4_0.gguf") else {
+        return;
+    };
+    let m = Arc::new(Model::load(p).unwrap());
+    let toks = prompt(24, m.config().n_vocab);
+    let cfg = |cpu_repack| SessionConfig {
+        n_ctx: 64,
+        n_threads: 2,
+        cpu_repack,
+        ..Default::default()
+    };
+    let lora = common::test_adapter(&m, "lora-qv-r8.gguf");
+    let run = |cpu_repack: bool, adapter: bool| {
+        let mut s = Session::new(m.clone(), cfg(cpu_repack)).unwrap();
+        if adapter {
+            s.set_adapters(graft::ActiveAdapters::none().with(lora.clone(), 1.0))
+                .unwrap();
+        }
+        let logits = s.decode(&toks, LogitsFor::All).unwrap();
+        (logits, s.backend_report().repacked_weights)
+    };
+    let (plain, none) = run(false, false);
+    let (packed, n) = run(true, false);
+    assert_eq!(none, 0);
+    if n == 0 {
+        assert_eq!(plain, packed, "nothing repacked, so nothing may change");
+        return;
+    }
+    // Every projection of the 30 layers (the output matrix is the tied token embedding).
+    assert_eq!(n, 7 * m.config().n_layer);
+    // Prompt kernels that block the products differently move SmolLM2's logits by up to ~1
+    // (as llama.cpp's own do between CPUs, or with and without its extra buffer types).
+    const TOL: f32 = 1.5;
+    let d = max_diff(&plain, &packed);
+    assert!(d > 0.0 && d < TOL, "plain vs repacked logits: {d}");
+    let (plain_lora, _) = run(false, true);
+    let (packed_lora, n2) = run(true, true);
+    assert_eq!(n2, n);
+    // The adapter moves the logits far more than the kernels do, and as much on both paths.
+    let effect = max_diff(&plain_lora, &plain);
+    assert!(
+        effect > 2.0 * TOL,
+        "the adapter changes the logits ({effect})"
+    );
+    let d = max_diff(&plain_lora, &packed_lora);
+    assert!(d < TOL, "with the adapter, plain vs repacked logits: {d}");
+}

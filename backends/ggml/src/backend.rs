@@ -188,7 +188,7 @@ impl Backend {
             .ok_or_else(|| Error::Alloc("backend buffer for context tensors".into()))?;
         // SAFETY: buffer just made.
         unsafe { sys::ggml_backend_buffer_clear(ptr.as_ptr(), 0) };
-        Ok(Buffer { ptr, _owner: None })
+        Ok(Buffer::from_raw(ptr))
     }
 
     /// Runs `graph` to completion.
@@ -290,6 +290,11 @@ unsafe impl Send for Buffer {}
 unsafe impl Sync for Buffer {}
 
 impl Buffer {
+    /// Takes ownership of a buffer ggml just allocated.
+    pub(crate) fn from_raw(ptr: NonNull<sys::ggml_backend_buffer>) -> Self {
+        Self { ptr, _owner: None }
+    }
+
     /// A CPU buffer over `mem` without copying. Tensors placed in it read from `mem` in place;
     /// ggml never writes to weight tensors during inference.
     pub fn from_host(mem: Arc<dyn HostMemory>) -> Result<Self> {

@@ -359,8 +359,21 @@ impl<'ctx> Tensor<'ctx> {
                 self.nbytes()
             )));
         }
-        // SAFETY: range checked above; the tensor has a buffer.
+        // SAFETY: range checked above; the tensor (or the tensor it views) has a buffer, and
+        // ggml calls its get_tensor, which buffers of private layouts (CPU_REPACK) lack.
         unsafe {
+            let t = &*self.raw();
+            let buf = if t.view_src.is_null() {
+                t.buffer
+            } else {
+                (*t.view_src).buffer
+            };
+            if (*buf).iface.get_tensor.is_none() {
+                return Err(Error::Shape(format!(
+                    "{} is in a buffer that cannot be read back (a repacked weight)",
+                    self.name()
+                )));
+            }
             sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), offset, out.len())
         };
         Ok(())

@@ -21,6 +21,7 @@ mod mulmat;
 mod ops;
 mod outprod;
 mod q4split;
+mod repack;
 mod sched;
 mod simd;
 mod softmax;
@@ -40,6 +41,7 @@ pub use log::{set_log_level, LogLevel};
 pub use lowrank::MAX_FUSED_MACS;
 pub use ops::RopeParams;
 pub use q4split::{split_q4_1_row, BLOCK as Q4_BLOCK};
+pub use repack::CpuRepack;
 pub use sched::Scheduler;
 
 /// A ggml tensor element type, by its numeric id in `enum ggml_type`.

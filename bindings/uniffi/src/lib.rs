@@ -45,6 +45,12 @@ pub struct EngineOptions {
     /// those it has).
     #[uniffi(default = "auto")]
     pub backend: String,
+    /// On the CPU, run the weights ggml has repacked kernels for (Q4_0 on AVX2 and Arm with
+    /// dot-product instructions, Q4_K, IQ4_NL) from a repacked copy, as llama.cpp does by
+    /// default: faster prompts and decoding; logits differ from the plain kernels' as they do
+    /// between CPUs.
+    #[uniffi(default = false)]
+    pub cpu_repack: bool,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +60,7 @@ impl Default for EngineOptions {
             context_length: 2048,
             kv_f32: false,
             backend: "auto".into(),
+            cpu_repack: false,
         }
     }
 }
@@ -212,6 +219,7 @@ impl Engine {
             n_threads: threads,
             kv_f32: options.kv_f32,
             backend,
+            cpu_repack: options.cpu_repack,
             ..SessionConfig::default()
         };
         let engine = graft::Engine::load_with(&path, cfg)

@@ -123,7 +123,7 @@ impl Gguf {
     /// rewritten one changes bytes that were already validated. graft never modifies a file it
     /// has open; replace model and adapter files by rename (as [`GgufWriter::write_atomic`]
     /// does), which leaves the mapped inode intact.
-    #[allow(unsafe_code)] // The crate's only unsafe: the memory map.
+    #[allow(unsafe_code)] // The crate's unsafe: the memory map (and `release_pages`).
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
@@ -228,6 +228,31 @@ impl Gguf {
         self.tensor_index
             .get(name)
             .and_then(|&i| self.tensors.get(i))
+    }
+
+    /// Drops the memory pages of tensor `info`'s data from this process's resident set, once
+    /// the data has been copied elsewhere (a repacked weight). The map stays valid: a later read
+    /// maps the pages again from the file, which the page cache usually still holds. A no-op for
+    /// owned bytes, off Unix, and for an info whose range lies outside the file.
+    #[allow(unsafe_code)] // madvise on the memory map
+    pub fn release_pages(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Bytes::Mmap(m) = &self.bytes {
+            let (Ok(start), Ok(len)) = (
+                usize::try_from(info.abs_offset),
+                usize::try_from(info.n_bytes),
+            ) else {
+                return;
+            };
+            if start.checked_add(len).is_none_or(|end| end > m.len()) {
+                return;
+            }
+            // SAFETY: the map is read-only and shared (`Mmap::map`), so MADV_DONTNEED discards no
+            // data: the next access to these pages reads the file's bytes again, and references
+            // into them (ggml's tensor pointers, borrowed slices) stay valid.
+            let _ =
+                unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+        }
     }
 
     /// The bytes of a tensor of this file (`info.n_bytes` of them, at `info.abs_offset`).

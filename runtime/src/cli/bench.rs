@@ -19,6 +19,7 @@ pub struct BenchArgs<'a> {
     pub reps: usize,
     pub flash_attn: bool,
     pub backend: BackendChoice,
+    pub cpu_repack: bool,
     /// Adapter sets compared rep by rep in this one process (label, files); empty: none.
     pub variants: Vec<(String, Vec<std::path::PathBuf>)>,
     /// Adapters active during the runs, with scales.
@@ -45,6 +46,7 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
             flash_attn: a.flash_attn,
             kv_f32: false,
             backend: a.backend,
+            cpu_repack: a.cpu_repack,
         },
     )?;
     let registry = AdapterRegistry::new(model.clone());
@@ -158,6 +160,7 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
         "model": a.model.display().to_string(),
         "threads": a.threads,
         "flash_attn": a.flash_attn,
+        "cpu_repack": a.cpu_repack,
         "load_ms": load_ms,
         "adapters": adapter_load_ms,
         "adapter_switch_us": switch_us,

@@ -71,6 +71,10 @@ enum Cmd {
         /// Backend graphs run on (see `graft devices`).
         #[arg(long, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
+        /// On the CPU, run the weights ggml has repacked kernels for from a repacked copy (as
+        /// llama.cpp's default extra buffer types do).
+        #[arg(long)]
+        cpu_repack: bool,
         /// Adapter set to compare, rep by rep in this process (repeatable): `none` or
         /// `[LABEL=]A.gguf[,B.gguf...]`; the JSON gets `variants` [{label, adapters, results}].
         #[arg(long = "variant", value_name = "SPEC", conflicts_with_all = ["adapters", "adapters_scaled"])]
@@ -161,6 +165,11 @@ pub(crate) struct ModelArgs {
     /// CPU; wgpu only when named).
     #[arg(long, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// On the CPU, run the weights ggml has repacked kernels for (Q4_0 on AVX2 and Arm, Q4_K,
+    /// IQ4_NL) from a repacked copy, as llama.cpp does by default: faster; logits differ from
+    /// the plain kernels' by the order of the sums.
+    #[arg(long)]
+    pub cpu_repack: bool,
 }
 
 #[derive(Args)]
@@ -286,6 +295,7 @@ fn main() {
             adapters,
             adapters_scaled,
             backend,
+            cpu_repack,
             variants,
         } => parse_scaled(&adapters_scaled).and_then(|scaled| {
             let adapters = adapters
@@ -301,6 +311,7 @@ fn main() {
                 reps,
                 flash_attn,
                 backend,
+                cpu_repack,
                 variants: variants.iter().map(|v| bench::parse_variant(v)).collect(),
                 adapters,
             })
@@ -384,6 +395,7 @@ pub(crate) fn load(
         flash_attn: m.flash_attn,
         kv_f32: false,
         backend: m.backend,
+        cpu_repack: m.cpu_repack,
         ..SessionConfig::default()
     };
     let engine = Engine::load_with(&m.model, cfg)

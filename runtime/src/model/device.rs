@@ -1,12 +1,13 @@
 //! Tensors copied to a device (a GPU through graft's wgpu backend or ggml's CUDA, Metal,
 //! Vulkan): the base model's weights, uploaded once per device and shared by every session on
 //! it, and (adapter/device.rs) each adapter's graph tensors. Switching adapters never touches
-//! the base.
+//! the base. Also the CPU's repacked copy of the weights ggml has repacked kernels for
+//! ([`DeviceWeights::repack_cpu`]), made once per model and shared the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use graft_ggml::{Backend, Buffer, Context, FrozenContext, Tensor, TensorId};
+use graft_ggml::{Backend, Buffer, Context, CpuRepack, FrozenContext, Tensor, TensorId};
 
 use super::Model;
 use crate::error::{Error, Result};
@@ -18,7 +19,7 @@ pub(crate) struct DeviceCopy {
     // Drop order: metadata before the buffer holding the data.
     ctx: FrozenContext,
     map: HashMap<TensorId, TensorId>,
-    _buffer: Buffer,
+    _buffer: Option<Buffer>,
     /// Bytes uploaded.
     pub bytes: u64,
 }
@@ -31,15 +32,30 @@ impl DeviceCopy {
         backend: &Backend,
         too_big: impl FnOnce(String) -> Error,
     ) -> Result<Self> {
+        Self::copy(tensors, |ctx| {
+            backend
+                .alloc_weights(ctx)
+                .map_err(|e| too_big(e.to_string()))
+        })
+    }
+
+    /// Copies `tensors` into one buffer that `alloc` makes for a context of their copies
+    /// (none for no tensors).
+    fn copy<'t>(
+        tensors: &[(TensorId, Tensor<'t>)],
+        alloc: impl FnOnce(&Context) -> Result<Buffer>,
+    ) -> Result<Self> {
         let ctx = Context::new(tensors.len() + 1, 0)?;
         let mut pairs = Vec::with_capacity(tensors.len());
         for (id, host) in tensors {
             let dev = ctx.new_tensor(host.ty(), &host.ne()).set_name(&host.name());
             pairs.push((*id, *host, dev.id()));
         }
-        let buffer = backend
-            .alloc_weights(&ctx)
-            .map_err(|e| too_big(e.to_string()))?;
+        let buffer = if pairs.is_empty() {
+            None
+        } else {
+            Some(alloc(&ctx)?)
+        };
         let mut map = HashMap::with_capacity(pairs.len());
         let mut staging = Vec::new();
         let mut bytes = 0u64;
@@ -87,11 +103,48 @@ impl DeviceWeights {
         .map(Self)
     }
 
-    /// The device tensor copying host weight `id`.
-    pub(crate) fn get(&self, id: TensorId) -> Tensor<'_> {
-        self.0
-            .get(id)
-            .expect("every weight of the model has a device copy")
+    /// A copy, in ggml's `CPU_REPACK` buffer type, of the weights that only `mul_mat` reads
+    /// (the layers' projections; the output matrix unless it is the token embeddings) and that
+    /// this CPU has repacked kernels for; the others stay in the map. Once copied, their pages
+    /// of the map leave the resident set (the CPU graphs read the copy). No copy (an empty one)
+    /// when ggml lacks the buffer type or no weight qualifies, e.g. Q4_1 and Q8_0 on x86.
+    pub(crate) fn repack_cpu(model: &Model) -> Result<Self> {
+        let Some(repack) = CpuRepack::get() else {
+            return DeviceCopy::copy(&[], |_| unreachable!("no tensors")).map(Self);
+        };
+        let mut ids = Vec::new();
+        if model.output != model.tok_embd {
+            ids.push(model.output);
+        }
+        for l in &model.layers {
+            ids.extend([l.wq, l.wk, l.wv, l.wo, l.ffn_gate, l.ffn_up, l.ffn_down]);
+        }
+        let tensors: Vec<_> = ids
+            .into_iter()
+            .map(|id| (id, model.w(id)))
+            .filter(|(_, t)| {
+                let ne = t.ne();
+                ne[2] == 1 && ne[3] == 1 && repack.supports(t.ty(), [ne[0], ne[1]])
+            })
+            .collect();
+        let copy = DeviceCopy::copy(&tensors, |ctx| Ok(repack.alloc(ctx)?))?;
+        for (_, t) in &tensors {
+            if let Some(info) = model.gguf.tensor(&t.name()) {
+                model.gguf.release_pages(info);
+            }
+        }
+        Ok(Self(copy))
+    }
+
+    /// How many weights this copy holds.
+    pub(crate) fn len(&self) -> usize {
+        self.0.map.len()
+    }
+
+    /// The copy of host weight `id`; `None` for a weight this copy does not hold (a partial
+    /// copy, [`DeviceWeights::repack_cpu`]), which graphs then read from the map.
+    pub(crate) fn get(&self, id: TensorId) -> Option<Tensor<'_>> {
+        self.0.get(id)
     }
 }
 
@@ -107,6 +160,19 @@ impl DeviceCopies {
         name: &str,
         backend: &Backend,
     ) -> Result<Arc<DeviceWeights>> {
+        self.get_or_make(name, || DeviceWeights::upload(model, backend))
+    }
+
+    /// The CPU's repacked copy ([`DeviceWeights::repack_cpu`]), made the first time.
+    pub(crate) fn cpu_repacked(&self, model: &Model) -> Result<Arc<DeviceWeights>> {
+        self.get_or_make("CPU_REPACK", || DeviceWeights::repack_cpu(model))
+    }
+
+    fn get_or_make(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<DeviceWeights>,
+    ) -> Result<Arc<DeviceWeights>> {
         let mut copies = self
             .0
             .lock()
@@ -114,7 +180,7 @@ impl DeviceCopies {
         if let Some(w) = copies.get(name) {
             return Ok(w.clone());
         }
-        let w = Arc::new(DeviceWeights::upload(model, backend)?);
+        let w = Arc::new(make()?);
         copies.insert(name.to_string(), w.clone());
         Ok(w)
     }

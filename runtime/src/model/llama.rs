@@ -73,7 +73,8 @@ pub(crate) fn max_nodes(model: &Model, n_adapters: usize) -> usize {
 }
 
 /// Builds the forward graph for one batch, reading the weights from the map or from their copy
-/// on a device (`on_device`): over the KV cache `kv` (inference), or with no
+/// on a device or the CPU's repacked copy (`on_device`; a weight it lacks is read from the
+/// map): over the KV cache `kv` (inference), or with no
 /// cache (`kv: None`, training: attention within the batch, every op differentiable, the graph
 /// made with room for gradients). `span` is [`Span::whole`] but for gradient checkpointing.
 #[allow(clippy::too_many_arguments)]
@@ -156,9 +157,10 @@ pub(crate) fn build<'a>(
         pieces,
     };
 
-    let w = |id| match on_device {
-        Some(d) => d.get(id),
-        None => model.w(id),
+    let w = |id| {
+        on_device
+            .and_then(|d| d.get(id))
+            .unwrap_or_else(|| model.w(id))
     };
     let mut x = if shape.embeddings {
         tokens

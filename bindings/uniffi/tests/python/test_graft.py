@@ -27,6 +27,7 @@ ROOT = Path(os.environ.get("GRAFT_ROOT", Path(__file__).resolve().parents[4]))
 GRAFT_BIN = os.environ["GRAFT_BIN"]
 MODEL = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_Q8 = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q8_0.gguf"
+MODEL_Q4_0 = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_0.gguf"
 ADAPTERS = ROOT / ".cache" / "adapters"
 LORA = ADAPTERS / "lora-qv-r8.gguf"
 DIABLO = ADAPTERS / "diablo-n64.gguf"
@@ -402,6 +403,9 @@ def test_invalid_arguments(engine):
     on_cpu = graft.Engine.open(str(MODEL), graft.EngineOptions(threads=THREADS, backend="cpu"))
     assert on_cpu.session().generate(PROMPT, 2, 0.0)
     on_cpu.release()
+    repacked = graft.Engine.open(str(MODEL_Q4_0), graft.EngineOptions(threads=THREADS, cpu_repack=True))
+    assert repacked.session().generate(PROMPT, 2, 0.0)
+    repacked.release()
     with pytest.raises(graft.GraftError.InvalidArgument):
         engine.trainer(graft.TrainOptions(output_path="x.gguf", method="nope",
                                           examples=[graft.TrainExample(completion="a b c")]))

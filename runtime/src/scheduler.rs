@@ -30,6 +30,9 @@ pub struct SchedulerConfig {
     pub max_queue: usize,
     /// CPU threads.
     pub n_threads: usize,
+    /// Run the weights ggml has repacked CPU kernels for from a repacked copy (see
+    /// [`SessionConfig::cpu_repack`](crate::SessionConfig::cpu_repack)).
+    pub cpu_repack: bool,
 }
 
 /// What a request sees: its text piece by piece, then how it ended.
@@ -116,6 +119,7 @@ impl Scheduler {
                 n_ctx_seq: cfg.n_ctx_seq,
                 n_batch: 512,
                 n_threads: cfg.n_threads,
+                cpu_repack: cfg.cpu_repack,
                 ..BatchConfig::default()
             },
         )?;

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// Requests that may wait for a slot; more get 429.
     #[arg(long, default_value_t = 64, value_parser = crate::args::positive_count)]
     pub max_queue: usize,
+    /// Run the weights ggml has repacked CPU kernels for (Q4_0 on AVX2 and Arm, Q4_K, IQ4_NL)
+    /// from a repacked copy, as llama.cpp does by default.
+    #[arg(long)]
+    pub cpu_repack: bool,
 }
 
 struct AppState {
@@ -92,6 +96,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             n_ctx_seq: a.ctx,
             max_queue: a.max_queue,
             n_threads: a.threads,
+            cpu_repack: a.cpu_repack,
         },
     )?;
     let state = Arc::new(AppState {

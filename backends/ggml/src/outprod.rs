@@ -298,7 +298,11 @@ impl<'ctx> Graph<'ctx> {
 /// The op parameters ggml stores for a custom node running `fun` on all threads with
 /// `userdata`: ggml lays them out itself, so they are taken from a node made for the purpose
 /// (no sources, never computed). `None` if the context has no room.
-fn custom_params(ctx: &Context, fun: CustomFn, userdata: *mut c_void) -> Option<[i32; 16]> {
+pub(crate) fn custom_params(
+    ctx: &Context,
+    fun: CustomFn,
+    userdata: *mut c_void,
+) -> Option<[i32; 16]> {
     // SAFETY: valid context; no sources are passed (n_args 0).
     let t = unsafe {
         sys::ggml_custom_4d(

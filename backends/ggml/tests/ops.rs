@@ -714,6 +714,95 @@ fn fast_cross_entropy_matches_ggml() {
     }
 }
 
+/// The cross entropy with label ids (`use_sparse_cross_entropy`: forward and backward rewritten,
+/// the one-hot labels never read) against ggml's nodes over the one-hot labels and an f64
+/// reference: the loss, and the logits' gradient `(softmax - onehot) · scale / rows`. A row
+/// width that is not a multiple of the vector lanes, rows over two dimensions, a wide and a
+/// narrow logit spread, 1 to 3 threads; a loss scale as training uses.
+#[test]
+fn sparse_cross_entropy_matches_ggml_with_one_hot_labels() {
+    // (row width, rows, row batches, logit spread)
+    let cases = [
+        (1003i64, 7i64, 1i64, 60.0f32),
+        (1003, 5, 1, 2.0),
+        (49, 3, 2, 20.0),
+    ];
+    let scale = 64.0f32;
+    for (nc, ne1, ne2, spread) in cases {
+        let (ncu, rows) = (nc as usize, (ne1 * ne2) as usize);
+        let logits: Vec<f32> = (0..ncu * rows)
+            .map(|i| (((i * 7919) % 2003) as f32 / 2003.0 - 0.5) * spread)
+            .collect();
+        let ids: Vec<i32> = (0..rows).map(|r| ((r * 37) % ncu) as i32).collect();
+        let mut onehot = vec![0f32; ncu * rows];
+        for (r, &j) in ids.iter().enumerate() {
+            onehot[r * ncu + j as usize] = 1.0;
+        }
+        // f64: loss = mean over rows of lse - l[id]; grad = (softmax - onehot) * scale / rows
+        let mut want_loss = 0f64;
+        let mut want_grad = vec![0f64; ncu * rows];
+        for r in 0..rows {
+            let l = &logits[r * ncu..(r + 1) * ncu];
+            let max = l.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+            let z: f64 = l.iter().map(|&v| (v as f64 - max).exp()).sum();
+            want_loss += (z.ln() + max - l[ids[r] as usize] as f64) / rows as f64;
+            for j in 0..ncu {
+                let p = (l[j] as f64 - max).exp() / z;
+                let y = if j == ids[r] as usize { 1.0 } else { 0.0 };
+                want_grad[r * ncu + j] = (p - y) * scale as f64 / rows as f64;
+            }
+        }
+        let gmax = want_grad.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for threads in 1..=3 {
+            for sparse in [false, true] {
+                let mut backend = Backend::cpu(threads).unwrap();
+                backend.set_adaptive_threads(false);
+                let ctx = Context::with_graph(64, 64, true).unwrap();
+                let tl = ctx.new_tensor(Type::F32, &[nc, ne1, ne2]).set_param();
+                let tb = ctx.new_tensor(Type::F32, &[nc, ne1, ne2]).set_input();
+                let ti = ctx.new_tensor(Type::I32, &[ne1 * ne2]).set_input();
+                let loss = ctx.cross_entropy_loss(tl, tb).set_output();
+                let mut g = ctx.new_graph(64, true);
+                g.build_forward_expand(ctx.scale(loss, scale).set_loss());
+                g.build_backward_expand(&ctx);
+                let dense = if sparse {
+                    g.use_sparse_cross_entropy(&ctx, tb, ti)
+                } else {
+                    true
+                };
+                assert_eq!(
+                    dense, !sparse,
+                    "the one-hot labels are read only without the rewrite"
+                );
+                let mut alloc = GraphAllocator::new(&backend).unwrap();
+                alloc.alloc(&g).unwrap();
+                tl.write_f32(0, &logits).unwrap();
+                if sparse {
+                    ti.write_i32(0, &ids).unwrap();
+                }
+                if dense {
+                    tb.write_f32(0, &onehot).unwrap();
+                }
+                g.reset_grads();
+                backend.compute(&g).unwrap();
+                let got = loss.to_vec_f32().unwrap()[0] as f64;
+                let what = format!("{nc}x{ne1}x{ne2} sparse {sparse} x{threads}");
+                assert!(
+                    (got - want_loss).abs() <= 1e-6 * want_loss.abs(),
+                    "{what}: {got} vs {want_loss}"
+                );
+                let grad = g.grad(tl).unwrap().to_vec_f32().unwrap();
+                for (i, (&v, &y)) in grad.iter().zip(&want_grad).enumerate() {
+                    assert!(
+                        (v as f64 - y).abs() <= 1e-5 * gmax,
+                        "{what} at {i}: {v} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn derived_tensors_are_made_once_per_source_and_key_until_reset() {
     let mut ctx = Context::new(16, 0).unwrap();

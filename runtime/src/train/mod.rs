@@ -313,18 +313,29 @@ impl Sequence<'_> {
         Ok(())
     }
 
-    /// Writes the one-hot labels `[n_vocab, len]` of scored rows `range` into `labels`.
+    /// Writes the labels of scored rows `range` in the forms the graph reads: their ids, and/or
+    /// the one-hot rows `[n_vocab, len]`.
     fn write_labels(
         &self,
-        labels: graft_ggml::Tensor<'_>,
+        loss: &Loss<'_>,
         n_vocab: usize,
         range: std::ops::Range<usize>,
     ) -> Result<()> {
-        // Zeroed in place and then one 1.0 per row: a host copy would be n_vocab floats per
-        // row (50 MB for SmolLM2 at ctx 256), built and copied every step.
-        labels.zero()?;
-        for (r, &t) in self.picked[range].iter().enumerate() {
-            labels.write_f32(r * n_vocab + self.ex.tokens[t + 1] as usize, &[1.0])?;
+        let ids: Vec<i32> = self.picked[range]
+            .iter()
+            .map(|&t| self.ex.tokens[t + 1] as i32)
+            .collect();
+        // The ids are in the graph only when its loss was rewritten to read them.
+        if loss.ids.is_allocated() {
+            loss.ids.write_i32(0, &ids)?;
+        }
+        if loss.dense {
+            // Zeroed in place and then one 1.0 per row: a host copy would be n_vocab floats
+            // per row (50 MB for SmolLM2 at ctx 256), built and copied every step.
+            loss.labels.zero()?;
+            for (r, &id) in ids.iter().enumerate() {
+                loss.labels.write_f32(r * n_vocab + id as usize, &[1.0])?;
+            }
         }
         Ok(())
     }
@@ -372,19 +383,38 @@ fn span_graph<'a>(
     llama::build(model, None, None, rows, ctx, shape, None, span)
 }
 
-/// The mean cross entropy of `logits [n_vocab, rows]` against one-hot labels (the returned
-/// input), times `scale` as the graph's loss. Loss scaling keeps the backward pass's small
-/// gradients representable in the F16 weight copies' products; the host divides it out.
+/// A graph's loss and its label inputs.
+struct Loss<'a> {
+    /// One-hot labels `[n_vocab, rows]`, what ggml's cross entropy reads.
+    labels: graft_ggml::Tensor<'a>,
+    /// The same labels as ids `[rows]`, what the rewritten loss reads
+    /// ([`graft_ggml::Graph::use_sparse_cross_entropy`]).
+    ids: graft_ggml::Tensor<'a>,
+    /// The mean cross entropy (unscaled).
+    value: graft_ggml::Tensor<'a>,
+    /// Whether the finished graph still reads `labels` (so they must be written).
+    dense: bool,
+}
+
+/// The mean cross entropy of `logits [n_vocab, rows]` against one-hot labels, times `scale`
+/// as the graph's loss. Loss scaling keeps the backward pass's small gradients representable
+/// in the F16 weight copies' products; the host divides it out.
 fn add_loss<'a>(
     ctx: &'a Context,
     gf: &mut graft_ggml::Graph<'a>,
     logits: graft_ggml::Tensor<'a>,
     scale: f32,
-) -> (graft_ggml::Tensor<'a>, graft_ggml::Tensor<'a>) {
+) -> Loss<'a> {
     let labels = ctx.new_tensor(Type::F32, &logits.ne()[..2]).set_input();
-    let loss = ctx.cross_entropy_loss(logits, labels).set_output();
-    gf.build_forward_expand(ctx.scale(loss, scale).set_loss());
-    (labels, loss)
+    let ids = ctx.new_tensor(Type::I32, &logits.ne()[1..2]).set_input();
+    let value = ctx.cross_entropy_loss(logits, labels).set_output();
+    gf.build_forward_expand(ctx.scale(value, scale).set_loss());
+    Loss {
+        labels,
+        ids,
+        value,
+        dense: true,
+    }
 }
 
 /// Finishes a training graph before allocation: with `backward`, appends the backward pass of
@@ -392,15 +422,17 @@ fn add_loss<'a>(
 /// and its F32 `out_prod`s (attention, adapter matrices) as GEMMs (the training graphs run on
 /// the CPU backend, where these custom nodes run). Then the forward products: with
 /// `cfg.gemm_forward` as f32 GEMMs over dequantized weights, else those of split Q4_1 weights
-/// through their copies; the cross entropy's forward and the attention's softmax (which skips
-/// each row's masked tail) as CPU custom nodes too. Forward-only graphs get the same forward
-/// ops, so evaluation and training compute the same loss.
+/// through their copies; the cross entropy (forward and backward, reading `loss`'s label ids
+/// instead of its one-hot labels) and the attention's softmax (which skips each row's masked
+/// tail) as CPU custom nodes too. Forward-only graphs get the same forward ops, so evaluation
+/// and training compute the same loss.
 fn finish_graph<'a>(
     ctx: &'a Context,
     gf: &mut graft_ggml::Graph<'a>,
     split: Option<&'a copies::Q41Split>,
     backward: bool,
     cfg: &TrainConfig,
+    loss: Option<&mut Loss<'a>>,
 ) {
     if backward {
         gf.build_backward_expand(ctx);
@@ -411,6 +443,9 @@ fn finish_graph<'a>(
     }
     if cfg.gemm_forward {
         gf.use_gemm_mul_mat(ctx);
+        if let Some(l) = loss {
+            l.dense = gf.use_sparse_cross_entropy(ctx, l.labels, l.ids);
+        }
         gf.use_fast_cross_entropy(ctx);
         gf.use_masked_softmax(ctx);
     }
@@ -948,11 +983,18 @@ impl Trainer {
         // Only the rows that predict a scored token reach the LM head and the loss (ggml's
         // cross-entropy backward assumes every label row sums to 1, so masked rows must not be
         // there); `out_ids` picks them before the last layer's feed-forward.
-        let (labels, loss) = add_loss(ctx, &mut gf, inp.out, loss_scale);
-        finish_graph(ctx, &mut gf, self.split.as_ref(), grads, &self.cfg);
+        let mut loss = add_loss(ctx, &mut gf, inp.out, loss_scale);
+        finish_graph(
+            ctx,
+            &mut gf,
+            self.split.as_ref(),
+            grads,
+            &self.cfg,
+            Some(&mut loss),
+        );
         self.alloc.alloc(&gf)?;
         seq.write_inputs(&inp)?;
-        seq.write_labels(labels, n_vocab, 0..scored)?;
+        seq.write_labels(&loss, n_vocab, 0..scored)?;
         if seq.dropout {
             self.fill_dropout_masks(0..self.model.config().n_layer)?;
         }
@@ -960,7 +1002,7 @@ impl Trainer {
             gf.reset_grads();
         }
         self.backend.compute(&gf)?;
-        let l = loss.to_vec_f32()?[0];
+        let l = loss.value.to_vec_f32()?[0];
         if !grads {
             return Ok(RunOutput {
                 loss: l,
@@ -1045,14 +1087,21 @@ impl Trainer {
             };
             let set = ActiveAdapters::none();
             let (mut gf, inp) = span_graph(&self.model, ctx, &set, shape, span);
-            let (labels, loss) = add_loss(ctx, &mut gf, inp.out, loss_scale * share);
-            finish_graph(ctx, &mut gf, self.split.as_ref(), true, &self.cfg);
+            let mut loss = add_loss(ctx, &mut gf, inp.out, loss_scale * share);
+            finish_graph(
+                ctx,
+                &mut gf,
+                self.split.as_ref(),
+                true,
+                &self.cfg,
+                Some(&mut loss),
+            );
             self.alloc.alloc(&gf)?;
             inp.tokens.write_f32(0, &x_last[r0 * n_embd..r1 * n_embd])?;
-            seq.write_labels(labels, n_vocab, r0..r1)?;
+            seq.write_labels(&loss, n_vocab, r0..r1)?;
             gf.reset_grads();
             self.backend.compute(&gf)?;
-            loss_total += loss.to_vec_f32()?[0] * share;
+            loss_total += loss.value.to_vec_f32()?[0] * share;
             g_out[r0 * n_embd..r1 * n_embd].copy_from_slice(&grad_of(
                 &gf,
                 inp.tokens,
@@ -1136,6 +1185,7 @@ impl Trainer {
             self.split.as_ref(),
             g_out.is_some(),
             &self.cfg,
+            None,
         );
         self.alloc.alloc(&gf)?;
         match input {

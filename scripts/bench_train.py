@@ -14,7 +14,7 @@ graft prints a cumulative tokens/s after each step, so its elapsed time at step 
 k * ctx / tokens_per_s_k and the timed window is elapsed(warmup + steps) - elapsed(warmup).
 graft's own summary figure (all steps, first included) is reported too.
 
-Memory: peak RSS of each process from the kernel (os.wait4 ru_maxrss, whole process: load
+Memory: peak RSS of each process from the kernel (ru_maxrss of the command alone, see LAUNCH; whole process: load
 included), plus graft's own `peak_rss_mb` and PEFT's training-phase-only peak.
 
 Quiet machine: before each run the script waits (up to --quiet-timeout s) until the CPUs are
@@ -93,18 +93,38 @@ def wait_quiet(limit_s: float, threshold: float = 0.15) -> float:
         time.sleep(10)
 
 
+# The child's peak RSS must not include this script's: Linux keeps a process's peak RSS across
+# exec, and a child spawned from here (fork or vfork) starts as an image of this interpreter,
+# which holds transformers and the tokenized data (~725 MB, more than graft's whole peak). So a
+# small interpreter forks the measured command and reports that grandchild's own ru_maxrss
+# (its peak over at most the small interpreter's ~10 MB, then the command's).
+LAUNCH = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, st, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(ru.ru_maxrss))
+rc = os.waitstatus_to_exitcode(st)
+sys.exit(rc if rc >= 0 else 128 - rc)
+"""
+
+
 def run_child(cmd: list[str], env: dict | None = None) -> dict:
-    """Popen + os.wait4 so that ru_maxrss is this child's alone; `env` is added to ours."""
+    """Runs `cmd` (through LAUNCH, for its own peak RSS) with `env` added to ours."""
     s0, i0 = cpu_times()
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env={**os.environ, **(env or {})})
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe, \
+            tempfile.NamedTemporaryFile("r", suffix=".maxrss") as fm:
+        p = subprocess.Popen([sys.executable, "-S", "-c", LAUNCH, fm.name, *map(str, cmd)],
+                             stdout=fo, stderr=fe, text=True, env={**os.environ, **(env or {})})
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         s1, i1 = cpu_times()
         fo.seek(0)
         fe.seek(0)
         out, err = fo.read(), fe.read()
+        maxrss_kb = int(fm.read().strip() or 0)
     rc = os.waitstatus_to_exitcode(status)
     if rc != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed ({rc}):\n{err[-3000:]}")
@@ -115,7 +135,7 @@ def run_child(cmd: list[str], env: dict | None = None) -> dict:
         "stdout": out,
         "stderr": err,
         "wall_s": wall,
-        "maxrss_mb": ru.ru_maxrss / 1024.0,
+        "maxrss_mb": maxrss_kb / 1024.0,
         "child_cpu_s": child_cpu,
         "foreign_cores": max(0.0, busy_s - child_cpu) / wall,
     }

@@ -368,7 +368,7 @@ impl<'ctx> Tensor<'ctx> {
             } else {
                 (*t.view_src).buffer
             };
-            if (*buf).iface.get_tensor.is_none() {
+            if !buf.is_null() && (*buf).iface.get_tensor.is_none() {
                 return Err(Error::Shape(format!(
                     "{} is in a buffer that cannot be read back (a repacked weight)",
                     self.name()

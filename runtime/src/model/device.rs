@@ -109,9 +109,7 @@ impl DeviceWeights {
     /// of the map leave the resident set (the CPU graphs read the copy). No copy (an empty one)
     /// when ggml lacks the buffer type or no weight qualifies, e.g. Q4_1 and Q8_0 on x86.
     pub(crate) fn repack_cpu(model: &Model) -> Result<Self> {
-        let Some(repack) = CpuRepack::get() else {
-            return DeviceCopy::copy(&[], |_| unreachable!("no tensors")).map(Self);
-        };
+        let repack = CpuRepack::get();
         let mut ids = Vec::new();
         if model.output != model.tok_embd {
             ids.push(model.output);
@@ -124,10 +122,17 @@ impl DeviceWeights {
             .map(|id| (id, model.w(id)))
             .filter(|(_, t)| {
                 let ne = t.ne();
-                ne[2] == 1 && ne[3] == 1 && repack.supports(t.ty(), [ne[0], ne[1]])
+                repack
+                    .is_some_and(|r| ne[2] == 1 && ne[3] == 1 && r.supports(t.ty(), [ne[0], ne[1]]))
             })
             .collect();
-        let copy = DeviceCopy::copy(&tensors, |ctx| Ok(repack.alloc(ctx)?))?;
+        // (Without the buffer type no tensor qualifies, and `copy` allocates nothing.)
+        let copy = DeviceCopy::copy(&tensors, |ctx| match repack {
+            Some(r) => Ok(r.alloc(ctx)?),
+            None => Err(Error::InvalidRequest(
+                "ggml has no CPU_REPACK buffer type".into(),
+            )),
+        })?;
         for (_, t) in &tensors {
             if let Some(info) = model.gguf.tensor(&t.name()) {
                 model.gguf.release_pages(info);

@@ -36,11 +36,11 @@ pub struct SessionConfig {
     pub backend: BackendChoice,
     /// On the CPU, run the weights ggml has repacked kernels for (Q4_0 on AVX2 and Arm, Q4_K,
     /// IQ4_NL) from a repacked copy, as llama.cpp does by default (its extra buffer types):
-    /// faster (Q4_0 on this AVX-512 Xeon: prefill 1.4x, decode 1.2x), made once per model and
-    /// shared, and those weights' pages of the map are given back. Off by default: the repacked
-    /// kernels compute the products another way (SmolLM2 Q4_0 logits move by up to 0.8), so
-    /// graft's tokens then follow llama.cpp with its extra buffer types, not the plain
-    /// configuration the correctness references are made in.
+    /// faster (SmolLM2 Q4_0: prefill 1.4x and decode 1.2x on an AVX-512 Xeon, 1.2x and 1.3x
+    /// with AVX2 only), made once per model and shared, and those weights' pages of the map are
+    /// given back. Off by default: the repacked kernels compute the products another way
+    /// (SmolLM2 Q4_0 logits move by up to 0.8), so graft's tokens then follow llama.cpp with its
+    /// extra buffer types, not the plain configuration the correctness references are made in.
     pub cpu_repack: bool,
 }
 

@@ -36,17 +36,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import AVX2_GRAFT_BUILD, default_graft  # scripts/bench.py, beside this file
+
 ROOT = Path(__file__).resolve().parents[1]
 GRAFT = ROOT / "target" / "release" / "graft"
 # `--isa avx2`: what an AVX2-only CPU (AMD Zen 2/3, Intel before AVX-512) runs, on a CPU that has
-# more. graft's ggml is built for AVX2, matrixmultiply (the f32 GEMMs) is kept off its AVX-512
-# kernel by its compile-time MMTEST_FEATURE list (graft's own pulp kernels stop at AVX2 + FMA), and
+# more. graft comes from the AVX2 build that bench.py also uses (ggml built for AVX2,
+# matrixmultiply kept off its AVX-512 kernel; graft's own pulp kernels stop at AVX2 + FMA), and
 # torch, MKL and oneDNN are capped at AVX2 by their documented environment variables.
-GRAFT_AVX2 = ROOT / "target" / "avx2" / "release" / "graft"
-AVX2_BUILD = (
-    "GRAFT_GGML_ISA=avx2 MMTEST_FEATURE=sse2,avx,avx2,fma CARGO_TARGET_DIR=target/avx2 "
-    "cargo build --release -p graft --bin graft"
-)
+GRAFT_AVX2 = Path(default_graft("avx2"))
 TORCH_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
@@ -265,13 +263,13 @@ def main() -> None:
     ap.add_argument("--json-out", type=Path, help="write all results here")
     ap.add_argument("--isa", default="native", choices=["native", "avx2"],
                     help="avx2: both tools limited to AVX2 + FMA (graft from target/avx2, built by "
-                         + AVX2_BUILD + "; torch, MKL and oneDNN capped by environment)")
+                         + AVX2_GRAFT_BUILD + "; torch, MKL and oneDNN capped by environment)")
     args = ap.parse_args()
     global GRAFT
     if args.isa == "avx2":
         GRAFT = GRAFT_AVX2
         if not GRAFT.exists():
-            sys.exit(f"{GRAFT} is missing: build it with `{AVX2_BUILD}`")
+            sys.exit(f"{GRAFT} is missing: build it with `{AVX2_GRAFT_BUILD}`")
 
     st = GRAFT.stat()
     newer = [str(p.relative_to(ROOT)) for p in (ROOT / "runtime" / "src").rglob("*.rs") if p.stat().st_mtime > st.st_mtime]

@@ -184,8 +184,8 @@ unsafe extern "C" fn xent_back_sparse(
     nth: c_int,
     _userdata: *mut c_void,
 ) {
-    // SAFETY: as in `xent_rows_sparse`; `dst` is the rewritten backward node, F32 with the
-    // logits' shape (checked by `sparse_back_fits`), and `d` an F32 scalar.
+    // SAFETY: as in `xent_rows_sparse`; `dst` is the rewritten backward node, F32, contiguous,
+    // with the logits' shape, and `d` an F32 scalar (checked by `use_sparse_cross_entropy`).
     unsafe {
         let t = &*dst;
         let (g, a, ids) = (&*t.src[0], &*t.src[1], &*t.src[2]);
@@ -225,6 +225,31 @@ unsafe extern "C" fn xent_back_sparse(
     }
 }
 
+/// Turns loss node `t` into the `sum` of a new custom node that computes its per-row losses from
+/// `args` (the logits first) with `fun`, one F32 per row; returns that node, which the caller
+/// splices in before `t`.
+///
+/// # Safety
+/// `t` is a valid `CROSS_ENTROPY_LOSS` node, `args` valid tensors of `ctx`'s graph that `fun`
+/// accepts, and `ctx` has room for one more tensor.
+unsafe fn into_sum_of_rows(
+    ctx: &Context,
+    t: &mut sys::ggml_tensor,
+    args: &mut [*mut sys::ggml_tensor],
+    fun: crate::lowrank::CustomFn,
+) -> *mut sys::ggml_tensor {
+    // SAFETY: per the contract; the loss stays a scalar, now the sum of the rows' shares.
+    unsafe {
+        let rows = sys::ggml_nrows(args[0]);
+        let per_row = ctx.custom_f32(args, [rows, 1], fun, 0.0).raw();
+        t.op = sys::GGML_OP_SUM;
+        t.src[0] = per_row;
+        t.src[1] = std::ptr::null_mut();
+        t.op_params = [0; 16];
+        per_row
+    }
+}
+
 /// Row `r` (over ne1..ne3) of a tensor with contiguous rows: its byte offset.
 fn row_offset(t: &sys::ggml_tensor, r: usize) -> usize {
     let (n1, n2) = (t.ne[1] as usize, t.ne[2] as usize);
@@ -251,8 +276,8 @@ fn label(id: i32, nc: usize) -> Option<usize> {
     usize::try_from(id).ok().filter(|&j| j < nc)
 }
 
-/// Whether `ids` holds one I32 label per row of the F32 `logits` (contiguous rows, a scalar
-/// loss `t`) for the sparse rewrite.
+/// Whether `ids` holds one I32 label per row of the F32 `logits` (with contiguous rows) for the
+/// sparse rewrite.
 ///
 /// # Safety
 /// Valid tensors.
@@ -292,7 +317,6 @@ impl<'ctx> Graph<'ctx> {
         unsafe {
             let n_nodes = sys::ggml_graph_n_nodes(g) as usize;
             let nodes = sys::ggml_graph_nodes(g);
-            let room = sys::ggml_get_mem_size(ctx.raw()) - sys::ggml_used_mem(ctx.raw());
             let mut inserts = Vec::new();
             let mut back_params = None;
             for i in 0..n_nodes {
@@ -302,17 +326,10 @@ impl<'ctx> Graph<'ctx> {
                     && !t.src[0].is_null()
                     && sparse_fits(&*t.src[0], &*ids)
                     && n_nodes + inserts.len() < sys::ggml_graph_size(g) as usize
-                    && room > 2 * (sys::ggml_tensor_overhead() + 64)
+                    && sys::ggml_get_mem_size(ctx.raw()) - sys::ggml_used_mem(ctx.raw())
+                        > 2 * (sys::ggml_tensor_overhead() + 64)
                 {
-                    let a = t.src[0];
-                    let rows = sys::ggml_nrows(a);
-                    let per_row = ctx
-                        .custom_f32(&mut [a, ids], [rows, 1], xent_rows_sparse, 0.0)
-                        .raw();
-                    t.op = sys::GGML_OP_SUM;
-                    t.src[0] = per_row;
-                    t.src[1] = std::ptr::null_mut();
-                    t.op_params = [0; 16];
+                    let per_row = into_sum_of_rows(ctx, t, &mut [t.src[0], ids], xent_rows_sparse);
                     inserts.push((i, vec![per_row]));
                 } else if t.op == sys::GGML_OP_CROSS_ENTROPY_LOSS_BACK
                     && t.src[2] == labels
@@ -350,7 +367,6 @@ impl<'ctx> Graph<'ctx> {
     }
 
     /// Rewrites each `cross_entropy_loss(logits, labels)` node into a `sum` over a new custom
-    /// Rewrites each `cross_entropy_loss(logits, labels)` node into a `sum` over a new custom
     /// node of per-row losses ([`xent_rows`], a vectorizable exponential instead of libm's
     /// scalar one), spliced in before it: the same loss up to f32 rounding (the exponential is
     /// within 3e-7 of libm's). CPU backend only. Returns how many nodes were rewritten; none
@@ -383,13 +399,7 @@ impl<'ctx> Graph<'ctx> {
             let mut inserts = Vec::with_capacity(plan.len());
             for &i in &plan {
                 let t = &mut **nodes.add(i);
-                let (a, b) = (t.src[0], t.src[1]);
-                let rows = (*a).ne[1] * (*a).ne[2] * (*a).ne[3];
-                let per_row = ctx.custom_f32(&mut [a, b], [rows, 1], xent_rows, 0.0).raw();
-                t.op = sys::GGML_OP_SUM;
-                t.src[0] = per_row;
-                t.src[1] = std::ptr::null_mut();
-                t.op_params = [0; 16];
+                let per_row = into_sum_of_rows(ctx, t, &mut [t.src[0], t.src[1]], xent_rows);
                 inserts.push((i, vec![per_row]));
             }
             self.splice(&inserts);

@@ -14,7 +14,8 @@ export GRAFT_GGML_CACHE="${GRAFT_GGML_CACHE:-${GRAFT_CACHE:-${XDG_CACHE_HOME:-$H
 # The wgpu backend's tests run on Mesa's lavapipe (installed by install_deps.sh): a missing
 # device is a failure here, not a skip. Without a desktop session, Mesa's device-select layer
 # prints an XDG_RUNTIME_DIR error for every Vulkan instance; it only orders GPUs for a display.
-export GRAFT_REQUIRE_DEVICE="${GRAFT_REQUIRE_DEVICE-wgpu}"
+# ggml's BLAS backend, built as a library graft loads at run time (set-up below), must load too.
+export GRAFT_REQUIRE_DEVICE="${GRAFT_REQUIRE_DEVICE-wgpu,blas}"
 [[ -z "${XDG_RUNTIME_DIR:-}" ]] && export NODEVICE_SELECT=1
 T0=$SECONDS
 
@@ -25,6 +26,10 @@ scripts/install_deps.sh
 scripts/machine_info.sh | sed -n '/^cmake/p'
 scripts/setup_test_data.sh
 scripts/references.sh
+# The tests of backend libraries loaded at run time (what carries CUDA to a graft binary built
+# without it) load this one, which needs no GPU.
+GRAFT_BACKEND_DIR="$(scripts/ggml_backend.sh blas | tail -1)"
+export GRAFT_BACKEND_DIR
 echo "== set-up took $((SECONDS - T0)) s"
 
 # Every stage runs even after one fails; the failed ones are listed at the end.

@@ -36,7 +36,7 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
 export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"
 # No aarch64 Vulkan loader here: the wgpu backend has no device under qemu, and its tests skip.
-unset GRAFT_REQUIRE_DEVICE
+unset GRAFT_REQUIRE_DEVICE GRAFT_BACKEND_DIR
 echo "== aarch64 (qemu-user): $(qemu-aarch64 --version | head -n1)"
 cargo test --target "$T" --no-fail-fast -p graft-formats -p graft-ggml
 export GRAFT_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::adapter::lopa::mean_embedding;
 use crate::adapter::ActiveAdapters;
-use crate::compute::Compute;
+use crate::compute::{Compute, Placement};
 use crate::error::{Error, Result};
 use crate::model::layers::{AttnPiece, RowAdapters, RowGroup};
 use crate::model::llama::BatchShape;
@@ -114,8 +114,11 @@ impl BatchDecoder {
             cfg.n_threads,
             cfg.flash_attn,
             cfg.kv_f32,
-            BackendChoice::Auto,
-            cfg.cpu_repack,
+            Placement {
+                backend: BackendChoice::Auto,
+                gpu_layers: None,
+                cpu_repack: cfg.cpu_repack,
+            },
         )?;
         Ok(Self {
             slots: vec![false; cfg.n_seq_max],

@@ -30,6 +30,18 @@ pub(crate) struct Scratch {
     pub out_ids: Vec<i32>,
 }
 
+/// Where a session's graphs run and what of the model goes there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The backend (see [`graft_ggml::select_device`]).
+    pub backend: BackendChoice,
+    /// On a device: how many of the last layers' weights go there (`None`: every weight); see
+    /// [`SessionConfig::gpu_layers`](crate::SessionConfig::gpu_layers).
+    pub gpu_layers: Option<usize>,
+    /// On the CPU: run the weights ggml has repacked kernels for from a repacked copy.
+    pub cpu_repack: bool,
+}
+
 /// Where graphs run: the CPU backend alone (weights read in place from the map, or, those it
 /// has, from the model's repacked copy), or a device holding the weights and the KV cache, with
 /// the CPU taking the nodes the device cannot.
@@ -47,22 +59,15 @@ pub(crate) enum Executor {
 }
 
 impl Executor {
-    /// The executor for `choice` (see [`graft_ggml::select_device`]) with `n_threads` CPU
-    /// threads and room for graphs of `graph_size` nodes; on the CPU, with `cpu_repack`, over
-    /// the model's repacked weights.
-    fn new(
-        model: &Model,
-        choice: BackendChoice,
-        n_threads: usize,
-        graph_size: usize,
-        cpu_repack: bool,
-    ) -> Result<Self> {
+    /// The executor for `place` with `n_threads` CPU threads and room for graphs of
+    /// `graph_size` nodes; on the CPU, with `cpu_repack`, over the model's repacked weights.
+    fn new(model: &Model, place: Placement, n_threads: usize, graph_size: usize) -> Result<Self> {
         let cpu = Backend::cpu(n_threads)?;
-        Ok(match graft_ggml::select_device(choice)? {
+        Ok(match graft_ggml::select_device(place.backend)? {
             None => Self::Cpu {
                 alloc: GraphAllocator::new(&cpu)?,
                 backend: cpu,
-                repacked: if cpu_repack {
+                repacked: if place.cpu_repack {
                     Some(model.devices.cpu_repacked(model)?)
                 } else {
                     None
@@ -70,7 +75,9 @@ impl Executor {
             },
             Some(dev) => {
                 let device = Backend::on_device(&dev.name)?;
-                let weights = model.devices.get(model, &dev.name, &device)?;
+                let weights = model
+                    .devices
+                    .get(model, &dev.name, &device, place.gpu_layers)?;
                 Self::Device {
                     name: dev.name.as_str().into(),
                     sched: Scheduler::new(device, cpu, graph_size)?,
@@ -159,7 +166,7 @@ pub(crate) struct Compute {
 }
 
 impl Compute {
-    /// Graphs on the backend `choice` (the CPU, or a device with the CPU behind it) with
+    /// Graphs placed by `place` (the CPU, or a device with the CPU behind it) with
     /// `n_threads` CPU threads and a KV cache of `n_cells` positions in the device's memory.
     pub fn new(
         model: &Model,
@@ -167,10 +174,9 @@ impl Compute {
         n_threads: usize,
         flash_attn: bool,
         kv_f32: bool,
-        choice: BackendChoice,
-        cpu_repack: bool,
+        place: Placement,
     ) -> Result<Self> {
-        let exec = Executor::new(model, choice, n_threads, sched_size(model, 0), cpu_repack)?;
+        let exec = Executor::new(model, place, n_threads, sched_size(model, 0))?;
         let kv = KvCache::new(model.config(), n_cells, flash_attn, kv_f32, exec.memory())?;
         if matches!(exec, Executor::Device { .. }) {
             kv.check_writable(exec.memory())?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::adapter::lopa::mean_embedding;
 use crate::adapter::ActiveAdapters;
-use crate::compute::{BackendReport, Compute};
+use crate::compute::{BackendReport, Compute, Placement};
 use crate::error::{Error, Result};
 use crate::model::layers::RowAdapters;
 use crate::model::llama::BatchShape;
@@ -42,6 +42,12 @@ pub struct SessionConfig {
     /// (SmolLM2 Q4_0 logits move by up to 0.8), so graft's tokens then follow llama.cpp with its
     /// extra buffer types, not the plain configuration the correctness references are made in.
     pub cpu_repack: bool,
+    /// On a device backend, put only the last `n` layers' weights on the device (llama.cpp's
+    /// `-ngl`): the other layers' products run on the CPU from the map, as ggml's scheduler
+    /// assigns nodes to the backend holding their weights. More than the model's layer count
+    /// also puts the embeddings and output layer there; `None` (the default) puts every
+    /// weight there. The KV cache stays on the device. No effect on the CPU backend.
+    pub gpu_layers: Option<usize>,
 }
 
 impl Default for SessionConfig {
@@ -54,6 +60,7 @@ impl Default for SessionConfig {
             kv_f32: false,
             backend: BackendChoice::Auto,
             cpu_repack: false,
+            gpu_layers: None,
         }
     }
 }
@@ -124,8 +131,11 @@ impl Session {
             cfg.n_threads,
             cfg.flash_attn,
             cfg.kv_f32,
-            cfg.backend,
-            cfg.cpu_repack,
+            Placement {
+                backend: cfg.backend,
+                gpu_layers: cfg.gpu_layers,
+                cpu_repack: cfg.cpu_repack,
+            },
         )?;
         Ok(Self {
             model,

@@ -924,6 +924,11 @@ fn devices_and_backend_choice() {
         a.extend(["--backend", "vulkan"]);
         let err = assert_one_error(&run(&a), "the vulkan backend is not available");
         assert!(err.contains("available: cpu"), "{err}");
+        // Where graft looked for ggml's Vulkan library, and how to make one.
+        assert!(
+            err.contains(&graft_ggml_module("vulkan")) && err.contains("GRAFT_BACKEND_DIR"),
+            "{err}"
+        );
         assert!(!out.exists(), "nothing written on a failed start");
     }
     let o = run(&[
@@ -961,4 +966,115 @@ fn devices_and_backend_choice() {
         total > 0 && b["nodes_on_device"].as_u64() == Some(total),
         "{b}"
     );
+}
+
+/// ggml's file name of backend `name`'s library (`libggml-vulkan.so`).
+fn graft_ggml_module(name: &str) -> String {
+    format!(
+        "{}ggml-{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// Backend libraries loaded at run time (`GRAFT_BACKEND_DIR`): one that is not a library is
+/// named with the loader's reason, in `graft devices` and in the error of the `--backend` that
+/// wanted it, and nothing crashes. When scripts/test.sh built ggml's BLAS backend library
+/// (scripts/ggml_backend.sh blas) and put its folder in `GRAFT_BACKEND_DIR`, graft loads it:
+/// its device is listed and its ggml calls bind to the ggml graft links (the op conformance
+/// suite runs its products against the CPU backend).
+#[test]
+fn backend_libraries_load_at_run_time() {
+    let Some((m, d)) = fixture("backend-libraries") else {
+        return;
+    };
+    let fake = d.join("libs");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(
+        fake.join(graft_ggml_module("cuda")),
+        b"not a shared library",
+    )
+    .unwrap();
+    let dirs = std::env::join_paths(
+        std::iter::once(fake.clone()).chain(
+            std::env::var_os("GRAFT_BACKEND_DIR")
+                .map(|v| std::env::split_paths(&v).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        ),
+    )
+    .unwrap();
+    let with_libs = |args: &[&str]| {
+        common::graft_cmd()
+            .args(args)
+            .env("GRAFT_BACKEND_DIR", &dirs)
+            .output()
+            .unwrap()
+    };
+    let o = with_libs(&["devices", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let libs = v["backend_libraries"].as_array().unwrap();
+    let cuda = libs.iter().find(|l| l["backend"] == "cuda").unwrap();
+    assert_eq!(cuda["loaded"], false, "{cuda}");
+    assert!(
+        cuda["path"].as_str().unwrap().starts_with(s(&fake)),
+        "{cuda}"
+    );
+    assert!(!cuda["error"].as_str().unwrap().is_empty(), "{cuda}");
+
+    let err = assert_one_error(
+        &with_libs(&[
+            "generate",
+            "--model",
+            s(&m),
+            "--prompt",
+            "hi",
+            "--backend",
+            "cuda",
+        ]),
+        "did not load",
+    );
+    assert!(
+        err.contains(s(&fake)) && err.contains("available: cpu"),
+        "{err}"
+    );
+
+    let blas = libs.iter().find(|l| l["backend"] == "blas").unwrap();
+    let required = std::env::var("GRAFT_REQUIRE_DEVICE")
+        .is_ok_and(|v| v.split(',').any(|b| b.trim() == "blas"));
+    if blas["path"].is_null() && !required {
+        eprintln!("skipping the BLAS library: none in GRAFT_BACKEND_DIR");
+        return;
+    }
+    assert_eq!(blas["loaded"], true, "{blas}");
+    let dev = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["backend"] == "blas")
+        .unwrap_or_else(|| panic!("no BLAS device: {v}"));
+    assert_eq!(dev["type"], "accel");
+    // A run beside a loaded library gives the tokens of one without.
+    let args = [
+        "generate",
+        "--model",
+        s(&m),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+        "--json",
+    ];
+    let without = common::graft_cmd()
+        .args(args)
+        .env_remove("GRAFT_BACKEND_DIR")
+        .output()
+        .unwrap();
+    let tokens = |o: &Output| {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["tokens"].clone()
+    };
+    assert_eq!(tokens(&with_libs(&args)), tokens(&without));
 }

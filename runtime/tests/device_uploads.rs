@@ -83,4 +83,18 @@ fn switching_adapters_on_wgpu_uploads_only_adapter_bytes() {
     let mut s2 = Session::new(model.clone(), common::device_session(BackendChoice::Wgpu)).unwrap();
     assert!(switch(&b, &mut s2) < INPUTS);
     assert!(uploaded() - before < INPUTS);
+
+    // `gpu_layers`: a session with the last 3 of 30 layers on the device uploads those layers'
+    // weights (a copy of its own), not the embeddings or the other layers.
+    let before = uploaded();
+    let mut cfg = common::device_session(BackendChoice::Wgpu);
+    cfg.gpu_layers = Some(3);
+    let mut s3 = Session::new(model.clone(), cfg).unwrap();
+    s3.decode(&prompt, LogitsFor::Last).unwrap();
+    let moved = uploaded() - before;
+    eprintln!("3 of 30 layers: {moved} bytes uploaded (base {base})");
+    assert!(
+        moved > base / 30 && moved < base / 6,
+        "3 of 30 layers: {moved} bytes uploaded (base {base})"
+    );
 }

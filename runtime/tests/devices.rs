@@ -192,3 +192,46 @@ fn wgpu_perplexity_is_within_one_percent_of_the_cpu() {
     );
     assert!(rel < 0.01, "cpu {cpu} wgpu {dev}");
 }
+
+/// `gpu_layers`: only the last layers' weights go to the device and ggml's scheduler runs the
+/// other layers' products on the CPU, where their weights are: the logits stay the CPU's (as
+/// with every weight on the device) and fewer nodes run on the device.
+#[test]
+fn gpu_layers_split_the_model_between_the_device_and_the_cpu() {
+    if !common::have_wgpu() {
+        return;
+    }
+    let Some(p) = common::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let model = Arc::new(Model::load(p).unwrap());
+    let tokens = model.tokenizer().encode(PROMPTS[0], true, true);
+    let cpu = logits(&model, BackendChoice::Cpu, &ActiveAdapters::none(), &tokens);
+    let nv = cpu.len() / tokens.len();
+    let mut on_device = Vec::new();
+    for layers in [None, Some(4), Some(0)] {
+        let mut cfg = common::device_session(BackendChoice::Wgpu);
+        cfg.gpu_layers = layers;
+        let mut s = Session::new(model.clone(), cfg).unwrap();
+        let dev = s.decode(&tokens, LogitsFor::All).unwrap();
+        let worst = cpu
+            .iter()
+            .zip(&dev)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        let last = tokens.len() - 1;
+        let r = s.backend_report();
+        eprintln!("gpu_layers {layers:?}: max |logit difference| {worst:.3}; {r:?}");
+        assert!(worst < MAX_DIFF, "gpu_layers {layers:?}: {worst}");
+        assert_eq!(
+            top2(&dev[last * nv..]).0,
+            top2(&cpu[last * nv..]).0,
+            "gpu_layers {layers:?}"
+        );
+        on_device.push(r.nodes_on_device);
+    }
+    assert!(
+        on_device[0] > on_device[1] && on_device[1] > on_device[2],
+        "fewer layers, fewer nodes on the device: {on_device:?}"
+    );
+}

@@ -46,6 +46,8 @@ pub enum BackendKind {
     Metal,
     /// ggml's Vulkan backend.
     Vulkan,
+    /// ggml's BLAS backend (matrix products of prompt-sized batches beside the CPU).
+    Blas,
 }
 
 impl BackendKind {
@@ -57,6 +59,7 @@ impl BackendKind {
             Self::Cuda => "cuda",
             Self::Metal => "metal",
             Self::Vulkan => "vulkan",
+            Self::Blas => "blas",
         }
     }
 
@@ -67,6 +70,7 @@ impl BackendKind {
             "cuda" => Self::Cuda,
             "metal" => Self::Metal,
             "vulkan" => Self::Vulkan,
+            "blas" => Self::Blas,
             _ => return None,
         })
     }
@@ -121,11 +125,6 @@ impl Backend {
             threads: ThreadGovernor::new(1),
             stats: ComputeStats::default(),
         })
-    }
-
-    /// The CUDA backend (device 0). Errors with `NotCompiled` unless built with `cuda`.
-    pub fn cuda(_device: usize) -> Result<Self> {
-        Err(Error::NotCompiled("the CUDA backend"))
     }
 
     /// Which device this is.

@@ -1,9 +1,9 @@
 //! The devices ggml's backend registry knows, and the choice of backend graphs run on.
 //!
-//! Which backends exist is decided when graft is built: graft's own wgpu backend (cargo feature
-//! `wgpu`, on by default) registers itself here, and ggml's CUDA, Metal and Vulkan backends come
-//! with the cargo features of graft-ggml-sys. The registry lists each with its devices and their
-//! memory. [`select_device`] turns a `--backend` choice into the device inference graphs run on;
+//! Which backends exist is decided when graft is built and when it starts: graft's own wgpu
+//! backend (cargo feature `wgpu`, on by default) registers itself here, ggml's CUDA, Metal and
+//! Vulkan backends come with the cargo features of graft-ggml-sys or as libraries loaded at run
+//! time ([`crate::dynamic`]). The registry lists each with its devices and their memory. [`select_device`] turns a `--backend` choice into the device inference graphs run on;
 //! choosing a backend that is absent names the backends this build has.
 
 use std::ffi::CStr;
@@ -83,9 +83,10 @@ pub(crate) fn find(name: &str) -> Option<sys::ggml_backend_dev_t> {
 }
 
 /// Every device ggml's registry has, in registry order (GPUs first, the CPU last), graft's wgpu
-/// devices included.
+/// devices and those of backend libraries found at run time included.
 pub fn devices() -> Vec<Device> {
     register_backends();
+    crate::dynamic::load_backend_modules();
     registered_devices()
 }
 
@@ -223,19 +224,24 @@ pub fn check_choice(choice: BackendChoice) -> Result<()> {
         BackendChoice::Auto | BackendChoice::Cpu => Ok(()),
         other => {
             let name = other.as_str();
-            let available = available_backends();
-            if available.iter().any(|b| b == name) {
+            if available_backends().iter().any(|b| b == name) {
                 Err(Error::Unsupported(format!(
                     "the {name} backend is in this build, but training runs on the CPU backend \
                      only in this version; use --backend cpu"
                 )))
             } else {
-                Err(Error::BackendUnavailable {
-                    wanted: name.to_string(),
-                    available: available.join(", "),
-                })
+                Err(unavailable(name))
             }
         }
+    }
+}
+
+/// The error for backend `name` having no device: the backends this build has, and why.
+fn unavailable(name: &str) -> Error {
+    Error::BackendUnavailable {
+        wanted: name.to_string(),
+        available: available_backends().join(", "),
+        note: crate::dynamic::absence_note(name),
     }
 }
 
@@ -266,6 +272,7 @@ pub fn select_device(choice: BackendChoice) -> Result<Option<Device>> {
     match choice {
         BackendChoice::Cpu => Ok(None),
         BackendChoice::Auto => {
+            crate::dynamic::load_backend_modules();
             let devs = registered_devices();
             for backend in AUTO_ORDER {
                 if let Some(d) = devs
@@ -284,10 +291,7 @@ pub fn select_device(choice: BackendChoice) -> Result<Option<Device>> {
                 .find(|d| d.backend == name)
                 .cloned()
                 .map(Some)
-                .ok_or_else(|| Error::BackendUnavailable {
-                    wanted: name.to_string(),
-                    available: available_backends().join(", "),
-                })
+                .ok_or_else(|| unavailable(name))
         }
     }
 }

@@ -9,16 +9,24 @@ pub enum Error {
     /// A shape or size does not fit the operation.
     #[error("shape error: {0}")]
     Shape(String),
-    /// A backend or feature that this build does not include.
-    #[error("{0} is not compiled into this build (enable the cargo feature)")]
-    NotCompiled(&'static str),
     /// A backend this build has no device for.
-    #[error("the {wanted} backend is not available in this build (available: {available})")]
+    #[error("the {wanted} backend is not available in this build (available: {available}){note}")]
     BackendUnavailable {
         /// The backend asked for.
         wanted: String,
         /// The backends this build has, comma-separated.
         available: String,
+        /// Why it is absent, starting with "; " (where graft looked for its library, or why
+        /// the library did not load), or empty.
+        note: String,
+    },
+    /// A backend library (a ggml backend module) that did not load.
+    #[error("backend library {path} did not load: {reason}")]
+    BackendLoad {
+        /// The library's path.
+        path: String,
+        /// ggml's reason (the dynamic loader's message, an API version mismatch, ...).
+        reason: String,
     },
     /// A capability the backend does not have.
     #[error("unsupported: {0}")]

@@ -14,6 +14,7 @@ mod backend;
 mod context;
 mod dequant;
 mod device;
+mod dynamic;
 mod error;
 mod log;
 mod lowrank;
@@ -32,6 +33,10 @@ pub use backend::{Backend, BackendKind, Buffer, ComputeStats, GraphAllocator, Ho
 pub use context::{Context, FrozenContext, Graph, Tensor, TensorId};
 pub use device::{
     available_backends, check_choice, devices, select_device, BackendChoice, Device, DeviceType,
+};
+pub use dynamic::{
+    load_backend, load_backend_modules, module_file_name, module_search_dirs, ModuleLoad,
+    BACKEND_DIR_VAR, LOADABLE_BACKENDS,
 };
 pub use error::{Error, Result};
 pub use graft_ggml_sys as sys;

@@ -5,7 +5,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use crate::sys;
 
@@ -40,6 +40,10 @@ static THRESHOLD: AtomicU32 = AtomicU32::new(LogLevel::Off as u32);
 /// The level of the last line, for `GGML_LOG_LEVEL_CONT` continuations.
 static LAST: AtomicU32 = AtomicU32::new(LogLevel::Info as u32);
 static INSTALL: Once = Once::new();
+/// The last error ggml logged (with its continuation lines), whatever the threshold, so that a
+/// failure ggml reports only in its log (a backend library that does not load) can be named in
+/// the typed error.
+static LAST_ERROR: Mutex<String> = Mutex::new(String::new());
 
 /// Sets how much of ggml's logging reaches stderr (process-wide).
 pub fn set_log_level(level: LogLevel) {
@@ -56,17 +60,37 @@ pub(crate) fn install() {
 }
 
 extern "C" fn callback(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
-    let level = match LogLevel::from_ggml(level) {
+    let new_line = LogLevel::from_ggml(level);
+    let level = match new_line {
         Some(l) => {
             LAST.store(l as u32, Ordering::Relaxed);
             l as u32
         }
         None => LAST.load(Ordering::Relaxed),
     };
-    if text.is_null() || level > THRESHOLD.load(Ordering::Relaxed) {
+    if text.is_null() {
         return;
     }
     // SAFETY: ggml passes a NUL-terminated string that lives for the duration of the call.
     let text = unsafe { CStr::from_ptr(text) };
+    if level == LogLevel::Error as u32 {
+        if let Ok(mut last) = LAST_ERROR.lock() {
+            if new_line.is_some() {
+                last.clear();
+            }
+            last.push_str(&text.to_string_lossy());
+        }
+    }
+    if level > THRESHOLD.load(Ordering::Relaxed) {
+        return;
+    }
     let _ = std::io::stderr().write_all(text.to_bytes());
+}
+
+/// Takes the last error line ggml logged since the previous call (trimmed), if any.
+pub(crate) fn take_last_error() -> Option<String> {
+    let mut last = LAST_ERROR.lock().ok()?;
+    let line = last.trim().to_string();
+    last.clear();
+    (!line.is_empty()).then_some(line)
 }

@@ -5,8 +5,10 @@
 //! and include broadcasting, non-contiguous views and every weight format the model uses.
 //!
 //! The wgpu backend must claim every case (its kernels exist for all of them). On a machine
-//! without a device the suite has nothing to compare and says so; `GRAFT_REQUIRE_DEVICE=wgpu`
-//! (set by scripts/test.sh, which installs Mesa's lavapipe) makes that a failure instead.
+//! without a device the suite has nothing to compare and says so; `GRAFT_REQUIRE_DEVICE=wgpu,blas`
+//! (set by scripts/test.sh, which installs Mesa's lavapipe and builds ggml's BLAS backend as a
+//! library graft loads at run time) makes a missing one a failure instead. ggml's own backends
+//! are held to the bounds of ggml's test-backend-ops.
 
 use graft_ggml::{
     devices, quantize, sys, Backend, Context, GraphAllocator, RopeParams, Tensor, Type,
@@ -422,8 +424,34 @@ fn cases(seed: u64) -> Vec<Case> {
                 |c, t| c.mul_mat(t[0], t[1]),
             ));
         }
+        // A prompt-sized product: at least 32 rows, tokens and inputs, where prompt kernels
+        // (tiled, BLAS) take over.
+        let (k, m, n) = (
+            32 * dim(&mut r, 2, 6),
+            dim(&mut r, 33, 80),
+            dim(&mut r, 33, 48),
+        );
+        v.push(case(
+            format!("mul_mat {} {k}x{m} by {n} (prompt)", ty.name()),
+            vec![
+                input(&mut r, ty, &[k, m, 1]),
+                input(&mut r, Type::F32, &[k, n, 1]),
+            ],
+            tol,
+            |c, t| c.mul_mat(t[0], t[1]),
+        ));
     }
     v
+}
+
+/// The normalized error ggml's test-backend-ops allows its backends: 5e-4 for matrix
+/// products, 1e-7 for the rest.
+fn ggml_backend_max_nmse(case: &str) -> f64 {
+    if case.starts_with("mul_mat") {
+        5e-4
+    } else {
+        1e-7
+    }
 }
 
 fn device_names() -> Vec<(String, String)> {
@@ -437,10 +465,16 @@ fn device_names() -> Vec<(String, String)> {
 #[test]
 fn every_claimed_op_matches_the_cpu_backend() {
     let devs = device_names();
-    if let Ok(want) = std::env::var("GRAFT_REQUIRE_DEVICE") {
+    // A comma-separated list of backends that must have a device here.
+    for want in std::env::var("GRAFT_REQUIRE_DEVICE")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
         assert!(
-            devs.iter().any(|(b, _)| *b == want),
-            "GRAFT_REQUIRE_DEVICE={want}, but the registry has {devs:?}"
+            devs.iter().any(|(b, _)| b == want),
+            "GRAFT_REQUIRE_DEVICE names {want}, but the registry has {devs:?}"
         );
     }
     if devs.is_empty() {
@@ -481,16 +515,21 @@ fn every_claimed_op_matches_the_cpu_backend() {
                 ran += 1;
                 assert_eq!(got.len(), want.len(), "{name}: {}", c.name);
                 let e = nmse(&got, &want);
-                let bad = if c.max_nmse == 0.0 {
+                // ggml's own backends (CUDA, Vulkan, ... loaded or built in) round matrix
+                // products their own way (F16 accumulation, other activation blocks): they are
+                // held to the bound of ggml's test-backend-ops instead of graft's kernels' one.
+                let max = if backend == "wgpu" || c.max_nmse == 0.0 {
+                    c.max_nmse
+                } else {
+                    c.max_nmse.max(ggml_backend_max_nmse(&c.name))
+                };
+                let bad = if max == 0.0 {
                     got != want
                 } else {
-                    e.is_nan() || e > c.max_nmse
+                    e.is_nan() || e > max
                 };
                 if bad {
-                    failures.push(format!(
-                        "{name}: {}: nmse {e:.3e} > {:.0e}",
-                        c.name, c.max_nmse
-                    ));
+                    failures.push(format!("{name}: {}: nmse {e:.3e} > {max:.0e}", c.name));
                 }
             }
         }

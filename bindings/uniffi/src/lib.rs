@@ -51,6 +51,10 @@ pub struct EngineOptions {
     /// between CPUs.
     #[uniffi(default = false)]
     pub cpu_repack: bool,
+    /// On a GPU backend, put only the last N layers' weights on the device (llama.cpp's
+    /// `-ngl`); the rest run on the CPU. Unset: every weight.
+    #[uniffi(default = None)]
+    pub gpu_layers: Option<u32>,
 }
 
 impl Default for EngineOptions {
@@ -61,6 +65,7 @@ impl Default for EngineOptions {
             kv_f32: false,
             backend: "auto".into(),
             cpu_repack: false,
+            gpu_layers: None,
         }
     }
 }
@@ -220,6 +225,7 @@ impl Engine {
             kv_f32: options.kv_f32,
             backend,
             cpu_repack: options.cpu_repack,
+            gpu_layers: options.gpu_layers.map(|n| n as usize),
             ..SessionConfig::default()
         };
         let engine = graft::Engine::load_with(&path, cfg)

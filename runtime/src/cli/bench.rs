@@ -20,6 +20,7 @@ pub struct BenchArgs<'a> {
     pub flash_attn: bool,
     pub backend: BackendChoice,
     pub cpu_repack: bool,
+    pub gpu_layers: Option<usize>,
     /// Adapter sets compared rep by rep in this one process (label, files); empty: none.
     pub variants: Vec<(String, Vec<std::path::PathBuf>)>,
     /// Adapters active during the runs, with scales.
@@ -47,6 +48,7 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
             kv_f32: false,
             backend: a.backend,
             cpu_repack: a.cpu_repack,
+            gpu_layers: a.gpu_layers,
         },
     )?;
     let registry = AdapterRegistry::new(model.clone());
@@ -161,6 +163,7 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
         "threads": a.threads,
         "flash_attn": a.flash_attn,
         "cpu_repack": a.cpu_repack,
+        "gpu_layers": a.gpu_layers,
         "load_ms": load_ms,
         "adapters": adapter_load_ms,
         "adapter_switch_us": switch_us,

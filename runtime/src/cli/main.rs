@@ -75,6 +75,10 @@ enum Cmd {
         /// llama.cpp's default extra buffer types do).
         #[arg(long)]
         cpu_repack: bool,
+        /// With a GPU backend, put only the last N layers' weights on the device (as llama.cpp's
+        /// -ngl); the other layers' products run on the CPU. Default: every weight.
+        #[arg(long, value_name = "N")]
+        gpu_layers: Option<usize>,
         /// Adapter set to compare, rep by rep in this process (repeatable): `none` or
         /// `[LABEL=]A.gguf[,B.gguf...]`; the JSON gets `variants` [{label, adapters, results}].
         #[arg(long = "variant", value_name = "SPEC", conflicts_with_all = ["adapters", "adapters_scaled"])]
@@ -170,6 +174,10 @@ pub(crate) struct ModelArgs {
     /// the plain kernels' by the order of the sums.
     #[arg(long)]
     pub cpu_repack: bool,
+    /// With a GPU backend, put only the last N layers' weights on the device (as llama.cpp's
+    /// -ngl); the other layers' products run on the CPU. Default: every weight.
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -296,6 +304,7 @@ fn main() {
             adapters_scaled,
             backend,
             cpu_repack,
+            gpu_layers,
             variants,
         } => parse_scaled(&adapters_scaled).and_then(|scaled| {
             let adapters = adapters
@@ -312,6 +321,7 @@ fn main() {
                 flash_attn,
                 backend,
                 cpu_repack,
+                gpu_layers,
                 variants: variants.iter().map(|v| bench::parse_variant(v)).collect(),
                 adapters,
             })
@@ -396,6 +406,7 @@ pub(crate) fn load(
         kv_f32: false,
         backend: m.backend,
         cpu_repack: m.cpu_repack,
+        gpu_layers: m.gpu_layers,
         ..SessionConfig::default()
     };
     let engine = Engine::load_with(&m.model, cfg)
@@ -442,8 +453,17 @@ fn devices(as_json: bool) -> Result<()> {
     let auto = graft::select_device(BackendChoice::Auto)?
         .map(|d| format!("{} ({})", d.name, d.backend))
         .unwrap_or_else(|| "cpu".to_string());
+    // Backend libraries looked for at run time (those not compiled in).
+    let modules = graft::load_backend_modules();
     let mut out = std::io::stdout().lock();
     if as_json {
+        let mods: Vec<_> = modules
+            .iter()
+            .map(|m| {
+                json!({"backend": m.backend, "path": m.path.as_ref().map(|p| p.display().to_string()),
+                       "loaded": m.loaded(), "error": m.error})
+            })
+            .collect();
         let list: Vec<_> = devs
             .iter()
             .map(|d| {
@@ -455,7 +475,8 @@ fn devices(as_json: bool) -> Result<()> {
         writeln!(
             out,
             "{}",
-            json!({"devices": list, "usable_backends": usable, "auto": auto})
+            json!({"devices": list, "usable_backends": usable, "auto": auto,
+                   "backend_libraries": mods})
         )?;
         return Ok(());
     }
@@ -472,6 +493,15 @@ fn devices(as_json: bool) -> Result<()> {
             mib(d.memory_total),
             d.description
         )?;
+    }
+    for m in modules {
+        match (&m.path, &m.error) {
+            (Some(p), None) => writeln!(out, "loaded {} from {}", m.backend, p.display())?,
+            (Some(p), Some(e)) => {
+                writeln!(out, "{} did not load ({}): {e}", p.display(), m.backend)?
+            }
+            (None, _) => {}
+        }
     }
     writeln!(
         out,

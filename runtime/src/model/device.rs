@@ -86,10 +86,15 @@ impl DeviceCopy {
 pub(crate) struct DeviceWeights(DeviceCopy);
 
 impl DeviceWeights {
-    /// Uploads every weight of `model` to `backend`'s device.
-    pub(crate) fn upload(model: &Model, backend: &Backend) -> Result<Self> {
+    /// Uploads the weights of `model` that `gpu_layers` places on a device (every weight for
+    /// `None`; see [`Model::offloaded_weight_ids`]) to `backend`'s device.
+    pub(crate) fn upload(
+        model: &Model,
+        backend: &Backend,
+        gpu_layers: Option<usize>,
+    ) -> Result<Self> {
         let tensors: Vec<_> = model
-            .weight_ids()
+            .offloaded_weight_ids(gpu_layers)
             .into_iter()
             .map(|id| (id, model.w(id)))
             .collect();
@@ -158,14 +163,21 @@ impl DeviceWeights {
 pub(crate) struct DeviceCopies(std::sync::Mutex<HashMap<String, Arc<DeviceWeights>>>);
 
 impl DeviceCopies {
-    /// The copy on `backend`'s device `name`, uploading it the first time.
+    /// The copy on `backend`'s device `name` of the weights `gpu_layers` places there,
+    /// uploading it the first time.
     pub(crate) fn get(
         &self,
         model: &Model,
         name: &str,
         backend: &Backend,
+        gpu_layers: Option<usize>,
     ) -> Result<Arc<DeviceWeights>> {
-        self.get_or_make(name, || DeviceWeights::upload(model, backend))
+        let n_layer = model.layers.len();
+        let key = match gpu_layers {
+            Some(n) if n <= n_layer => format!("{name} (last {n} layers)"),
+            _ => name.to_string(),
+        };
+        self.get_or_make(&key, || DeviceWeights::upload(model, backend, gpu_layers))
     }
 
     /// The CPU's repacked copy ([`DeviceWeights::repack_cpu`]), made the first time.

@@ -190,21 +190,41 @@ impl Model {
         if self.output != self.tok_embd {
             ids.push(self.output);
         }
-        for l in &self.layers {
-            ids.extend([
-                l.attn_norm,
-                l.wq,
-                l.wk,
-                l.wv,
-                l.wo,
-                l.ffn_norm,
-                l.ffn_gate,
-                l.ffn_up,
-                l.ffn_down,
-            ]);
-            ids.extend([l.bq, l.bk, l.bv, l.bo].into_iter().flatten());
+        for il in 0..self.layers.len() {
+            ids.extend(self.layer_weight_ids(il));
         }
         ids
+    }
+
+    /// The weights of layer `il`: norms, projections and biases.
+    fn layer_weight_ids(&self, il: usize) -> Vec<TensorId> {
+        let l = &self.layers[il];
+        let mut ids = vec![
+            l.attn_norm,
+            l.wq,
+            l.wk,
+            l.wv,
+            l.wo,
+            l.ffn_norm,
+            l.ffn_gate,
+            l.ffn_up,
+            l.ffn_down,
+        ];
+        ids.extend([l.bq, l.bk, l.bv, l.bo].into_iter().flatten());
+        ids
+    }
+
+    /// The weights a device holds with `--gpu-layers n`, as llama.cpp's `-ngl` places them:
+    /// the last `n` layers; with `n` above the layer count (or `None`), every weight, the
+    /// embeddings and output layer included.
+    pub(crate) fn offloaded_weight_ids(&self, gpu_layers: Option<usize>) -> Vec<TensorId> {
+        let n_layer = self.layers.len();
+        match gpu_layers {
+            Some(n) if n <= n_layer => (n_layer - n..n_layer)
+                .flat_map(|il| self.layer_weight_ids(il))
+                .collect(),
+            _ => self.weight_ids(),
+        }
     }
 
     /// Row `token` of the token embedding as f32 (dequantized from the map).

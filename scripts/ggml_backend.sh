@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Builds one of ggml's GPU backends as a library that graft loads at run time (GGML_BACKEND_DL),
+# from the same pinned ggml sources graft links:
+#
+#   scripts/ggml_backend.sh cuda|vulkan|blas [OUT_DIR]
+#
+# OUT_DIR (default .cache/backends/<name>-<key>) receives libggml-<name>.so and the
+# libggml-base.so it links; the last line printed is OUT_DIR. Point graft at it with
+# GRAFT_BACKEND_DIR=OUT_DIR (or copy both files beside the graft binary):
+#   GRAFT_BACKEND_DIR=$(scripts/ggml_backend.sh vulkan | tail -1) graft devices
+# A finished build is reused. The ggml sources come from cargo's registry (the pinned
+# llama-cpp-sys-2 package); GGML_SRC=<llama.cpp/ggml> overrides that where there is no cargo
+# (the GPU test machine: scripts/gpu_check.sh). CUDA needs nvcc (CMAKE_CUDA_ARCHITECTURES, default
+# "native", picks the GPUs to compile for); Vulkan needs glslc and the Vulkan headers, which this
+# script installs with apt when they are missing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+name=${1:?usage: scripts/ggml_backend.sh cuda|vulkan|blas [OUT_DIR]}
+case "$name" in
+    cuda | vulkan | blas) ;;
+    *) echo "ggml_backend.sh: '$name' is not a backend this script builds (cuda, vulkan, blas)" >&2; exit 2 ;;
+esac
+
+apt_install() { # installs the Debian packages given, as root or with sudo
+    echo "[ggml_backend] apt-get install $*" >&2
+    local sudo=""
+    [[ "$(id -u)" -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+if [[ -z "${GGML_SRC:-}" ]]; then
+    GGML_SRC=$(cd "$ROOT" && cargo metadata --format-version 1 2>/dev/null | python3 -c '
+import json, os, sys
+m = json.load(sys.stdin)
+p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
+print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp", "ggml"))')
+fi
+[[ -f "$GGML_SRC/CMakeLists.txt" ]] || { echo "ggml_backend.sh: no ggml sources at $GGML_SRC" >&2; exit 1; }
+
+args=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=ON -DGGML_CPU=OFF
+      -DGGML_NATIVE=OFF -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF
+      # The module finds the libggml-base.so copied beside it.
+      -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON "-DCMAKE_INSTALL_RPATH=\$ORIGIN")
+case "$name" in
+    cuda)
+        command -v nvcc >/dev/null || { echo "ggml_backend.sh: cuda needs nvcc on PATH" >&2; exit 1; }
+        args+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES:-native}")
+        ;;
+    vulkan)
+        need=()
+        command -v glslc >/dev/null || need+=(glslc)
+        [[ -f /usr/include/vulkan/vulkan.hpp ]] || need+=(libvulkan-dev)
+        compgen -G '/usr/share/cmake/SPIRV-Headers/*' >/dev/null \
+            || compgen -G '/usr/lib/*/cmake/SPIRV-Headers/*' >/dev/null || need+=(spirv-headers)
+        [[ ${#need[@]} -eq 0 ]] || apt_install "${need[@]}"
+        # The pinned ggml-vulkan uses VK_EXT_layer_settings (Vulkan headers 1.3.261 and later;
+        # Debian 12 has 1.3.239).
+        have=$(sed -n 's/^#define VK_HEADER_VERSION \([0-9]*\).*/\1/p' /usr/include/vulkan/vulkan_core.h)
+        if [[ ${have:-0} -lt 261 ]]; then
+            echo "ggml_backend.sh: ggml's Vulkan backend needs Vulkan headers 1.3.261 or later;" \
+                "this system has 1.3.${have:-?}" >&2
+            exit 1
+        fi
+        args+=(-DGGML_VULKAN=ON)
+        ;;
+    blas)
+        # ggml's BLAS backend (an accelerator device beside the CPU) over OpenBLAS: the module
+        # scripts/test.sh loads to test run-time loading on machines without a GPU.
+        compgen -G '/usr/lib/*/libopenblas.so' >/dev/null || apt_install libopenblas-dev pkg-config
+        args+=(-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS)
+        ;;
+esac
+
+# The key covers the sources' version and the configuration.
+key=$( (cat "$GGML_SRC/CMakeLists.txt" "$GGML_SRC/src/ggml-$name/CMakeLists.txt"; echo "${args[*]}") \
+    | sha256sum | cut -c1-12)
+out=${2:-$ROOT/.cache/backends/$name-$key}
+lib="libggml-$name.so"
+if [[ -f "$out/$lib" && -f "$out/.complete" ]]; then
+    echo "[ggml_backend] $out/$lib is built" >&2
+    echo "$out"
+    exit 0
+fi
+build="$out/build"
+mkdir -p "$build"
+# ggml is built as a subproject (as graft's own build does): its standalone mode wants files
+# the packaged sources leave out (ggml.pc.in).
+cat >"$build/CMakeLists.txt" <<EOF
+cmake_minimum_required(VERSION 3.14)
+project(graft_ggml_backend C CXX)
+add_subdirectory("$GGML_SRC" ggml)
+EOF
+t0=$SECONDS
+echo "[ggml_backend] building ggml's $name backend from $GGML_SRC (cmake ${args[*]})" >&2
+cmake -S "$build" -B "$build/out" "${args[@]}" >"$out/cmake-configure.log" 2>&1 \
+    || { tail -30 "$out/cmake-configure.log" >&2; exit 1; }
+cmake --build "$build/out" --target "ggml-$name" -j "$(nproc)" >"$out/cmake-build.log" 2>&1 \
+    || { tail -40 "$out/cmake-build.log" >&2; exit 1; }
+# The module and the base library it links (by its soname), side by side.
+module=$(find "$build/out" -name "$lib" -print -quit)
+[[ -n "$module" ]] || { echo "ggml_backend.sh: the build made no $lib" >&2; exit 1; }
+cp "$module" "$out/$lib"
+# (By its soname, the shortest of libggml-base.so.0.26.0, .so.0 and .so.)
+base=$(find "$build/out" -name 'libggml-base.so.*' | awk '{ print length, $0 }' | sort -n | head -1 | cut -d' ' -f2)
+cp -L "$base" "$out/$(basename "$base")"
+rm -rf "$build"
+touch "$out/.complete"
+echo "[ggml_backend] built $out/$lib in $((SECONDS - t0)) s" >&2
+echo "$out"

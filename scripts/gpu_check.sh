@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# The GPU check: one script for a machine lent with a GPU, which has nvcc, cmake and Python but
+# no Rust and no network. Make the kit here first (scripts/gpu_kit.sh), then run on the device,
+# carrying .cache/gpu-kit:
+#
+#   scripts/gpu_check.sh [cuda|vulkan]        (default cuda)
+#
+# It builds ggml's backend library from the kit's pinned sources (scripts/ggml_backend.sh; CUDA
+# for the GPUs present, CMAKE_CUDA_ARCHITECTURES=native), has the graft binary built here load it
+# at run time (GRAFT_BACKEND_DIR), and runs:
+#   1. `graft devices`: the backend's device must be listed;
+#   2. the op conformance suite: every op the backend claims against ggml's CPU backend;
+#   3. greedy tokens (first 16 of 24) and perplexity (within 1 %) against the CPU backend, on
+#      qwen2-tiny (F32, Q8_0, Q4_0) and on SmolLM2-135M-shaped files with random weights
+#      (scripts/synth_model.py), with no adapter and with each adapter kind (perplexity);
+#   4. `graft bench` on the SmolLM2-shaped Q4_0 file: the backend, graft's wgpu backend when it
+#      finds a hardware GPU (Vulkan), and the CPU, decode and prefill, with and without adapters.
+# Results go to $OUT (the device tool's output folder; default .cache/gpu-kit/out): gpu_check.log,
+# devices.json, bench-*.json and summary.md. The exit status is non-zero if a check failed.
+# `scripts/gpu_check.sh vulkan` rehearses the whole script on a CPU machine with Mesa's lavapipe
+# (GRAFT_GPU_CHECK_QUICK=1 shortens the benchmark there).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BACKEND=${1:-cuda}
+KIT=${GRAFT_GPU_KIT:-$ROOT/.cache/gpu-kit}
+OUT=${OUT:-$KIT/out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+G=$KIT/bin/graft
+[[ -x $G ]] || { echo "gpu_check.sh: no $G: make the kit with scripts/gpu_kit.sh" >&2; exit 1; }
+T0=$SECONDS
+failed=()
+note() { echo "$*" | tee -a "$OUT/summary.md"; }
+: >"$OUT/summary.md"
+
+echo "== machine"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+grep -m1 'model name' /proc/cpuinfo || true
+echo "cores: $(nproc)"
+
+echo "== libggml-$BACKEND.so"
+LIBDIR=$KIT/backend-$BACKEND
+GGML_SRC=$KIT/ggml scripts/ggml_backend.sh "$BACKEND" "$LIBDIR" >/dev/null || {
+    echo "gpu_check.sh: building ggml's $BACKEND backend failed" >&2
+    exit 1
+}
+export GRAFT_BACKEND_DIR=$LIBDIR
+note "# GPU check: $BACKEND ($(date -u +%F))"
+note "- built libggml-$BACKEND.so from the pinned ggml sources at $((SECONDS - T0)) s"
+
+echo "== devices"
+"$G" devices
+"$G" devices --json >"$OUT/devices.json"
+dev=$(python3 -c 'import json,sys
+d = json.load(open(sys.argv[1]))
+print(next((x["name"] + " (" + x["description"] + ")" for x in d["devices"] if x["backend"] == sys.argv[2]), ""))' \
+    "$OUT/devices.json" "$BACKEND")
+if [[ -z $dev ]]; then
+    note "- FAIL: graft lists no $BACKEND device"
+    exit 1
+fi
+note "- device: $dev"
+
+echo "== op conformance"
+if GRAFT_REQUIRE_DEVICE=$BACKEND "$KIT/bin/conformance" --nocapture >"$OUT/conformance.log" 2>&1; then
+    note "- op conformance: passed ($(grep -h "($BACKEND)" "$OUT/conformance.log" | head -1))"
+else
+    note "- FAIL: op conformance (see conformance.log)"
+    tail -30 "$OUT/conformance.log"
+    failed+=(conformance)
+fi
+
+echo "== models"
+for q in Q4_0 Q8_0; do
+    m=$KIT/models/SmolLM2-135M-synthetic.$q.gguf
+    [[ -f $m ]] || python3 scripts/synth_model.py expand "${m%.gguf}.header" "$m" || exit 1
+done
+
+# compare.py NAME A.json B.json: tokens (first 16) or perplexity (1 %) of two runs.
+compare() {
+    python3 - "$@" <<'EOF'
+import json, sys
+name, a, b = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+if "perplexity" in a:
+    pa, pb = a["perplexity"], b["perplexity"]
+    rel = abs(pa - pb) / pa
+    print(f"{name}: perplexity cpu {pa:.4f}, device {pb:.4f} ({100 * rel:.3f} %)")
+    sys.exit(0 if rel <= 0.01 else 1)
+ta, tb = a["tokens"], b["tokens"]
+same = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+on = b.get("backend") or {}
+print(f"{name}: {same} of {len(ta)} tokens as on the cpu; nodes on device "
+      f"{on.get('nodes_on_device')}/{on.get('nodes_total')}")
+sys.exit(0 if same >= min(16, len(ta)) else 1)
+EOF
+}
+
+run_pair() { # NAME, then graft arguments: runs on the cpu and on $BACKEND, and compares
+    local name=$1
+    shift
+    if "$G" "$@" --backend cpu --json >"$OUT/cmp-cpu.json" 2>"$OUT/cmp-err.log" \
+        && "$G" "$@" --backend "$BACKEND" --json >"$OUT/cmp-dev.json" 2>>"$OUT/cmp-err.log"; then
+        if compare "$name" "$OUT/cmp-cpu.json" "$OUT/cmp-dev.json" >"$OUT/cmp.txt"; then
+            note "$(cat "$OUT/cmp.txt")"
+        else
+            note "$(cat "$OUT/cmp.txt") FAIL"
+            failed+=("$name")
+        fi
+    else
+        note "$name FAIL: did not run"
+        tail -5 "$OUT/cmp-err.log"
+        failed+=("$name")
+    fi
+}
+
+echo "== tokens and perplexity: $BACKEND against the cpu"
+note ""
+note "## $BACKEND against the CPU backend"
+TEXT=$KIT/data/text.txt
+for m in qwen2-tiny.gguf qwen2-tiny.Q8_0.gguf qwen2-tiny.Q4_0.gguf; do
+    for p in "The capital of France is" "Once upon a time" "1, 2, 3, 4,"; do
+        run_pair "- $m greedy '$p'" generate --model "$KIT/models/$m" --prompt "$p" \
+            --temperature 0 --max-tokens 24 --ignore-eos
+    done
+    run_pair "- $m" perplexity --model "$KIT/models/$m" --file "$TEXT" --ctx 128 --max-tokens 256
+done
+for q in Q4_0 Q8_0; do
+    m=$KIT/models/SmolLM2-135M-synthetic.$q.gguf
+    run_pair "- synthetic SmolLM2 $q" perplexity --model "$m" --file "$TEXT" --ctx 256 \
+        --max-tokens 512
+    for a in "$KIT"/adapters/*.gguf; do
+        run_pair "- synthetic SmolLM2 $q + $(basename "$a" .gguf)" perplexity --model "$m" \
+            --adapter "$a" --file "$TEXT" --ctx 256 --max-tokens 512 --prompt-tokens 16
+    done
+done
+
+echo "== bench"
+if [[ ${GRAFT_GPU_CHECK_QUICK:-0} == 1 ]]; then
+    bench_args=(--pp 64 --tg 16 --reps 1)
+else
+    bench_args=(--pp 128,512 --tg 128 --reps 3)
+fi
+m=$KIT/models/SmolLM2-135M-synthetic.Q4_0.gguf
+variants=(--variant none)
+for a in lora-all-r4-f16 diablo-n64 wegeft-r8; do
+    variants+=(--variant "$a=$KIT/adapters/$a.gguf")
+done
+backends=("$BACKEND" cpu)
+python3 -c 'import json,sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if any(x["backend"] == "wgpu" and "llvmpipe" not in x["description"].lower()
+                  for x in d["devices"]) else 1)' "$OUT/devices.json" && backends+=(wgpu)
+for b in "${backends[@]}"; do
+    "$G" bench --model "$m" --backend "$b" --threads "$(nproc)" "${bench_args[@]}" "${variants[@]}" \
+        >"$OUT/bench-$b.json" 2>"$OUT/bench-$b.err" || {
+        note "- FAIL: bench on $b"
+        tail -5 "$OUT/bench-$b.err"
+        failed+=("bench $b")
+    }
+done
+note ""
+note "## graft bench, SmolLM2-135M-shaped Q4_0 (random weights), tokens/s (median of reps)"
+python3 - "$OUT" "${backends[@]}" <<'EOF' | tee -a "$OUT/summary.md"
+import json, os, statistics, sys
+out, backends = sys.argv[1], sys.argv[2:]
+rows = {}
+for b in backends:
+    p = os.path.join(out, f"bench-{b}.json")
+    if not os.path.exists(p) or os.path.getsize(p) == 0:
+        continue
+    d = json.load(open(p))
+    dev = (d.get("backend") or {}).get("device", b)
+    for v in d["variants"]:
+        for r in v["results"]:
+            rows.setdefault((v["label"], r["test"]), {})[f"{b} ({dev})"] = statistics.median(r["tokens_per_s"])
+cols = sorted({c for r in rows.values() for c in r})
+print("| adapter | test | " + " | ".join(cols) + " |")
+print("|---|---|" + "---|" * len(cols))
+for (label, test), r in rows.items():
+    print(f"| {label} | {test} | " + " | ".join(f"{r.get(c, 0):.1f}" for c in cols) + " |")
+EOF
+
+note ""
+note "took $((SECONDS - T0)) s; failed: ${failed[*]:-none}"
+[[ ${#failed[@]} -eq 0 ]]

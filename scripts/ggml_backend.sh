@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Builds one of ggml's GPU backends as a library that graft loads at run time (GGML_BACKEND_DL),
-# from the same pinned ggml sources graft links:
+# Builds one of ggml's backends (CUDA, Vulkan, BLAS) as a library that graft loads at run time
+# (GGML_BACKEND_DL), from the same pinned ggml sources graft links:
 #
 #   scripts/ggml_backend.sh cuda|vulkan|blas [OUT_DIR]
 #
 # OUT_DIR (default .cache/backends/<name>-<key>) receives libggml-<name>.so and the
 # libggml-base.so it links; the last line printed is OUT_DIR. Point graft at it with
 # GRAFT_BACKEND_DIR=OUT_DIR (or copy both files beside the graft binary):
-#   GRAFT_BACKEND_DIR=$(scripts/ggml_backend.sh vulkan | tail -1) graft devices
+#   GRAFT_BACKEND_DIR=$(scripts/ggml_backend.sh cuda | tail -1) graft devices
 # A finished build is reused. The ggml sources come from cargo's registry (the pinned
 # llama-cpp-sys-2 package); GGML_SRC=<llama.cpp/ggml> overrides that where there is no cargo
-# (the GPU test machine: scripts/gpu_check.sh). CUDA needs nvcc (CMAKE_CUDA_ARCHITECTURES, default
-# "native", picks the GPUs to compile for); Vulkan needs glslc and the Vulkan headers, which this
-# script installs with apt when they are missing.
+# (the GPU test machine: scripts/gpu_check.sh). CUDA needs nvcc; it compiles for the GPUs
+# nvidia-smi lists (CMAKE_CUDA_ARCHITECTURES overrides). Vulkan needs glslc and the Vulkan
+# headers (1.3.261 or later), BLAS OpenBLAS: this script installs them with apt when missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 name=${1:?usage: scripts/ggml_backend.sh cuda|vulkan|blas [OUT_DIR]}
@@ -44,8 +44,12 @@ args=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=ON -DG
       -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON "-DCMAKE_INSTALL_RPATH=\$ORIGIN")
 case "$name" in
     cuda)
-        command -v nvcc >/dev/null || { echo "ggml_backend.sh: cuda needs nvcc on PATH" >&2; exit 1; }
-        args+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES:-native}")
+        [[ -x /usr/local/cuda/bin/nvcc ]] && PATH="$PATH:/usr/local/cuda/bin"
+        command -v nvcc >/dev/null || { echo "ggml_backend.sh: cuda needs nvcc (the CUDA toolkit)" >&2; exit 1; }
+        # The GPUs present (nvidia-smi's compute capability, 9.0 -> 90), else cmake's "native".
+        arch=${CMAKE_CUDA_ARCHITECTURES:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null \
+            | tr -d . | sort -u | paste -sd';')}
+        args+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${arch:-native}")
         ;;
     vulkan)
         need=()

@@ -3,7 +3,7 @@
 # no Rust and no network. Make the kit here first (scripts/gpu_kit.sh), then run on the device,
 # carrying .cache/gpu-kit:
 #
-#   scripts/gpu_check.sh [cuda|vulkan]        (default cuda)
+#   scripts/gpu_check.sh [cuda|vulkan|wgpu]        (default cuda)
 #
 # It builds ggml's backend library from the kit's pinned sources (scripts/ggml_backend.sh; CUDA
 # for the GPUs present, CMAKE_CUDA_ARCHITECTURES=native), has the graft binary built here load it
@@ -17,8 +17,8 @@
 #      finds a hardware GPU (Vulkan), and the CPU, decode and prefill, with and without adapters.
 # Results go to $OUT (the device tool's output folder; default .cache/gpu-kit/out): gpu_check.log,
 # devices.json, bench-*.json and summary.md. The exit status is non-zero if a check failed.
-# `scripts/gpu_check.sh vulkan` rehearses the whole script on a CPU machine with Mesa's lavapipe
-# (GRAFT_GPU_CHECK_QUICK=1 shortens the benchmark there).
+# `wgpu` checks graft's own wgpu backend and builds no library: `GRAFT_GPU_CHECK_QUICK=1
+# scripts/gpu_check.sh wgpu` rehearses the script on a CPU machine with Mesa's lavapipe.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -39,15 +39,17 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 grep -m1 'model name' /proc/cpuinfo || true
 echo "cores: $(nproc)"
 
-echo "== libggml-$BACKEND.so"
-LIBDIR=$KIT/backend-$BACKEND
-GGML_SRC=$KIT/ggml scripts/ggml_backend.sh "$BACKEND" "$LIBDIR" >/dev/null || {
-    echo "gpu_check.sh: building ggml's $BACKEND backend failed" >&2
-    exit 1
-}
-export GRAFT_BACKEND_DIR=$LIBDIR
 note "# GPU check: $BACKEND ($(date -u +%F))"
-note "- built libggml-$BACKEND.so from the pinned ggml sources at $((SECONDS - T0)) s"
+if [[ $BACKEND != wgpu ]]; then
+    echo "== libggml-$BACKEND.so"
+    LIBDIR=$KIT/backend-$BACKEND
+    GGML_SRC=$KIT/ggml scripts/ggml_backend.sh "$BACKEND" "$LIBDIR" >/dev/null || {
+        echo "gpu_check.sh: building ggml's $BACKEND backend failed" >&2
+        exit 1
+    }
+    export GRAFT_BACKEND_DIR=$LIBDIR
+    note "- built libggml-$BACKEND.so from the pinned ggml sources in $((SECONDS - T0)) s"
+fi
 
 echo "== devices"
 "$G" devices
@@ -125,13 +127,16 @@ for m in qwen2-tiny.gguf qwen2-tiny.Q8_0.gguf qwen2-tiny.Q4_0.gguf; do
     done
     run_pair "- $m" perplexity --model "$KIT/models/$m" --file "$TEXT" --ctx 128 --max-tokens 256
 done
-for q in Q4_0 Q8_0; do
+quants=(Q4_0 Q8_0)
+n_ppl=512
+[[ ${GRAFT_GPU_CHECK_QUICK:-0} == 1 ]] && quants=(Q4_0) n_ppl=256
+for q in "${quants[@]}"; do
     m=$KIT/models/SmolLM2-135M-synthetic.$q.gguf
     run_pair "- synthetic SmolLM2 $q" perplexity --model "$m" --file "$TEXT" --ctx 256 \
-        --max-tokens 512
+        --max-tokens $n_ppl
     for a in "$KIT"/adapters/*.gguf; do
         run_pair "- synthetic SmolLM2 $q + $(basename "$a" .gguf)" perplexity --model "$m" \
-            --adapter "$a" --file "$TEXT" --ctx 256 --max-tokens 512 --prompt-tokens 16
+            --adapter "$a" --file "$TEXT" --ctx 256 --max-tokens $n_ppl --prompt-tokens 16
     done
 done
 
@@ -147,7 +152,7 @@ for a in lora-all-r4-f16 diablo-n64 wegeft-r8; do
     variants+=(--variant "$a=$KIT/adapters/$a.gguf")
 done
 backends=("$BACKEND" cpu)
-python3 -c 'import json,sys
+[[ $BACKEND != wgpu ]] && python3 -c 'import json,sys
 d = json.load(open(sys.argv[1]))
 sys.exit(0 if any(x["backend"] == "wgpu" and "llvmpipe" not in x["description"].lower()
                   for x in d["devices"]) else 1)' "$OUT/devices.json" && backends+=(wgpu)
@@ -174,11 +179,14 @@ for b in backends:
     for v in d["variants"]:
         for r in v["results"]:
             rows.setdefault((v["label"], r["test"]), {})[f"{b} ({dev})"] = statistics.median(r["tokens_per_s"])
-cols = sorted({c for r in rows.values() for c in r})
-print("| adapter | test | " + " | ".join(cols) + " |")
-print("|---|---|" + "---|" * len(cols))
+cols = sorted({c for r in rows.values() for c in r}, key=lambda c: c.startswith("cpu "))
+cpu = next((c for c in cols if c.startswith("cpu ")), None)
+devs = [c for c in cols if c != cpu]
+print("| adapter | test | " + " | ".join(cols) + "".join(f" | {c.split()[0]} / cpu" for c in devs) + " |")
+print("|---|---|" + "---:|" * (len(cols) + len(devs)))
 for (label, test), r in rows.items():
-    print(f"| {label} | {test} | " + " | ".join(f"{r.get(c, 0):.1f}" for c in cols) + " |")
+    ratios = "".join(f" | {r[c] / r[cpu]:.2f}x" if cpu in r and c in r else " | -" for c in devs)
+    print(f"| {label} | {test} | " + " | ".join(f"{r.get(c, 0):.1f}" for c in cols) + ratios + " |")
 EOF
 
 note ""

@@ -19,9 +19,12 @@ PY=.cache/venv/bin/python
 rm -rf "$KIT"
 mkdir -p "$KIT"/{bin,models,adapters,data}
 
-echo "[gpu_kit] release builds"
+# The lent machine's CPU is not this one: ggml is built for AVX2 (any x86-64 server CPU of the
+# last decade), in its own target folder, as scripts/bench.py's AVX2 builds are.
+export GRAFT_GGML_ISA=avx2 MMTEST_FEATURE=sse2,avx,avx2,fma CARGO_TARGET_DIR=target/avx2
+echo "[gpu_kit] release builds (ggml for AVX2)"
 cargo build --release -q -p graft --bin graft
-cp target/release/graft "$KIT/bin/graft"
+cp target/avx2/release/graft "$KIT/bin/graft"
 conf=$(cargo test --release -q -p graft-ggml --test conformance --no-run --message-format=json \
     | python3 -c 'import json,sys
 for l in sys.stdin:

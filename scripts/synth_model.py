@@ -20,22 +20,23 @@ import sys
 
 MAGIC = b"\nGRAFT-SYNTH-LAYOUT\n"
 
-# ggml type -> (block bytes, elements per block, byte offsets of the block's f16 scales).
+# ggml type -> (block bytes, elements per block, {byte offset of an f16 scale: its value}).
+# The scales give weights of about the spread of a trained model's (standard deviation 0.02),
+# so that activations stay in range over the layers and the logits stay moderate.
 BLOCKS = {
     0: (4, 1, None),  # F32: filled with ones (norm weights)
     1: (2, 1, None),  # F16: small random values
-    2: (18, 32, (0,)),  # Q4_0
-    3: (20, 32, (0, 2)),  # Q4_1
-    6: (22, 32, (0,)),  # Q5_0
-    7: (24, 32, (0, 2)),  # Q5_1
-    8: (34, 32, (0,)),  # Q8_0
-    10: (84, 256, (80, 82)),  # Q2_K
-    11: (110, 256, (108,)),  # Q3_K
-    12: (144, 256, (0, 2)),  # Q4_K
-    13: (176, 256, (0, 2)),  # Q5_K
-    14: (210, 256, (208,)),  # Q6_K
+    2: (18, 32, {0: 0.004}),  # Q4_0: d (q - 8)
+    3: (20, 32, {0: 0.004, 2: -0.03}),  # Q4_1: d q + m
+    6: (22, 32, {0: 0.002}),  # Q5_0
+    7: (24, 32, {0: 0.002, 2: -0.03}),  # Q5_1
+    8: (34, 32, {0: 0.00027}),  # Q8_0: d q, q in [-128, 127]
+    10: (84, 256, {80: 0.001, 82: 0.0005}),  # Q2_K: d, dmin
+    11: (110, 256, {108: 0.0005}),  # Q3_K
+    12: (144, 256, {0: 0.0005, 2: 0.0005}),  # Q4_K: d, dmin
+    13: (176, 256, {0: 0.0005, 2: 0.0005}),  # Q5_K
+    14: (210, 256, {208: 0.000015}),  # Q6_K: d, int8 sub-scales
 }
-SCALE = struct.pack("<e", 0.002)
 
 
 def header(model, out):
@@ -66,9 +67,10 @@ def fill(rng, ty, n):
         buf[1::2] = bytes((b & 0x83) | (7 << 2) for b in buf[1::2])
         return buf
     nblocks = n // size
-    for off in scales:
-        buf[off::size] = SCALE[:1] * nblocks
-        buf[off + 1 :: size] = SCALE[1:] * nblocks
+    for off, value in scales.items():
+        f16 = struct.pack("<e", value)
+        buf[off::size] = f16[:1] * nblocks
+        buf[off + 1 :: size] = f16[1:] * nblocks
     return buf
 
 

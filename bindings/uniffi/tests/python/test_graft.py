@@ -406,6 +406,12 @@ def test_invalid_arguments(engine):
     repacked = graft.Engine.open(str(MODEL_Q4_0), graft.EngineOptions(threads=THREADS, cpu_repack=True))
     assert repacked.session().generate(PROMPT, 2, 0.0)
     repacked.release()
+    if "wgpu" in os.environ.get("GRAFT_REQUIRE_DEVICE", ""):
+        # The last 2 layers on the device (lavapipe in CI), the rest on the CPU.
+        split = graft.Engine.open(str(MODEL), graft.EngineOptions(threads=THREADS, backend="wgpu",
+                                                                  gpu_layers=2))
+        assert split.session().generate(PROMPT, 2, 0.0)
+        split.release()
     with pytest.raises(graft.GraftError.InvalidArgument):
         engine.trainer(graft.TrainOptions(output_path="x.gguf", method="nope",
                                           examples=[graft.TrainExample(completion="a b c")]))

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::adapter::lopa::mean_embedding;
 use crate::adapter::ActiveAdapters;
-use crate::compute::{Compute, Placement};
+use crate::compute::{Compute, ExecConfig};
 use crate::error::{Error, Result};
 use crate::model::layers::{AttnPiece, RowAdapters, RowGroup};
 use crate::model::llama::BatchShape;
@@ -114,10 +114,11 @@ impl BatchDecoder {
             cfg.n_threads,
             cfg.flash_attn,
             cfg.kv_f32,
-            Placement {
+            ExecConfig {
                 backend: BackendChoice::Auto,
                 gpu_layers: None,
                 cpu_repack: cfg.cpu_repack,
+                reuse_graphs: false,
             },
         )?;
         Ok(Self {

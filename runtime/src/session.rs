@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::adapter::lopa::mean_embedding;
 use crate::adapter::ActiveAdapters;
-use crate::compute::{BackendReport, Compute, Placement};
+use crate::compute::{BackendReport, Compute, ExecConfig};
 use crate::error::{Error, Result};
 use crate::model::layers::RowAdapters;
 use crate::model::llama::BatchShape;
@@ -48,6 +48,10 @@ pub struct SessionConfig {
     /// also puts the embeddings and output layer there; `None` (the default) puts every
     /// weight there. The KV cache stays on the device. No effect on the CPU backend.
     pub gpu_layers: Option<usize>,
+    /// Run the last graph again when the next batch has the same shape and adapters (one-token
+    /// decoding), instead of building and allocating it anew, as llama.cpp does; CPU only. On
+    /// by default; off only to compare (the logits are the same either way).
+    pub reuse_graphs: bool,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +65,7 @@ impl Default for SessionConfig {
             backend: BackendChoice::Auto,
             cpu_repack: false,
             gpu_layers: None,
+            reuse_graphs: true,
         }
     }
 }
@@ -131,10 +136,11 @@ impl Session {
             cfg.n_threads,
             cfg.flash_attn,
             cfg.kv_f32,
-            Placement {
+            ExecConfig {
                 backend: cfg.backend,
                 gpu_layers: cfg.gpu_layers,
                 cpu_repack: cfg.cpu_repack,
+                reuse_graphs: cfg.reuse_graphs,
             },
         )?;
         Ok(Self {

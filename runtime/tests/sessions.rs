@@ -253,3 +253,83 @@ fn cpu_repack_keeps_logits_and_adapters() {
     let d = max_diff(&plain_lora, &packed_lora);
     assert!(d < TOL, "with the adapter, plain vs repacked logits: {d}");
 }
+
+/// One-token decoding runs the last graph again while the batch shape and the adapters stay
+/// the same (`reuse_graphs`). Every change must build the graph anew: another adapter, another
+/// scale of the same adapter, none (first tokens of new sequences, where the shape stays), and
+/// the attended length growing past a padding step (256 cache positions). Each step's logits
+/// are exactly those of a session that builds every graph.
+#[test]
+fn reused_graphs_give_the_logits_of_rebuilt_ones() {
+    let Some(p) = common::model("SmolLM2-135M-Instruct.Q8_0.gguf") else {
+        return;
+    };
+    let m = Arc::new(Model::load(p).unwrap());
+    let (a, b) = (
+        common::test_adapter(&m, "lora-qv-r8.gguf"),
+        common::test_adapter(&m, "diablo-n7.gguf"),
+    );
+    let set = |items: &[(&Arc<graft::Adapter>, f32)]| {
+        items
+            .iter()
+            .fold(graft::ActiveAdapters::none(), |s, (a, k)| {
+                s.with((*a).clone(), *k)
+            })
+    };
+    let steps = [
+        set(&[]),
+        set(&[]),
+        set(&[(&a, 1.0)]),
+        set(&[(&a, 1.0)]),
+        set(&[(&a, 0.5)]),
+        set(&[(&b, 1.0)]),
+        set(&[(&b, 1.0)]),
+        set(&[(&a, 1.0), (&b, 1.0)]),
+        set(&[]),
+        set(&[]),
+    ];
+    let cfg = |reuse_graphs| SessionConfig {
+        n_ctx: 512,
+        n_threads: 2,
+        reuse_graphs,
+        ..Default::default()
+    };
+    let (mut reused, mut rebuilt) = (
+        Session::new(m.clone(), cfg(true)).unwrap(),
+        Session::new(m.clone(), cfg(false)).unwrap(),
+    );
+    let toks = prompt(280, m.config().n_vocab);
+    // First tokens of new sequences (the cache cleared): each step has the shape of the last,
+    // so only the adapters tell the graphs apart.
+    for (i, set) in steps.iter().enumerate() {
+        let mut logits = Vec::new();
+        for s in [&mut reused, &mut rebuilt] {
+            s.clear();
+            s.set_adapters(set.clone()).unwrap();
+            logits.push(s.decode(&toks[i..=i], LogitsFor::Last).unwrap());
+        }
+        let d = max_diff(&logits[0], &logits[1]);
+        assert!(
+            logits[0] == logits[1],
+            "first token, step {i}: logits differ by {d}"
+        );
+    }
+    // 250 prompt tokens, then one-token steps over positions 250-279, across 256.
+    for s in [&mut reused, &mut rebuilt] {
+        s.clear();
+        s.set_adapters(steps[2].clone()).unwrap();
+        s.decode(&toks[..250], LogitsFor::Last).unwrap();
+    }
+    for (i, &t) in toks[250..].iter().enumerate() {
+        let mut logits = Vec::new();
+        for s in [&mut reused, &mut rebuilt] {
+            logits.push(s.decode(&[t], LogitsFor::Last).unwrap());
+        }
+        let d = max_diff(&logits[0], &logits[1]);
+        assert!(
+            logits[0] == logits[1],
+            "position {}: logits differ by {d}",
+            250 + i
+        );
+    }
+}

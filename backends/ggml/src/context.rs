@@ -51,6 +51,18 @@ unsafe impl Send for TensorId {}
 // SAFETY: as above.
 unsafe impl Sync for TensorId {}
 
+/// A lifetime-free handle to a graph, resolved against its context with [`Context::graph`].
+/// Like a [`TensorId`], it is only meaningful until its context is reset: the owner that keeps
+/// one (to run a graph again) drops it when it resets the context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GraphId(NonNull<sys::ggml_cgraph>);
+
+// SAFETY: the handle is an address; it is only dereferenced after `Context::graph` checks it
+// lies inside a live context's arena.
+unsafe impl Send for GraphId {}
+// SAFETY: as above.
+unsafe impl Sync for GraphId {}
+
 impl Context {
     /// A metadata-only context with room for `max_tensors` tensors and graphs of up to
     /// `graph_nodes` nodes (0 for none).
@@ -146,6 +158,22 @@ impl Context {
     /// Resolves a handle made by [`Tensor::id`]. Returns `None` if it was not made in this
     /// context.
     pub fn get(&self, id: TensorId) -> Option<Tensor<'_>> {
+        self.in_arena(id.0.as_ptr() as usize).then_some(Tensor {
+            ptr: id.0,
+            _ctx: PhantomData,
+        })
+    }
+
+    /// Resolves a graph handle made in this context (since its last reset: see [`GraphId`]).
+    pub fn graph(&self, id: GraphId) -> Option<Graph<'_>> {
+        self.in_arena(id.0.as_ptr() as usize).then_some(Graph {
+            ptr: id.0,
+            _ctx: PhantomData,
+        })
+    }
+
+    /// Whether address `a` lies in this context's memory.
+    fn in_arena(&self, a: usize) -> bool {
         // SAFETY: pure queries on a valid context.
         let (base, size) = unsafe {
             (
@@ -153,11 +181,7 @@ impl Context {
                 sys::ggml_get_mem_size(self.raw()),
             )
         };
-        let a = id.0.as_ptr() as usize;
-        (a >= base && a < base + size).then_some(Tensor {
-            ptr: id.0,
-            _ctx: PhantomData,
-        })
+        a >= base && a < base + size
     }
 
     /// Looks a tensor up by name.
@@ -499,6 +523,11 @@ impl<'ctx> Graph<'ctx> {
             }
             true
         }
+    }
+
+    /// A lifetime-free handle to this graph.
+    pub fn id(&self) -> GraphId {
+        GraphId(self.ptr)
     }
 
     /// Number of nodes.

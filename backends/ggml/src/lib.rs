@@ -30,7 +30,7 @@ pub mod threads;
 mod xent;
 
 pub use backend::{Backend, BackendKind, Buffer, ComputeStats, GraphAllocator, HostMemory};
-pub use context::{Context, FrozenContext, Graph, Tensor, TensorId};
+pub use context::{Context, FrozenContext, Graph, GraphId, Tensor, TensorId};
 pub use device::{
     available_backends, check_choice, devices, select_device, BackendChoice, Device, DeviceType,
 };

@@ -49,6 +49,7 @@ pub fn run(a: &BenchArgs<'_>) -> Result<Value> {
             backend: a.backend,
             cpu_repack: a.cpu_repack,
             gpu_layers: a.gpu_layers,
+            ..SessionConfig::default()
         },
     )?;
     let registry = AdapterRegistry::new(model.clone());

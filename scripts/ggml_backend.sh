@@ -71,7 +71,10 @@ case "$name" in
     blas)
         # ggml's BLAS backend (an accelerator device beside the CPU) over OpenBLAS: the module
         # scripts/test.sh loads to test run-time loading on machines without a GPU.
-        compgen -G '/usr/lib/*/libopenblas.so' >/dev/null || apt_install libopenblas-dev pkg-config
+        need=()
+        compgen -G '/usr/lib/*/libopenblas.so' >/dev/null || need+=(libopenblas-dev)
+        command -v pkg-config >/dev/null || need+=(pkg-config)
+        [[ ${#need[@]} -eq 0 ]] || apt_install "${need[@]}"
         args+=(-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS)
         ;;
 esac

@@ -1,10 +1,12 @@
 //! The devices ggml's backend registry knows, and the choice of backend graphs run on.
 //!
-//! Which backends exist is decided when graft is built and when it starts: graft's own wgpu
-//! backend (cargo feature `wgpu`, on by default) registers itself here, ggml's CUDA, Metal and
-//! Vulkan backends come with the cargo features of graft-ggml-sys or as libraries loaded at run
-//! time ([`crate::dynamic`]). The registry lists each with its devices and their memory. [`select_device`] turns a `--backend` choice into the device inference graphs run on;
-//! choosing a backend that is absent names the backends this build has.
+//! Which backends exist is decided when graft is built and when it runs: graft's own wgpu
+//! backend (cargo feature `wgpu`, on by default) registers itself here, and ggml's CUDA, Metal
+//! and Vulkan backends come with the cargo features of graft-ggml-sys or as libraries loaded at
+//! run time ([`crate::dynamic`]). The registry lists each with its devices and their memory.
+//! [`select_device`] turns a `--backend` choice into the device inference graphs run on;
+//! choosing a backend that is absent names the backends this build has and where graft looked
+//! for its library.
 
 use std::ffi::CStr;
 use std::fmt;

@@ -49,7 +49,10 @@ case "$name" in
         # The GPUs present (nvidia-smi's compute capability, 9.0 -> 90), else cmake's "native".
         arch=${CMAKE_CUDA_ARCHITECTURES:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null \
             | tr -d . | sort -u | paste -sd';')}
-        args+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${arch:-native}")
+        # One GPU, no NCCL; GGML_CUDA_FA=OFF leaves out the flash-attention kernels (a large
+        # share of the build; graft uses them only with --flash-attn).
+        args+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${arch:-native}" -DGGML_CUDA_NCCL=OFF
+               "-DGGML_CUDA_FA=${GGML_CUDA_FA:-ON}")
         ;;
     vulkan)
         need=()

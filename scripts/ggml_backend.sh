@@ -40,8 +40,10 @@ fi
 
 args=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=ON -DGGML_CPU=OFF
       -DGGML_NATIVE=OFF -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF
-      # The module finds the libggml-base.so copied beside it.
-      -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON "-DCMAKE_INSTALL_RPATH=\$ORIGIN")
+      # The module finds the libggml-base.so copied beside it, and the libraries it links
+      # (libcudart, libcublas, ...) where it was built against them.
+      -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON "-DCMAKE_INSTALL_RPATH=\$ORIGIN"
+      -DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON)
 case "$name" in
     cuda)
         [[ -x /usr/local/cuda/bin/nvcc ]] && PATH="$PATH:/usr/local/cuda/bin"

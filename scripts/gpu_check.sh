@@ -50,6 +50,10 @@ if [[ $BACKEND != wgpu ]]; then
         exit 1
     }
     export GRAFT_BACKEND_DIR=$LIBDIR
+    # The CUDA runtime libraries, wherever this toolkit keeps them (also in the library's RPATH).
+    nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+    cuda_lib=$(dirname "$(dirname "$nvcc")")/lib64
+    [[ -d $cuda_lib ]] && export LD_LIBRARY_PATH=$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     note "- built libggml-$BACKEND.so from the pinned ggml sources in $((SECONDS - T0)) s"
 fi
 

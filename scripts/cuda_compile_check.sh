@@ -1,24 +1,18 @@
 #!/usr/bin/env bash
 # Compiles ggml's CUDA backend from the pinned sources on a machine without a GPU or a CUDA
-# install, with the CUDA toolkit from PyPI, configured as scripts/ggml_backend.sh cuda configures
-# it for the GPU check (sm_90 by default; CMAKE_CUDA_ARCHITECTURES overrides):
+# install, with the CUDA toolkit from PyPI: scripts/ggml_backend.sh cuda, as the GPU check runs
+# it (no flash-attention kernels; sm_90 unless CMAKE_CUDA_ARCHITECTURES says otherwise):
 #
-#   scripts/cuda_compile_check.sh [JOBS]          (--configure-only: stop after cmake's configure)
+#   scripts/cuda_compile_check.sh
 #
 # Not part of scripts/test.sh: the whole library is about 150 CUDA objects, about an hour on 2
 # cores. The toolkit (CUDA 13: PyPI's cu12 packages carry no nvcc driver) is installed under
-# .cache/cuda-toolkit and laid out as a toolkit root; the build goes to .cache/cuda-check.
+# .cache/cuda-toolkit and laid out as a toolkit root; the library goes to .cache/cuda-check.
 # PyPI has no driver stub (libcuda.so), so the check builds with GGML_CUDA_NO_VMM=ON, which
 # only drops the direct link to the driver.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-configure_only=0
-if [[ ${1:-} == --configure-only ]]; then
-    configure_only=1
-    shift
-fi
-JOBS=${1:-$(nproc)}
 TK=$ROOT/.cache/cuda-toolkit
 if [[ ! -x $TK/root/bin/nvcc ]]; then
     echo "[cuda_check] installing the CUDA toolkit from PyPI into $TK"
@@ -41,31 +35,7 @@ if [[ ! -x $TK/root/bin/nvcc ]]; then
     ln -s lib64 "$TK/root/lib"
 fi
 "$TK/root/bin/nvcc" --version | tail -1
-
-src=$(cargo metadata --format-version 1 | python3 -c '
-import json, os, sys
-m = json.load(sys.stdin)
-p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
-print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp", "ggml"))')
-B=$ROOT/.cache/cuda-check
-mkdir -p "$B"
-cat >"$B/CMakeLists.txt" <<EOF
-cmake_minimum_required(VERSION 3.14)
-project(graft_ggml_cuda_check C CXX)
-add_subdirectory("$src" ggml)
-EOF
-export PATH="$TK/root/bin:$PATH" CUDAToolkit_ROOT="$TK/root"
-cmake -S "$B" -B "$B/out" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=ON \
-    -DGGML_CPU=OFF -DGGML_NATIVE=OFF -DGGML_CUDA=ON -DGGML_CUDA_NCCL=OFF -DGGML_CUDA_FA=OFF \
-    -DGGML_CUDA_NO_VMM=ON "-DCMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES:-90}" \
-    -DCMAKE_CUDA_COMPILER="$TK/root/bin/nvcc" >"$B/configure.log" 2>&1 \
-    || { tail -30 "$B/configure.log" >&2; exit 1; }
-echo "[cuda_check] configured: $B/out ($(grep -c 'Building CUDA' "$B/out/ggml/src/ggml-cuda/CMakeFiles/ggml-cuda.dir/build.make") CUDA objects)"
-[[ $configure_only == 1 ]] && exit 0
-t0=$SECONDS
-set +e
-cmake --build "$B/out" --target ggml-cuda -j "$JOBS" 2>&1 | tee "$B/build.log" | grep -E '^\[|error'
-status=${PIPESTATUS[0]}
-set -e
-[[ $status -eq 0 ]] || { echo "cuda_compile_check.sh: the CUDA backend did not compile" >&2; exit 1; }
-echo "[cuda_check] ggml's CUDA backend compiled in $((SECONDS - t0)) s: $(find "$B/out" -name 'libggml-cuda.so')"
+PATH="$TK/root/bin:$PATH" CUDAToolkit_ROOT="$TK/root" \
+    CMAKE_CUDA_ARCHITECTURES="${CMAKE_CUDA_ARCHITECTURES:-90}" GGML_CUDA_FA=OFF \
+    GGML_BACKEND_CMAKE_ARGS="-DGGML_CUDA_NO_VMM=ON" \
+    exec scripts/ggml_backend.sh cuda "$ROOT/.cache/cuda-check"

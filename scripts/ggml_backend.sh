@@ -3,6 +3,7 @@
 # (GGML_BACKEND_DL), from the same pinned ggml sources graft links:
 #
 #   scripts/ggml_backend.sh cuda|vulkan|blas [OUT_DIR]
+#   scripts/ggml_backend.sh --print-source      (the ggml source directory it builds from)
 #
 # OUT_DIR (default .cache/backends/<name>-<key>) receives libggml-<name>.so and the
 # libggml-base.so it links; the last line printed is OUT_DIR. Point graft at it with
@@ -13,11 +14,12 @@
 # (the GPU test machine: scripts/gpu_check.sh). CUDA needs nvcc; it compiles for the GPUs
 # nvidia-smi lists (CMAKE_CUDA_ARCHITECTURES overrides). Vulkan needs glslc and the Vulkan
 # headers (1.3.261 or later), BLAS OpenBLAS: this script installs them with apt when missing.
+# GGML_BACKEND_CMAKE_ARGS adds cmake definitions (word-split; part of the build's key).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 name=${1:?usage: scripts/ggml_backend.sh cuda|vulkan|blas [OUT_DIR]}
 case "$name" in
-    cuda | vulkan | blas) ;;
+    cuda | vulkan | blas | --print-source) ;;
     *) echo "ggml_backend.sh: '$name' is not a backend this script builds (cuda, vulkan, blas)" >&2; exit 2 ;;
 esac
 
@@ -37,6 +39,10 @@ p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
 print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp", "ggml"))')
 fi
 [[ -f "$GGML_SRC/CMakeLists.txt" ]] || { echo "ggml_backend.sh: no ggml sources at $GGML_SRC" >&2; exit 1; }
+if [[ $name == --print-source ]]; then
+    echo "$GGML_SRC"
+    exit 0
+fi
 
 args=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=ON -DGGML_CPU=OFF
       -DGGML_NATIVE=OFF -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF
@@ -83,6 +89,8 @@ case "$name" in
         args+=(-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS)
         ;;
 esac
+# shellcheck disable=SC2206 # word-split on purpose
+args+=(${GGML_BACKEND_CMAKE_ARGS:-})
 
 # The key covers the sources' version and the configuration.
 key=$( (cat "$GGML_SRC/CMakeLists.txt" "$GGML_SRC/src/ggml-$name/CMakeLists.txt"; echo "${args[*]}") \

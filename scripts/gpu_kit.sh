@@ -35,11 +35,7 @@ cp "$conf" "$KIT/bin/conformance"
 strip "$KIT/bin/graft" "$KIT/bin/conformance"
 
 echo "[gpu_kit] ggml sources"
-src=$(cargo metadata --format-version 1 | python3 -c '
-import json, os, sys
-m = json.load(sys.stdin)
-p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
-print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp", "ggml"))')
+src=$(scripts/ggml_backend.sh --print-source)
 mkdir -p "$KIT/ggml/src"
 cp -r "$src/CMakeLists.txt" "$src/cmake" "$src/include" "$KIT/ggml/"
 find "$src/src" -maxdepth 1 -type f -exec cp {} "$KIT/ggml/src/" \;

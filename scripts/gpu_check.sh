@@ -13,7 +13,11 @@
 #   3. greedy tokens (first 16 of 24) and perplexity (within 1 %) against the CPU backend, on
 #      qwen2-tiny (F32, Q8_0, Q4_0) and on SmolLM2-135M-shaped files with random weights
 #      (scripts/synth_model.py), with no adapter and with each adapter kind (perplexity);
-#   4. `graft bench` on the SmolLM2-shaped Q4_0 file: the backend, graft's wgpu backend when it
+#   4. training (`graft train`, 4 steps of each adapter kind on qwen2-tiny): the first step's
+#      loss equal to the CPU's and the last within 1 % (a device copy of the adapter left behind
+#      by the updates is 20 % off), with the ops that fell back to the CPU;
+#      and tokens/s of LoRA training on the SmolLM2-shaped Q4_0 file, device against CPU;
+#   5. `graft bench` on the SmolLM2-shaped Q4_0 file: the backend, graft's wgpu backend when it
 #      finds a hardware GPU (Vulkan), and the CPU, decode and prefill, with and without adapters.
 # Results go to $OUT (the device tool's output folder; default .cache/gpu-kit/out): gpu_check.log,
 # devices.json, bench-*.json and summary.md. The exit status is non-zero if a check failed.
@@ -104,22 +108,30 @@ sys.exit(0 if same >= min(16, len(ta)) else 1)
 EOF
 }
 
-run_pair() { # NAME, then graft arguments: runs on the cpu and on $BACKEND, and compares
-    local name=$1
-    shift
-    if "$G" "$@" --backend cpu --json >"$OUT/cmp-cpu.json" 2>"$OUT/cmp-err.log" \
-        && "$G" "$@" --backend "$BACKEND" --json >"$OUT/cmp-dev.json" 2>>"$OUT/cmp-err.log"; then
-        if compare "$name" "$OUT/cmp-cpu.json" "$OUT/cmp-dev.json" >"$OUT/cmp.txt"; then
-            note "$(cat "$OUT/cmp.txt")"
-        else
-            note "$(cat "$OUT/cmp.txt") FAIL"
-            failed+=("$name")
-        fi
-    else
+# judge NAME RAN, then a comparison command: when both runs went through (RAN is 0), notes the
+# comparison's line, marked FAIL when it fails; else says the check did not run.
+judge() {
+    local name=$1 ran=$2
+    shift 2
+    if [[ $ran != 0 ]]; then
         note "$name FAIL: did not run"
         tail -5 "$OUT/cmp-err.log"
         failed+=("$name")
+    elif "$@" >"$OUT/cmp.txt"; then
+        note "$(cat "$OUT/cmp.txt")"
+    else
+        note "$(cat "$OUT/cmp.txt") FAIL"
+        failed+=("$name")
     fi
+}
+
+run_pair() { # NAME, then graft arguments: runs on the cpu and on $BACKEND, and compares
+    local name=$1 ran=0
+    shift
+    "$G" "$@" --backend cpu --json >"$OUT/cmp-cpu.json" 2>"$OUT/cmp-err.log" \
+        && "$G" "$@" --backend "$BACKEND" --json >"$OUT/cmp-dev.json" 2>>"$OUT/cmp-err.log" \
+        || ran=1
+    judge "$name" $ran compare "$name" "$OUT/cmp-cpu.json" "$OUT/cmp-dev.json"
 }
 
 echo "== tokens and perplexity: $BACKEND against the cpu"
@@ -145,6 +157,51 @@ for q in "${quants[@]}"; do
             --adapter "$a" --file "$TEXT" --ctx 256 --max-tokens $n_ppl --prompt-tokens 16
     done
 done
+
+echo "== training: $BACKEND against the cpu"
+note ""
+note "## training on $BACKEND against the CPU backend"
+DATA=$ROOT/scripts/demo_data/pirate.jsonl
+# compare_train NAME CPU.jsonl DEV.jsonl TOL: step 1's loss (same parameters) within TOL (the
+# devices' quantized products round activations their own way), the last step's within 1 %
+# (Adam magnifies rounding differences), and what ran where.
+compare_train() {
+    python3 - "$@" <<'EOF'
+import json, sys
+name = sys.argv[1]
+runs = [[json.loads(l) for l in open(p) if l.startswith("{")] for p in sys.argv[2:4]]
+tol = float(sys.argv[4])
+(cs, c), (ds, d) = [(r[:-1], r[-1]) for r in runs]
+first = abs(cs[0]["loss"] - ds[0]["loss"]) / abs(cs[0]["loss"])
+last = abs(c["final_loss"] - d["final_loss"]) / abs(c["final_loss"])
+b = d["backend"]
+cpu_ops = ", ".join(f"{k} {v}" for k, v in sorted(b.get("cpu_fallback_ops", {}).items()))
+print(f"{name}: loss step 1 cpu {cs[0]['loss']:.5f} device {ds[0]['loss']:.5f}; step {len(ds)} "
+      f"{c['final_loss']:.5f} / {d['final_loss']:.5f}; {d['tokens_per_s']:.0f} vs "
+      f"{c['tokens_per_s']:.0f} tok/s; nodes on device {b['nodes_on_device']}/{b['nodes_total']}"
+      f" (on the cpu: {cpu_ops or 'none'})")
+sys.exit(0 if first <= tol and last <= 0.01 and b["name"] != "cpu" else 1)
+EOF
+}
+train_pair() { # NAME TOL, then graft train arguments
+    local name=$1 tol=$2 ran=0
+    shift 2
+    local args=("$@" --data "$DATA" --ctx 64 --threads "$(nproc)" --json)
+    "$G" train "${args[@]}" --backend cpu --ggml-forward --out "$OUT/train-cpu.gguf" \
+        >"$OUT/train-cpu.jsonl" 2>"$OUT/cmp-err.log" \
+        && "$G" train "${args[@]}" --backend "$BACKEND" --out "$OUT/train-dev.gguf" \
+            >"$OUT/train-dev.jsonl" 2>>"$OUT/cmp-err.log" \
+        || ran=1
+    judge "$name" $ran compare_train "$name" "$OUT/train-cpu.jsonl" "$OUT/train-dev.jsonl" "$tol"
+}
+for method in lora diablo wegeft lopa; do
+    train_pair "- qwen2-tiny $method" 1e-4 --model "$KIT/models/qwen2-tiny.gguf" --method "$method" \
+        --steps 4 --lr 1e-2 --warmup 0
+done
+train_steps=4
+[[ ${GRAFT_GPU_CHECK_QUICK:-0} == 1 ]] && train_steps=2
+train_pair "- synthetic SmolLM2 Q4_0 lora r8" 1e-2 --model "$KIT/models/SmolLM2-135M-synthetic.Q4_0.gguf" \
+    --method lora --rank 8 --steps $train_steps --lr 1e-4
 
 echo "== bench"
 if [[ ${GRAFT_GPU_CHECK_QUICK:-0} == 1 ]]; then

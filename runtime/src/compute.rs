@@ -66,7 +66,12 @@ pub(crate) enum Executor {
 impl Executor {
     /// The executor for `place` with `n_threads` CPU threads and room for graphs of
     /// `graph_size` nodes; on the CPU, with `cpu_repack`, over the model's repacked weights.
-    fn new(model: &Model, place: ExecConfig, n_threads: usize, graph_size: usize) -> Result<Self> {
+    pub fn new(
+        model: &Model,
+        place: ExecConfig,
+        n_threads: usize,
+        graph_size: usize,
+    ) -> Result<Self> {
         let cpu = Backend::cpu(n_threads)?;
         Ok(match graft_ggml::select_device(place.backend)? {
             None => Self::Cpu {
@@ -132,7 +137,8 @@ impl Executor {
         Ok(())
     }
 
-    fn alloc(&mut self, graph: &Graph<'_>) -> Result<()> {
+    /// Allocates `graph`'s tensors (and, on a device, splits it between device and CPU).
+    pub fn alloc(&mut self, graph: &Graph<'_>) -> Result<()> {
         match self {
             Self::Cpu { alloc, .. } => alloc.alloc(graph)?,
             Self::Device { sched, .. } => sched.alloc(graph)?,
@@ -140,7 +146,8 @@ impl Executor {
         Ok(())
     }
 
-    fn compute(&mut self, graph: &Graph<'_>) -> Result<()> {
+    /// Computes a graph allocated by [`Executor::alloc`].
+    pub fn compute(&mut self, graph: &Graph<'_>) -> Result<()> {
         match self {
             Self::Cpu { backend, .. } => backend.compute(graph)?,
             Self::Device { sched, .. } => sched.compute(graph)?,
@@ -157,7 +164,35 @@ impl Executor {
                 repacked_weights: repacked.as_ref().map_or(0, |r| r.len()),
                 ..BackendReport::new(backend, backend.stats())
             },
-            Self::Device { sched, .. } => BackendReport::new(sched.device(), sched.stats()),
+            Self::Device { sched, .. } => BackendReport {
+                cpu_fallback_ops: sched.cpu_ops().clone(),
+                ..BackendReport::new(sched.device(), sched.stats())
+            },
+        }
+    }
+
+    /// The device graphs run on (`None`: the CPU backend alone).
+    pub fn device_name(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::Cpu { .. } => None,
+            Self::Device { name, .. } => Some(name),
+        }
+    }
+
+    /// The device backend (`None` on the CPU).
+    pub fn device_backend(&self) -> Option<&Backend> {
+        match self {
+            Self::Cpu { .. } => None,
+            Self::Device { sched, .. } => Some(sched.device()),
+        }
+    }
+
+    /// Bytes of the compute buffers of the last graph allocated: the CPU allocator's, or on a
+    /// device the device's and the CPU's together.
+    pub fn compute_bytes(&self) -> usize {
+        match self {
+            Self::Cpu { alloc, .. } => alloc.buffer_size(),
+            Self::Device { sched, .. } => sched.buffer_bytes(),
         }
     }
 }
@@ -437,13 +472,13 @@ pub struct BackendReport {
     /// Weights read from the CPU's repacked copy (`cpu_repack`; 0 without it, on a device, or
     /// when this CPU has no repacked kernels for the model's types).
     pub repacked_weights: usize,
+    /// On a device: the computing nodes that fell back to the CPU, by ggml op (`OUT_PROD`:
+    /// 96, ...). Left out of the JSON when empty (the CPU backend, or nothing fell back).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cpu_fallback_ops: std::collections::BTreeMap<String, u64>,
 }
 
 impl BackendReport {
-    pub(crate) fn of(backend: &Backend) -> Self {
-        Self::new(backend, backend.stats())
-    }
-
     fn new(backend: &Backend, stats: ComputeStats) -> Self {
         Self {
             name: backend.kind().as_str().to_string(),
@@ -451,6 +486,7 @@ impl BackendReport {
             nodes_on_device: stats.nodes_on_device,
             nodes_total: stats.nodes_total,
             repacked_weights: 0,
+            cpu_fallback_ops: Default::default(),
         }
     }
 }

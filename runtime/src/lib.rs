@@ -36,8 +36,8 @@ pub use compute::BackendReport;
 pub use engine::{Engine, GenerateRequest, Generation, Timings};
 pub use error::{Error, Result};
 pub use graft_ggml::{
-    check_choice as check_train_backend, devices, load_backend, load_backend_modules,
-    module_search_dirs, select_device, BackendChoice, Device, DeviceType, ModuleLoad,
+    devices, load_backend, load_backend_modules, module_search_dirs, select_device, BackendChoice,
+    Device, DeviceType, ModuleLoad,
 };
 
 /// Checks that inference graphs can run on `choice`: `auto` and `cpu` always can; a GPU backend

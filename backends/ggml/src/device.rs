@@ -218,26 +218,6 @@ pub fn available_backends() -> Vec<String> {
     names
 }
 
-/// Checks that training can run on `choice`: `Ok` for `auto` and `cpu` (training graphs run on
-/// the CPU backend in this version); for any other, an error that says whether the backend is
-/// missing from this build (naming those it has) or present but not used for training.
-pub fn check_choice(choice: BackendChoice) -> Result<()> {
-    match choice {
-        BackendChoice::Auto | BackendChoice::Cpu => Ok(()),
-        other => {
-            let name = other.as_str();
-            if available_backends().iter().any(|b| b == name) {
-                Err(Error::Unsupported(format!(
-                    "the {name} backend is in this build, but training runs on the CPU backend \
-                     only in this version; use --backend cpu"
-                )))
-            } else {
-                Err(unavailable(name))
-            }
-        }
-    }
-}
-
 /// The error for backend `name` having no device: the backends this build has, and why.
 fn unavailable(name: &str) -> Error {
     Error::BackendUnavailable {
@@ -322,8 +302,6 @@ mod tests {
         assert_eq!("CUDA".parse::<BackendChoice>(), Ok(BackendChoice::Cuda));
         let e = "tpu".parse::<BackendChoice>().unwrap_err();
         assert!(e.contains("tpu") && e.contains("vulkan"), "{e}");
-        check_choice(BackendChoice::Auto).unwrap();
-        check_choice(BackendChoice::Cpu).unwrap();
         assert!(select_device(BackendChoice::Cpu).unwrap().is_none());
         // This crate's tests build ggml without CUDA.
         let msg = select_device(BackendChoice::Cuda).unwrap_err().to_string();

@@ -31,9 +31,7 @@ mod xent;
 
 pub use backend::{Backend, BackendKind, Buffer, ComputeStats, GraphAllocator, HostMemory};
 pub use context::{Context, FrozenContext, Graph, GraphId, Tensor, TensorId};
-pub use device::{
-    available_backends, check_choice, devices, select_device, BackendChoice, Device, DeviceType,
-};
+pub use device::{available_backends, devices, select_device, BackendChoice, Device, DeviceType};
 pub use dynamic::{
     load_backend, load_backend_modules, module_file_name, module_search_dirs, ModuleLoad,
     BACKEND_DIR_VAR, LOADABLE_BACKENDS,

@@ -6,6 +6,8 @@
 //! otherwise, copying tensors between the two where the graph crosses; it also allocates the
 //! graph's intermediate tensors in each backend's memory. Graph inputs live in CPU memory.
 
+use std::collections::BTreeMap;
+use std::ffi::CStr;
 use std::ptr::NonNull;
 
 use crate::backend::{Backend, ComputeStats};
@@ -19,6 +21,8 @@ pub struct Scheduler {
     device: Backend,
     cpu: Backend,
     stats: ComputeStats,
+    /// Computing nodes that ran on the CPU, by op (ggml's name: `OUT_PROD`, `SILU_BACK`...).
+    cpu_ops: BTreeMap<String, u64>,
 }
 
 // SAFETY: used from one thread at a time (&mut for everything that touches the scheduler).
@@ -34,6 +38,7 @@ impl Scheduler {
             device,
             cpu,
             stats: ComputeStats::default(),
+            cpu_ops: BTreeMap::new(),
         })
     }
 
@@ -92,11 +97,23 @@ impl Scheduler {
         let mut on_device = 0u64;
         for i in 0..n {
             // SAFETY: i < n_nodes; the scheduler assigned every node of the graph it split.
-            let b = unsafe {
+            let (node, b) = unsafe {
                 let node = sys::ggml_graph_node(graph.raw(), i);
-                sys::ggml_backend_sched_get_tensor_backend(self.ptr.as_ptr(), node)
+                let b = sys::ggml_backend_sched_get_tensor_backend(self.ptr.as_ptr(), node);
+                (node, b)
             };
-            on_device += (b == self.device.raw()) as u64;
+            if b == self.device.raw() {
+                on_device += 1;
+                continue;
+            }
+            // SAFETY: a node of the graph; ggml_op_desc returns a static C string.
+            let (op, desc) = unsafe { ((*node).op, CStr::from_ptr(sys::ggml_op_desc(node))) };
+            if !is_layout_op(op) {
+                *self
+                    .cpu_ops
+                    .entry(desc.to_string_lossy().into_owned())
+                    .or_default() += 1;
+            }
         }
         self.stats.graphs += 1;
         self.stats.nodes_total += n as u64;
@@ -109,6 +126,21 @@ impl Scheduler {
         self.stats
     }
 
+    /// The computing nodes (views, reshapes and permutes left out) that ran on the CPU so far,
+    /// counted by ggml op name: what the device declined.
+    pub fn cpu_ops(&self) -> &BTreeMap<String, u64> {
+        &self.cpu_ops
+    }
+
+    /// Bytes of the compute buffers the last graph was allocated in, over both backends.
+    pub fn buffer_bytes(&self) -> usize {
+        [&self.device, &self.cpu]
+            .iter()
+            // SAFETY: valid scheduler and one of its two backends.
+            .map(|b| unsafe { sys::ggml_backend_sched_get_buffer_size(self.ptr.as_ptr(), b.raw()) })
+            .sum()
+    }
+
     /// Graph splits and tensor copies of the last graph.
     pub fn splits(&self) -> (usize, usize) {
         // SAFETY: valid scheduler.
@@ -119,6 +151,19 @@ impl Scheduler {
             )
         }
     }
+}
+
+/// Ops that only describe memory (no computation): a graph's leaves made nodes (parameters),
+/// views, reshapes and permutes.
+fn is_layout_op(op: sys::ggml_op) -> bool {
+    matches!(
+        op,
+        sys::GGML_OP_NONE
+            | sys::GGML_OP_VIEW
+            | sys::GGML_OP_RESHAPE
+            | sys::GGML_OP_PERMUTE
+            | sys::GGML_OP_TRANSPOSE
+    )
 }
 
 /// ggml's scheduler over `device` and `cpu` for graphs of up to `graph_size` tensors.

@@ -111,6 +111,13 @@ pub struct TrainReport {
     pub stopped: bool,
     /// The adapter file written.
     pub output_path: String,
+    /// The backend the training graphs ran on (`cpu`, `wgpu`, `cuda`, ...: the engine's).
+    pub backend: String,
+    /// Graph nodes that ran on that backend's device, of all nodes computed (on a GPU, the
+    /// rest were backward ops the device lacks, run on the CPU).
+    pub nodes_on_device: u64,
+    /// All graph nodes computed so far.
+    pub nodes_total: u64,
 }
 
 /// Receives training progress.
@@ -228,6 +235,9 @@ impl Trainer {
             seed: o.seed,
             threads,
             checkpointing: o.gradient_checkpointing,
+            // Training runs where the engine's sessions run.
+            backend: open.engine.session_config().backend,
+            gpu_layers: open.engine.session_config().gpu_layers,
             ..TrainConfig::default()
         };
         let trainer = match &o.resume_path {
@@ -334,7 +344,11 @@ impl Trainer {
         if let Some(e) = failure {
             return Err(e);
         }
+        let ran = trainer.backend_report();
         Ok(TrainReport {
+            backend: ran.name,
+            nodes_on_device: ran.nodes_on_device,
+            nodes_total: ran.nodes_total,
             steps: report.steps as u32,
             final_loss: report.final_loss,
             tokens_per_s: report.tokens_per_s,

@@ -505,7 +505,7 @@ fn devices(as_json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "--backend accepts: {} (auto: {}; training runs on the CPU)",
+        "--backend accepts: {} (auto: {})",
         usable.join(", "),
         auto
     )?;

@@ -123,6 +123,10 @@ pub struct TrainArgs {
     /// Backend the training graphs run on (see `graft devices`).
     #[arg(long, default_value_t = graft::BackendChoice::Auto)]
     backend: graft::BackendChoice,
+    /// With a GPU backend, put only the last N layers' weights on the device (as llama.cpp's
+    /// -ngl); the other layers' products run on the CPU. Default: every weight.
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<usize>,
     /// Print JSON lines (one per step, then a summary) instead of a progress bar.
     #[arg(long)]
     json: bool,
@@ -219,6 +223,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         gemm_forward: !a.ggml_forward,
         threads,
         backend: a.backend,
+        gpu_layers: a.gpu_layers,
         ..TrainConfig::default()
     };
     let mut trainer = match &a.resume {

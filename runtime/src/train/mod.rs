@@ -22,12 +22,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use graft_formats::{Gguf, GgufWriter, Value};
-use graft_ggml::{Backend, Context, GraphAllocator, Type};
+use graft_ggml::{Context, Type};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::adapter::{ActiveAdapters, Adapter, Delta, Target, TargetKind};
+use crate::compute::{ExecConfig, Executor};
 use crate::error::{Error, Result};
+use crate::model::device::DeviceWeights;
 use crate::model::llama::{self, BatchShape};
 use crate::model::{FileKind, Model};
 
@@ -163,8 +165,14 @@ pub struct TrainConfig {
     pub checkpointing: bool,
     /// CPU threads.
     pub threads: usize,
-    /// The backend the training graphs run on (`Auto`: the CPU in this version).
+    /// The backend the training graphs run on (`Auto`: the best hardware GPU, else the CPU;
+    /// see [`graft_ggml::select_device`]). On a device, ggml's scheduler runs on the CPU the
+    /// nodes the device declines (the backward ops it lacks), and the products are ggml's own
+    /// (`gemm_forward`, `gemm_backward` and `split_q4_1` are CPU rewrites, off there).
     pub backend: graft_ggml::BackendChoice,
+    /// On a device: how many of the last layers' weights go there (`None`: all of them), as
+    /// [`SessionConfig::gpu_layers`](crate::SessionConfig::gpu_layers).
+    pub gpu_layers: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -196,6 +204,7 @@ impl Default for TrainConfig {
             checkpointing: false,
             threads: crate::session::default_threads(),
             backend: graft_ggml::BackendChoice::Auto,
+            gpu_layers: None,
         }
     }
 }
@@ -371,16 +380,18 @@ fn grad_of(gf: &graft_ggml::Graph<'_>, t: graft_ggml::Tensor<'_>, what: &str) ->
         .map_err(Error::from)
 }
 
-/// The training graph (no KV cache, weights read from the map) of `span` with adapters `set`.
+/// The training graph (no KV cache; weights read from the map, or from `weights`, their copy on
+/// a device) of `span` with adapters `set`.
 fn span_graph<'a>(
     model: &'a Model,
+    weights: Option<&'a DeviceWeights>,
     ctx: &'a Context,
     set: &'a ActiveAdapters,
     shape: BatchShape,
     span: llama::Span,
 ) -> (graft_ggml::Graph<'a>, llama::GraphInputs<'a>) {
     let rows = crate::model::layers::RowAdapters::All(set);
-    llama::build(model, None, None, rows, ctx, shape, None, span)
+    llama::build(model, weights, None, rows, ctx, shape, None, span)
 }
 
 /// A graph's loss and its label inputs.
@@ -418,7 +429,7 @@ fn add_loss<'a>(
 }
 
 /// Finishes a training graph before allocation: with `backward`, appends the backward pass of
-/// its loss, and with `cfg.gemm_backward` runs its input gradients through quantized weights
+/// its loss, and with `cfg.gemm_backward` (CPU only) runs its input gradients through quantized weights
 /// and its F32 `out_prod`s (attention, adapter matrices) as GEMMs (the training graphs run on
 /// the CPU backend, where these custom nodes run). Then the forward products: with
 /// `cfg.gemm_forward` as f32 GEMMs over dequantized weights, else those of split Q4_1 weights
@@ -460,8 +471,9 @@ pub struct Trainer {
     cfg: TrainConfig,
     adapter: Arc<Adapter>,
     params: Vec<Param>,
-    backend: Backend,
-    alloc: GraphAllocator,
+    /// Where the graphs run: the CPU backend, or a device (holding the weights and a copy of
+    /// the trained tensors, rewritten after every step) with the CPU behind it.
+    exec: Executor,
     ctx: Context,
     state: TrainState,
     split: Option<copies::Q41Split>,
@@ -621,7 +633,7 @@ impl Trainer {
 
     fn from_tensors(
         model: Arc<Model>,
-        cfg: TrainConfig,
+        mut cfg: TrainConfig,
         tensors: Vec<FileTensor>,
         state: TrainState,
         mut moments: Option<Moments>,
@@ -720,10 +732,31 @@ impl Trainer {
                 }
             }
         }
-        graft_ggml::check_choice(cfg.backend)?;
-        let backend = Backend::cpu(cfg.threads)?;
-        let alloc = GraphAllocator::new(&backend)?;
         let nodes = llama::max_nodes(&model, 1) * llama::TRAIN_GRAPH_FACTOR;
+        let place = ExecConfig {
+            backend: cfg.backend,
+            gpu_layers: cfg.gpu_layers,
+            ..ExecConfig::default()
+        };
+        let exec = Executor::new(
+            &model,
+            place,
+            cfg.threads,
+            2 * nodes + model.weight_ids().len(),
+        )?;
+        if let (Some(name), Some(device)) = (exec.device_name(), exec.device_backend()) {
+            // The graph rewrites into custom CPU nodes are for the CPU backend: on a device
+            // the graphs keep ggml's standard ops (its kernels run the products).
+            cfg.gemm_forward = false;
+            cfg.gemm_backward = false;
+            cfg.split_q4_1 = false;
+            // The trained tensors get a copy on the device, which the graphs read and
+            // differentiate; the host copy stays the one sessions on the CPU and files read.
+            adapter.upload_to(name, device)?;
+            for id in params.iter().filter_map(|p| p.id) {
+                adapter.t_on(id, Some(name)).set_param();
+            }
+        }
         let ctx = Context::with_graph(nodes + 64, nodes, true)?;
         let split = match cfg.split_q4_1 && !cfg.gemm_forward {
             true => Some(copies::Q41Split::build(&model)?),
@@ -734,8 +767,7 @@ impl Trainer {
             cfg,
             adapter,
             params,
-            backend,
-            alloc,
+            exec,
             ctx,
             state,
             split,
@@ -810,7 +842,7 @@ impl Trainer {
         }
         p.value.copy_from_slice(values);
         match p.id {
-            Some(id) => self.adapter.t(id).write_f32(0, values)?,
+            Some(id) => write_param(&self.adapter, self.exec.device_name(), id, values)?,
             None => self.rebuild_adapter()?,
         }
         Ok(())
@@ -831,7 +863,7 @@ impl Trainer {
 
     /// Where the training graphs ran: backend, device and node counts so far.
     pub fn backend_report(&self) -> crate::BackendReport {
-        crate::BackendReport::of(&self.backend)
+        self.exec.report()
     }
 
     /// Bytes of the Q4_1 weights' forward split copies (0 when off or no weight is Q4_1).
@@ -852,7 +884,7 @@ impl Trainer {
     /// Bytes of the compute buffer (activations and their gradients for one sequence, as
     /// large as the largest graph run so far).
     pub fn compute_bytes(&self) -> usize {
-        self.alloc.buffer_size()
+        self.exec.compute_bytes()
     }
 
     /// Host bytes of the layer inputs gradient checkpointing keeps (largest sequence so far;
@@ -906,6 +938,10 @@ impl Trainer {
                 .with(self.adapter.clone(), 1.0)
                 .with_input_dropout(),
             None => ActiveAdapters::none().with(self.adapter.clone(), 1.0),
+        };
+        let set = match self.exec.device_name() {
+            Some(name) => set.on_device(name),
+            None => set,
         };
         let seq = Sequence {
             ex,
@@ -973,8 +1009,10 @@ impl Trainer {
             embeddings: seq.embeddings(),
             input_grad: seq.embeddings() && grads,
         };
+        let weights = self.exec.weights();
         let (mut gf, inp) = span_graph(
             &self.model,
+            weights.as_deref(),
             ctx,
             &seq.set,
             shape,
@@ -992,7 +1030,7 @@ impl Trainer {
             &self.cfg,
             Some(&mut loss),
         );
-        self.alloc.alloc(&gf)?;
+        self.exec.alloc(&gf)?;
         seq.write_inputs(&inp)?;
         seq.write_labels(&loss, n_vocab, 0..scored)?;
         if seq.dropout {
@@ -1001,7 +1039,7 @@ impl Trainer {
         if grads {
             gf.reset_grads();
         }
-        self.backend.compute(&gf)?;
+        self.exec.compute(&gf)?;
         let l = loss.value.to_vec_f32()?[0];
         if !grads {
             return Ok(RunOutput {
@@ -1021,7 +1059,8 @@ impl Trainer {
                 .iter()
                 .map(|p| {
                     let id = p.id.expect("graph parameter");
-                    grad_of(&gf, self.adapter.t(id), &p.name)
+                    let t = self.adapter.t_on(id, self.exec.device_name().map(|d| &**d));
+                    grad_of(&gf, t, &p.name)
                 })
                 .collect::<Result<_>>()?,
         };
@@ -1086,7 +1125,8 @@ impl Trainer {
                 head: true,
             };
             let set = ActiveAdapters::none();
-            let (mut gf, inp) = span_graph(&self.model, ctx, &set, shape, span);
+            let weights = self.exec.weights();
+            let (mut gf, inp) = span_graph(&self.model, weights.as_deref(), ctx, &set, shape, span);
             let mut loss = add_loss(ctx, &mut gf, inp.out, loss_scale * share);
             finish_graph(
                 ctx,
@@ -1096,11 +1136,11 @@ impl Trainer {
                 &self.cfg,
                 Some(&mut loss),
             );
-            self.alloc.alloc(&gf)?;
+            self.exec.alloc(&gf)?;
             inp.tokens.write_f32(0, &x_last[r0 * n_embd..r1 * n_embd])?;
             seq.write_labels(&loss, n_vocab, r0..r1)?;
             gf.reset_grads();
-            self.backend.compute(&gf)?;
+            self.exec.compute(&gf)?;
             loss_total += loss.value.to_vec_f32()?[0] * share;
             g_out[r0 * n_embd..r1 * n_embd].copy_from_slice(&grad_of(
                 &gf,
@@ -1170,7 +1210,8 @@ impl Trainer {
             end: il + 1,
             head: false,
         };
-        let (mut gf, inp) = span_graph(&self.model, ctx, &seq.set, shape, span);
+        let weights = self.exec.weights();
+        let (mut gf, inp) = span_graph(&self.model, weights.as_deref(), ctx, &seq.set, shape, span);
         let g_out = backward.as_ref().map(|_| {
             let [n0, n1, ..] = inp.out.ne();
             ctx.new_tensor(Type::F32, &[n0, n1]).set_input()
@@ -1187,7 +1228,7 @@ impl Trainer {
             &self.cfg,
             None,
         );
-        self.alloc.alloc(&gf)?;
+        self.exec.alloc(&gf)?;
         match input {
             Some(x) => inp.tokens.write_f32(0, x)?,
             None => seq.write_input(inp.tokens)?,
@@ -1200,7 +1241,7 @@ impl Trainer {
             self.fill_dropout_masks(il..il + 1)?;
         }
         let Some((g, acc)) = backward else {
-            self.backend.compute(&gf)?;
+            self.exec.compute(&gf)?;
             return Ok(LayerOutput {
                 output: inp.out.to_vec_f32()?,
                 input_grad: None,
@@ -1210,10 +1251,11 @@ impl Trainer {
             .expect("made with the backward pass")
             .write_f32(0, g)?;
         gf.reset_grads();
-        self.backend.compute(&gf)?;
+        self.exec.compute(&gf)?;
         // The graph holds this layer's adapter tensors only: the others have no gradient here.
         for (i, p) in self.params.iter().enumerate() {
-            let Some(gt) = p.id.and_then(|id| gf.grad(self.adapter.t(id))) else {
+            let device = self.exec.device_name().map(|d| &**d);
+            let Some(gt) = p.id.and_then(|id| gf.grad(self.adapter.t_on(id, device))) else {
                 continue;
             };
             for (a, x) in acc.grads[i].iter_mut().zip(gt.to_vec_f32()?) {
@@ -1296,6 +1338,7 @@ impl Trainer {
             .cfg
             .galore
             .is_some_and(|gc| (t - 1).is_multiple_of(gc.every.max(1)));
+        let device = self.exec.device_name().cloned();
         for p in &mut self.params {
             if let (Some(st), Some(gc)) = (p.galore.as_mut(), self.cfg.galore.as_ref()) {
                 if clip != 1.0 {
@@ -1324,7 +1367,7 @@ impl Trainer {
                 }
             }
             if let Some(id) = p.id {
-                self.adapter.t(id).write_f32(0, &p.value)?;
+                write_param(&self.adapter, device.as_ref(), id, &p.value)?;
             }
         }
         if self.cfg.method == Method::Lopa {
@@ -1428,6 +1471,20 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     }
     if cfg.ctx < 2 || cfg.batch == 0 || cfg.threads == 0 {
         return bad("ctx must be >= 2, batch and threads >= 1".into());
+    }
+    Ok(())
+}
+
+/// Writes trained tensor `id`'s new values to the adapter, and to its copy on `device`.
+fn write_param(
+    adapter: &Adapter,
+    device: Option<&Arc<str>>,
+    id: graft_ggml::TensorId,
+    values: &[f32],
+) -> Result<()> {
+    adapter.t(id).write_f32(0, values)?;
+    if let Some(d) = device {
+        adapter.t_on(id, Some(d)).write_f32(0, values)?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -402,7 +403,6 @@ def test_invalid_arguments(engine):
         graft.Engine.open(str(MODEL), graft.EngineOptions(backend="tpu"))
     on_cpu = graft.Engine.open(str(MODEL), graft.EngineOptions(threads=THREADS, backend="cpu"))
     assert on_cpu.session().generate(PROMPT, 2, 0.0)
-    on_cpu.release()
     repacked = graft.Engine.open(str(MODEL_Q4_0), graft.EngineOptions(threads=THREADS, cpu_repack=True))
     assert repacked.session().generate(PROMPT, 2, 0.0)
     repacked.release()
@@ -411,7 +411,18 @@ def test_invalid_arguments(engine):
         split = graft.Engine.open(str(MODEL), graft.EngineOptions(threads=THREADS, backend="wgpu",
                                                                   gpu_layers=2))
         assert split.session().generate(PROMPT, 2, 0.0)
+        # Training runs where the engine's sessions run: the same loss as on the CPU (ggml's
+        # standard ops there, the trainer's GEMM rewrites here), some nodes on the device.
+        with tempfile.TemporaryDirectory() as d:
+            ex = [graft.TrainExample(completion="the cat sat on the mat")]
+            runs = [e.trainer(graft.TrainOptions(output_path=str(Path(d) / f"{i}.gguf"), steps=1,
+                                                 context_length=16, rank=2, examples=ex)).run()
+                    for i, e in enumerate([split, on_cpu])]
+        assert runs[0].backend == "wgpu" and runs[1].backend == "cpu"
+        assert 0 < runs[0].nodes_on_device < runs[0].nodes_total
+        assert abs(runs[0].final_loss - runs[1].final_loss) < 1e-2 * runs[1].final_loss
         split.release()
+    on_cpu.release()
     with pytest.raises(graft.GraftError.InvalidArgument):
         engine.trainer(graft.TrainOptions(output_path="x.gguf", method="nope",
                                           examples=[graft.TrainExample(completion="a b c")]))

@@ -198,10 +198,12 @@ for method in lora diablo wegeft lopa; do
     train_pair "- qwen2-tiny $method" 1e-4 --model "$KIT/models/qwen2-tiny.gguf" --method "$method" \
         --steps 4 --lr 1e-2 --warmup 0
 done
-train_steps=4
-[[ ${GRAFT_GPU_CHECK_QUICK:-0} == 1 ]] && train_steps=2
-train_pair "- synthetic SmolLM2 Q4_0 lora r8" 1e-2 --model "$KIT/models/SmolLM2-135M-synthetic.Q4_0.gguf" \
-    --method lora --rank 8 --steps $train_steps --lr 1e-4
+# Training speed on a full-size model (left out of the rehearsal: lavapipe runs the backward
+# pass's outer products on one CPU thread, minutes for a step).
+[[ ${GRAFT_GPU_CHECK_QUICK:-0} == 1 ]] \
+    || train_pair "- synthetic SmolLM2 Q4_0 lora r8" 1e-2 \
+        --model "$KIT/models/SmolLM2-135M-synthetic.Q4_0.gguf" --method lora --rank 8 --steps 4 \
+        --lr 1e-4
 
 echo "== bench"
 if [[ ${GRAFT_GPU_CHECK_QUICK:-0} == 1 ]]; then

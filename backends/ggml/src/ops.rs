@@ -85,6 +85,10 @@ impl Context {
     unary!(
         /// SiLU activation.
         silu => ggml_silu);
+    binary!(
+        /// SiLU's backward pass: `dy * s * (1 + x (1 - s))`, `s = sigmoid(x)`, for the incoming
+        /// gradient `dy = a` and the SiLU's input `x = b` (the order ggml's autodiff uses).
+        silu_back => ggml_silu_back);
     unary!(
         /// Hyperbolic tangent.
         tanh => ggml_tanh);

@@ -266,6 +266,24 @@ fn cases(seed: u64) -> Vec<Case> {
         },
     ));
 
+    // SiLU and its backward pass (training graphs).
+    let (n0, n1) = (dim(&mut r, 1, 700), dim(&mut r, 1, 7));
+    v.push(case(
+        format!("silu {n0}x{n1}"),
+        vec![input(&mut r, Type::F32, &[n0, n1])],
+        1e-9,
+        |c, t| c.silu(t[0]),
+    ));
+    v.push(case(
+        format!("silu_back {n0}x{n1}"),
+        vec![
+            input(&mut r, Type::F32, &[n0, n1]),
+            input(&mut r, Type::F32, &[n0, n1]),
+        ],
+        1e-9,
+        |c, t| c.silu_back(t[0], t[1]),
+    ));
+
     // Row ops.
     for n0 in [dim(&mut r, 1, 255), dim(&mut r, 257, 3000)] {
         let n1 = dim(&mut r, 1, 6);
@@ -439,6 +457,39 @@ fn cases(seed: u64) -> Vec<Case> {
             ],
             tol,
             |c, t| c.mul_mat(t[0], t[1]),
+        ));
+    }
+    // Outer products (the backward pass's OUT_PROD): `a [k, m] x b [n, m] -> [k, n]`, summed
+    // over m; the input gradient through a weight of any format takes the incoming gradient
+    // as a transposed view, the adapter and attention gradients take contiguous ones, in
+    // batches (sharing one F32 `a`: attention heads).
+    for ty in [Type::F32, Type::F16, Q4_0, Q4_1, Type::Q8_0] {
+        let k = if ty.block_size() > 1 {
+            32 * dim(&mut r, 1, 6)
+        } else {
+            dim(&mut r, 1, 150)
+        };
+        let (m, n) = (dim(&mut r, 1, 70), dim(&mut r, 1, 40));
+        v.push(case(
+            format!("out_prod {} {k}x{m} by a transposed {m}x{n}", ty.name()),
+            vec![
+                input(&mut r, ty, &[k, m]),
+                input(&mut r, Type::F32, &[m, n]),
+            ],
+            1e-10,
+            |c, t| c.out_prod(t[0], c.transpose(t[1])),
+        ));
+        // The CPU broadcasts `a` for F32 only.
+        let batch = dim(&mut r, 2, 3);
+        let ab = if ty == Type::F32 { 1 } else { batch };
+        v.push(case(
+            format!("out_prod {} {k}x{m}x{ab} by {n}x{m} x{batch}", ty.name()),
+            vec![
+                input(&mut r, ty, &[k, m, ab]),
+                input(&mut r, Type::F32, &[n, m, batch]),
+            ],
+            1e-10,
+            |c, t| c.out_prod(t[0], t[1]),
         ));
     }
     v

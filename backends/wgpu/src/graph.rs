@@ -115,6 +115,25 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Resu
             push(src(0));
             (Family::Elementwise, 5, n.div_ceil(256))
         }
+        sys::GGML_OP_UNARY | sys::GGML_OP_SILU_BACK => {
+            let (a, b) = (src(0), src(1));
+            let silu = t.op == sys::GGML_OP_UNARY
+                // SAFETY: a valid unary node.
+                && unsafe { sys::ggml_get_unary_op(t) } == sys::GGML_UNARY_OP_SILU;
+            let back = t.op == sys::GGML_OP_SILU_BACK && ty(b) == Some(f32_);
+            if t.type_ != f32_ || ty(a) != Some(f32_) || !(silu || back) {
+                return unsupported();
+            }
+            push(a);
+            if back {
+                push(b);
+            }
+            (
+                Family::Elementwise,
+                if back { 9 } else { 8 },
+                n.div_ceil(256),
+            )
+        }
         sys::GGML_OP_GLU => {
             let (a, b) = (src(0), src(1));
             let op = t.op_params[0] as u32;
@@ -190,6 +209,23 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Resu
                 extra[0] = u32::try_from(tiles).map_err(|_| "more than 2^32 tiles")?;
                 (Family::MulMat, 2, tiles.div_ceil(64))
             }
+        }
+        sys::GGML_OP_OUT_PROD => {
+            let (a, b) = (src(0).ok_or("no src0")?, src(1).ok_or("no src1")?);
+            if t.type_ != f32_
+                || b.type_ != f32_
+                || !readable(a.type_)
+                // SAFETY: a valid type.
+                || a.nb[0] != unsafe { sys::ggml_type_size(a.type_) }
+                || a.ne[1] != b.ne[1]
+                || b.ne[2] % a.ne[2] != 0
+                || b.ne[3] % a.ne[3] != 0
+            {
+                return unsupported();
+            }
+            push(Some(a));
+            push(Some(b));
+            (Family::MulMat, 3, n.div_ceil(64))
         }
         sys::GGML_OP_GET_ROWS => {
             let (a, b) = (src(0).ok_or("no src0")?, src(1).ok_or("no src1")?);

@@ -2,7 +2,9 @@
 // 0 add, 1 sub, 2 mul, 3 div (src1 broadcast over src0), 4 scale (x*s + b), 5 copy (between
 // any shapes of the same element count: CPY, DUP, CONT), 6 swiglu, 7 acc (src0 plus src1
 // added into the view of it that op params 0..3 describe: strides nb1, nb2, nb3, byte offset;
-// the node and src0 contiguous, the view's rows and planes not overlapping).
+// the node and src0 contiguous, the view's rows and planes not overlapping), 8 silu, 9 the
+// silu's backward pass (src0 the incoming gradient dy, src1 the silu's input x, as ggml's
+// autodiff passes them: dy * s * (1 + x * (1 - s)) with s = sigmoid(x)).
 // ex(0) = element count of the node.
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
@@ -26,6 +28,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         r = ld_s0(addr(1u, coords(i, ne(1))));
     } else if (VARIANT == 6u) {
         r = swiglu(c);
+    } else if (VARIANT == 8u) {
+        let x = ld_s0(addr(1u, c));
+        r = x / (1.0 + exp(-x));
+    } else if (VARIANT == 9u) {
+        let x = ld_s1(addr(2u, c));
+        let s = 1.0 / (1.0 + exp(-x));
+        r = ld_s0(addr(1u, c)) * s * (1.0 + x * (1.0 - s));
     } else {
         r = ld_s0(addr(1u, c));
         let o = pi(3u);

@@ -5,8 +5,12 @@
 //   1  one invocation per output, the whole row (matrix-vector products where barriers are
 //      dear, as on software renderers);
 //   2  one invocation per tile of 4 rows by 4 columns: each weight block is unpacked once for
-//      4 columns (prompts). Columns past the end read the last column and are not stored.
-// ex(0) = outputs (0, 1) or tiles (2); ex(1) = blocks per row.
+//      4 columns (prompts). Columns past the end read the last column and are not stored;
+//   3  the outer product OUT_PROD of the backward pass, one invocation per output:
+//      dst[i0, i1, i2, i3] = sum over m of src0[i0, m, i2/r2, i3/r3] * src1[i1, m, i2, i3],
+//      src0's elements read one at a time in its format (`deq_s0`), src1 at any strides (the
+//      backward pass hands it transposed views), summed in m's order as the CPU does.
+// ex(0) = outputs (0, 1, 3) or tiles (2); ex(1) = blocks per row.
 var<workgroup> red: array<f32, 64>;
 
 @compute @workgroup_size(64)
@@ -18,8 +22,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         let g = group_index(wg, nw) * 64u + li;
         if (VARIANT == 1u) {
             per_output(g);
-        } else {
+        } else if (VARIANT == 2u) {
             tile(g);
+        } else {
+            out_prod(g);
         }
     }
 }
@@ -103,4 +109,19 @@ fn tile(g: u32) {
             }
         }
     }
+}
+
+fn out_prod(o: u32) {
+    if (o >= ex(0)) {
+        return;
+    }
+    let c = coords(o, ne(0));
+    let r2 = ne(2).z / ne(1).z;
+    let r3 = ne(2).w / ne(1).w;
+    var s = 0.0;
+    for (var m = 0u; m < ne(1).y; m++) {
+        let row = addr(1u, vec4<u32>(0u, m, c.z / r2, c.w / r3));
+        s = fma(deq_s0(row, c.x), ld_s1(addr(2u, vec4<u32>(c.y, m, c.z, c.w))), s);
+    }
+    st_d(addr(0u, c), s);
 }

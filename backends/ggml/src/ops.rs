@@ -28,6 +28,23 @@ pub struct RopeParams {
     pub beta_slow: f32,
 }
 
+/// The signature ggml's `rope_ext` and `rope_ext_back` share.
+type RopeOp = unsafe extern "C" fn(
+    *mut sys::ggml_context,
+    *mut sys::ggml_tensor,
+    *mut sys::ggml_tensor,
+    *mut sys::ggml_tensor,
+    i32,
+    i32,
+    i32,
+    f32,
+    f32,
+    f32,
+    f32,
+    f32,
+    f32,
+) -> *mut sys::ggml_tensor;
+
 macro_rules! unary {
     ($(#[$m:meta])* $name:ident => $f:ident) => {
         $(#[$m])*
@@ -220,6 +237,27 @@ impl Context {
         self.wrap(unsafe { sys::ggml_set_rows(self.raw(), dst.raw(), src.raw(), idx.raw()) })
     }
 
+    /// RMS normalisation's backward pass: the gradient of its input, from the gradient `a` of
+    /// its output and its input `b`.
+    pub fn rms_norm_back<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, eps: f32) -> Tensor<'a> {
+        // SAFETY: valid context and tensors; ggml asserts equal shapes.
+        self.wrap(unsafe { sys::ggml_rms_norm_back(self.raw(), a.raw(), b.raw(), eps) })
+    }
+
+    /// The softmax's backward pass: the gradient of its input, from the gradient `a` of its
+    /// output and its output `b` (`scale` as in the forward [`Context::soft_max_ext`]).
+    pub fn soft_max_ext_back<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, scale: f32) -> Tensor<'a> {
+        // SAFETY: valid context and tensors; ggml asserts equal shapes.
+        self.wrap(unsafe { sys::ggml_soft_max_ext_back(self.raw(), a.raw(), b.raw(), scale, 0.0) })
+    }
+
+    /// `b`'s shape filled with the sums of `a`'s repeats of it (the backward pass of a
+    /// broadcast).
+    pub fn repeat_back<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Tensor<'a> {
+        // SAFETY: valid context and tensors; ggml asserts `b` repeats into `a`.
+        self.wrap(unsafe { sys::ggml_repeat_back(self.raw(), a.raw(), b.raw()) })
+    }
+
     /// `softmax(a * scale + mask)` along dim 0 (mask may be `None`).
     pub fn soft_max_ext<'a>(
         &'a self,
@@ -234,9 +272,31 @@ impl Context {
 
     /// Rotary position embedding of `a [head_dim, n_head, n_tokens]` at I32 positions `pos`.
     pub fn rope_ext<'a>(&'a self, a: Tensor<'a>, pos: Tensor<'a>, p: &RopeParams) -> Tensor<'a> {
+        self.rope_op(sys::ggml_rope_ext, a, pos, p)
+    }
+
+    /// RoPE's backward pass: the inverse rotation of the gradient `a` of [`Context::rope_ext`]'s
+    /// output.
+    pub fn rope_ext_back<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        pos: Tensor<'a>,
+        p: &RopeParams,
+    ) -> Tensor<'a> {
+        self.rope_op(sys::ggml_rope_ext_back, a, pos, p)
+    }
+
+    /// `op` (ggml's `rope_ext` or `rope_ext_back`, which take the same arguments) over `a`.
+    fn rope_op<'a>(
+        &'a self,
+        op: RopeOp,
+        a: Tensor<'a>,
+        pos: Tensor<'a>,
+        p: &RopeParams,
+    ) -> Tensor<'a> {
         // SAFETY: valid context and tensors; no frequency factors.
         self.wrap(unsafe {
-            sys::ggml_rope_ext(
+            op(
                 self.raw(),
                 a.raw(),
                 pos.raw(),

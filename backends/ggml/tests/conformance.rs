@@ -384,6 +384,47 @@ fn cases(seed: u64) -> Vec<Case> {
             1e-7,
             move |c, t| c.rope_ext(t[0], t[1], &p),
         ));
+        v.push(case(
+            format!("rope_back mode {mode} ext {ext} head {head} dims {n_dims}"),
+            vec![
+                input(&mut r, Type::F32, &[head, heads, tokens]),
+                indices_i32(&pos, &[tokens]),
+            ],
+            1e-7,
+            move |c, t| c.rope_ext_back(t[0], t[1], &p),
+        ));
+    }
+
+    // Backward passes of the row ops, and of a broadcast (training graphs).
+    for n0 in [dim(&mut r, 1, 255), dim(&mut r, 257, 1500)] {
+        let n1 = dim(&mut r, 1, 6);
+        let two = |r: &mut Rng| {
+            vec![
+                input(r, Type::F32, &[n0, n1, 2]),
+                input(r, Type::F32, &[n0, n1, 2]),
+            ]
+        };
+        v.push(case(
+            format!("rms_norm_back {n0}x{n1}"),
+            two(&mut r),
+            1e-9,
+            |c, t| c.rms_norm_back(t[0], t[1], 1e-5),
+        ));
+        v.push(case(
+            format!("soft_max_back {n0}x{n1}"),
+            two(&mut r),
+            1e-9,
+            |c, t| c.soft_max_ext_back(t[0], t[1], 0.7),
+        ));
+    }
+    for (small, repeats) in [([7, 1, 3, 1], [3, 5, 1, 2]), ([1, 4, 1, 1], [9, 1, 2, 1])] {
+        let big: Vec<i64> = small.iter().zip(repeats).map(|(a, b)| a * b).collect();
+        v.push(case(
+            format!("repeat_back {big:?} to {small:?}"),
+            vec![input(&mut r, Type::F32, &big)],
+            1e-12,
+            move |c, t| c.repeat_back(t[0], c.new_tensor(Type::F32, &small)),
+        ));
     }
 
     // Row gathers from every weight format, scatters into the F32 and F16 caches.

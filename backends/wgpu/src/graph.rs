@@ -149,6 +149,34 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Resu
             extra[1] = b.is_some() as u32;
             (Family::Elementwise, 6, n.div_ceil(256))
         }
+        sys::GGML_OP_RMS_NORM_BACK | sys::GGML_OP_SOFT_MAX_BACK => {
+            let (a, b) = (src(0).ok_or("no src0")?, src(1).ok_or("no src1")?);
+            // SAFETY: valid tensors.
+            let same = unsafe { sys::ggml_are_same_shape(a, t) && sys::ggml_are_same_shape(b, t) };
+            let back_of_softmax = t.op == sys::GGML_OP_SOFT_MAX_BACK;
+            if t.type_ != f32_
+                || a.type_ != f32_
+                || b.type_ != f32_
+                || !same
+                || (back_of_softmax && op_f32(t, 1) != 0.0)
+            {
+                return unsupported();
+            }
+            push(Some(a));
+            push(Some(b));
+            let rows = n / t.ne[0].max(1) as u64;
+            extra[0] = u32::try_from(rows).map_err(|_| "too many rows")?;
+            (Family::Rows, if back_of_softmax { 4 } else { 3 }, rows)
+        }
+        sys::GGML_OP_REPEAT_BACK => {
+            let a = src(0).ok_or("no src0")?;
+            // SAFETY: valid tensors.
+            if t.type_ != f32_ || a.type_ != f32_ || !unsafe { sys::ggml_can_repeat(t, a) } {
+                return unsupported();
+            }
+            push(Some(a));
+            (Family::Elementwise, 10, n.div_ceil(256))
+        }
         sys::GGML_OP_RMS_NORM | sys::GGML_OP_SOFT_MAX | sys::GGML_OP_ARGMAX => {
             let a = src(0);
             let rows = a.map(|a| nelements(a) / a.ne[0].max(1) as u64).unwrap_or(0);
@@ -250,7 +278,7 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Resu
             extra[0] = u32::try_from(m).map_err(|_| "more than 2^32 elements")?;
             (Family::Index, 1, m.div_ceil(256))
         }
-        sys::GGML_OP_ROPE => {
+        sys::GGML_OP_ROPE | sys::GGML_OP_ROPE_BACK => {
             let (a, pos) = (src(0).ok_or("no src0")?, src(1).ok_or("no src1")?);
             let n_dims = t.op_params[1];
             let mode = t.op_params[2] as u32;
@@ -288,7 +316,8 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Resu
             extra[3] = corr[0].to_bits();
             extra[4] = corr[1].to_bits();
             extra[0] = (n / 2) as u32;
-            (Family::Rope, 0, (n / 2).div_ceil(256))
+            let back = t.op == sys::GGML_OP_ROPE_BACK;
+            (Family::Rope, back as u32, (n / 2).div_ceil(256))
         }
         _ => return unsupported(),
     };

@@ -4,7 +4,8 @@
 // added into the view of it that op params 0..3 describe: strides nb1, nb2, nb3, byte offset;
 // the node and src0 contiguous, the view's rows and planes not overlapping), 8 silu, 9 the
 // silu's backward pass (src0 the incoming gradient dy, src1 the silu's input x, as ggml's
-// autodiff passes them: dy * s * (1 + x * (1 - s)) with s = sigmoid(x)).
+// autodiff passes them: dy * s * (1 + x * (1 - s)) with s = sigmoid(x)), 10 repeat_back (the
+// sum of src0's repeats of the node's shape, in the CPU's order).
 // ex(0) = element count of the node.
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
@@ -31,6 +32,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     } else if (VARIANT == 8u) {
         let x = ld_s0(addr(1u, c));
         r = x / (1.0 + exp(-x));
+    } else if (VARIANT == 10u) {
+        let nr = ne(1) / ne(0);
+        let n0 = ne(0);
+        r = 0.0;
+        for (var k3 = 0u; k3 < nr.w; k3++) {
+            for (var k2 = 0u; k2 < nr.z; k2++) {
+                for (var k1 = 0u; k1 < nr.y; k1++) {
+                    for (var k0 = 0u; k0 < nr.x; k0++) {
+                        let k = vec4<u32>(k0, k1, k2, k3) * n0;
+                        r += ld_s0(addr(1u, c + k));
+                    }
+                }
+            }
+        }
     } else if (VARIANT == 9u) {
         let x = ld_s1(addr(2u, c));
         let s = 1.0 / (1.0 + exp(-x));

@@ -1,4 +1,5 @@
-// Rotary position embedding (ggml's normal and NeoX modes, with YaRN), one invocation per
+// Rotary position embedding (ggml's normal and NeoX modes, with YaRN; VARIANT 1: its backward
+// pass ROPE_BACK, the inverse rotation), one invocation per
 // pair of elements, which it reads before writing: the node may be computed in place. Positions (src1, i32) are indexed by dim 2; src2, when bound
 // (ex(1) = 1), holds frequency factors.
 // ex(0) = element pairs, ex(2) = theta_scale, ex(3), ex(4) = YaRN correction dims (host-computed as
@@ -54,7 +55,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         mscale = mscale * (1.0 + 0.1 * log(1.0 / freq_scale));
     }
     let cs = cos(t) * mscale;
-    let sn = sin(t) * mscale;
+    let sn = sin(t) * mscale * select(1.0, -1.0, VARIANT == 1u);
     let a = vec4<u32>(j0, c.y, c.z, c.w);
     let b = vec4<u32>(j1, c.y, c.z, c.w);
     let x0 = ld_s0(addr(1u, a));

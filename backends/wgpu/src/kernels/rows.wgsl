@@ -1,6 +1,9 @@
 // Row operations, one workgroup of 256 per row of the node. VARIANT:
 // 0 rms_norm (eps = op param 0), 1 soft_max (scale, op param 0; mask = src1 when bound),
-// 2 argmax (i32 result).
+// 2 argmax (i32 result), and the backward passes of training graphs, as ggml's CPU backend
+// computes them: 3 rms_norm_back (src0 the gradient dz of the norm's output, src1 its input x:
+// (dz - x * sum(x dz) / (sum(x x) + eps n)) / sqrt(sum(x x) / n + eps)), 4 soft_max_back (src0
+// the gradient dy, src1 the softmax's output y: scale * (dy - dot(y, dy)) * y).
 // ex(0) = number of rows, ex(1) = 1 when soft_max has a mask.
 var<workgroup> red: array<f32, 256>;
 var<workgroup> red_i: array<u32, 256>;
@@ -61,6 +64,35 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         for (var k = li; k < n; k += 256u) {
             let c = base + vec4<u32>(k, 0u, 0u, 0u);
             st_d(addr(0u, c), ld_s0(addr(1u, c)) * scale);
+        }
+    } else if (VARIANT == 3u) {
+        var sxx = 0.0;
+        var sxd = 0.0;
+        for (var k = li; k < n; k += 256u) {
+            let c = base + vec4<u32>(k, 0u, 0u, 0u);
+            let x = ld_s1(addr(2u, c));
+            sxx += x * x;
+            sxd += x * ld_s0(addr(1u, c));
+        }
+        sxx = sum_all(li, sxx);
+        sxd = sum_all(li, sxd);
+        let eps = pf(0u);
+        let rrms = 1.0 / sqrt(sxx / f32(n) + eps);
+        let scale_x = -sxd / (sxx + eps * f32(n));
+        for (var k = li; k < n; k += 256u) {
+            let c = base + vec4<u32>(k, 0u, 0u, 0u);
+            st_d(addr(0u, c), (ld_s0(addr(1u, c)) + ld_s1(addr(2u, c)) * scale_x) * rrms);
+        }
+    } else if (VARIANT == 4u) {
+        var dot = 0.0;
+        for (var k = li; k < n; k += 256u) {
+            let c = base + vec4<u32>(k, 0u, 0u, 0u);
+            dot += ld_s1(addr(2u, c)) * ld_s0(addr(1u, c));
+        }
+        dot = sum_all(li, dot);
+        for (var k = li; k < n; k += 256u) {
+            let c = base + vec4<u32>(k, 0u, 0u, 0u);
+            st_d(addr(0u, c), pf(0u) * (ld_s0(addr(1u, c)) - dot) * ld_s1(addr(2u, c)));
         }
     } else if (VARIANT == 1u) {
         var m = -3.0e38;

@@ -97,6 +97,9 @@ impl Context {
         /// Outer product `a bᵀ` (used by backward passes).
         out_prod => ggml_out_prod);
     binary!(
+        /// `a` tiled over `b`'s shape (a multiple of `a`'s in every dim).
+        repeat => ggml_repeat);
+    binary!(
         /// Copies `a` into `b` (converting the type); returns the view of `b`.
         cpy => ggml_cpy);
     unary!(
@@ -249,6 +252,27 @@ impl Context {
     pub fn soft_max_ext_back<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, scale: f32) -> Tensor<'a> {
         // SAFETY: valid context and tensors; ggml asserts equal shapes.
         self.wrap(unsafe { sys::ggml_soft_max_ext_back(self.raw(), a.raw(), b.raw(), scale, 0.0) })
+    }
+
+    /// The cross entropy's backward pass: the gradient of the logits `b` from the loss's
+    /// gradient `a` (a scalar) and the targets `c`.
+    pub fn cross_entropy_loss_back<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        b: Tensor<'a>,
+        c: Tensor<'a>,
+    ) -> Tensor<'a> {
+        // SAFETY: valid context and tensors; ggml asserts the shapes.
+        self.wrap(unsafe {
+            sys::ggml_cross_entropy_loss_back(self.raw(), a.raw(), b.raw(), c.raw())
+        })
+    }
+
+    /// The gradient of [`Context::get_rows`]: rows of `a` added into the rows of `c`'s shape
+    /// that the I32 indices `b` name.
+    pub fn get_rows_back<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, c: Tensor<'a>) -> Tensor<'a> {
+        // SAFETY: valid context and tensors; ggml asserts the shapes.
+        self.wrap(unsafe { sys::ggml_get_rows_back(self.raw(), a.raw(), b.raw(), c.raw()) })
     }
 
     /// `b`'s shape filled with the sums of `a`'s repeats of it (the backward pass of a

@@ -417,8 +417,70 @@ fn cases(seed: u64) -> Vec<Case> {
             |c, t| c.soft_max_ext_back(t[0], t[1], 0.7),
         ));
     }
+    // The cross entropy against target distributions (rows summing to 1, as the trainer's
+    // one-hot labels do), its backward pass, and the gradient of a row gather.
+    let (n0, n1) = (dim(&mut r, 2, 700), dim(&mut r, 1, 9));
+    let targets = |r: &mut Rng| {
+        let mut t = input(r, Type::F32, &[n0, n1]);
+        let vals: Vec<f32> = t
+            .bytes
+            .chunks_exact(4)
+            .map(|x| f32::from_le_bytes(x.try_into().unwrap()).abs())
+            .collect();
+        let norm: Vec<f32> = vals
+            .chunks(n0 as usize)
+            .flat_map(|row| {
+                let s: f32 = row.iter().sum();
+                row.iter().map(move |x| x / s)
+            })
+            .collect();
+        t.bytes = norm.iter().flat_map(|x| x.to_le_bytes()).collect();
+        t
+    };
+    let tg = targets(&mut r);
+    v.push(case(
+        format!("cross_entropy_loss {n0}x{n1}"),
+        vec![input(&mut r, Type::F32, &[n0, n1]), tg],
+        1e-9,
+        |c, t| c.cross_entropy_loss(t[0], t[1]),
+    ));
+    let tg = targets(&mut r);
+    v.push(case(
+        format!("cross_entropy_loss_back {n0}x{n1}"),
+        vec![
+            input(&mut r, Type::F32, &[1]),
+            input(&mut r, Type::F32, &[n0, n1]),
+            tg,
+        ],
+        1e-9,
+        |c, t| c.cross_entropy_loss_back(t[0], t[1], t[2]),
+    ));
+    let (rows, n_idx) = (dim(&mut r, 1, 12), dim(&mut r, 1, 20));
+    let idx: Vec<i64> = (0..n_idx).map(|_| r.below(rows as u64) as i64).collect();
+    v.push(case(
+        format!("get_rows_back {n0}x{n_idx} into {rows} rows"),
+        vec![
+            input(&mut r, Type::F32, &[n0, n_idx]),
+            indices_i32(&idx, &[n_idx]),
+        ],
+        1e-12,
+        move |c, t| c.get_rows_back(t[0], t[1], c.new_tensor(Type::F32, &[n0, rows])),
+    ));
     for (small, repeats) in [([7, 1, 3, 1], [3, 5, 1, 2]), ([1, 4, 1, 1], [9, 1, 2, 1])] {
         let big: Vec<i64> = small.iter().zip(repeats).map(|(a, b)| a * b).collect();
+        let shape = big.clone();
+        v.push(case(
+            format!("repeat {small:?} to {big:?}"),
+            vec![input(&mut r, Type::F32, &small)],
+            1e-12,
+            move |c, t| c.repeat(t[0], c.new_tensor(Type::F32, &shape)),
+        ));
+        v.push(case(
+            format!("sum of {big:?}"),
+            vec![input(&mut r, Type::F32, &big)],
+            1e-9,
+            |c, t| c.sum(t[0]),
+        ));
         v.push(case(
             format!("repeat_back {big:?} to {small:?}"),
             vec![input(&mut r, Type::F32, &big)],

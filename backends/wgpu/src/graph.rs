@@ -168,6 +168,70 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Resu
             extra[0] = u32::try_from(rows).map_err(|_| "too many rows")?;
             (Family::Rows, if back_of_softmax { 4 } else { 3 }, rows)
         }
+        sys::GGML_OP_CROSS_ENTROPY_LOSS | sys::GGML_OP_CROSS_ENTROPY_LOSS_BACK => {
+            let back = t.op == sys::GGML_OP_CROSS_ENTROPY_LOSS_BACK;
+            // The forward pass: logits and targets; the backward one: the loss's gradient
+            // first.
+            let srcs: Vec<_> = (0..2 + back as usize).map(src).collect();
+            let [logits, targets] = [srcs[back as usize], srcs[back as usize + 1]];
+            let (Some(x), Some(y)) = (logits, targets) else {
+                return unsupported();
+            };
+            // SAFETY: valid tensors.
+            let plain = unsafe {
+                sys::ggml_is_contiguous(x)
+                    && sys::ggml_is_contiguous(y)
+                    && sys::ggml_are_same_shape(x, y)
+            };
+            if t.type_ != f32_
+                || srcs.iter().any(|s| ty(*s) != Some(f32_))
+                || !plain
+                || (back && nelements(srcs[0].unwrap()) != 1)
+            {
+                return unsupported();
+            }
+            for s in &srcs {
+                push(*s);
+            }
+            let rows = nelements(x) / x.ne[0].max(1) as u64;
+            extra[0] = u32::try_from(rows).map_err(|_| "too many rows")?;
+            if back {
+                (Family::Rows, 6, rows)
+            } else {
+                (Family::Rows, 5, 1)
+            }
+        }
+        sys::GGML_OP_GET_ROWS_BACK => {
+            let (a, b) = (src(0).ok_or("no src0")?, src(1).ok_or("no src1")?);
+            if t.type_ != f32_
+                || a.type_ != f32_
+                || b.type_ != sys::GGML_TYPE_I32
+                || a.ne[2] * a.ne[3] != 1
+                || t.ne[2] * t.ne[3] != 1
+                || b.ne[0] != a.ne[1]
+            {
+                return unsupported();
+            }
+            push(Some(a));
+            push(Some(b));
+            (Family::Index, 2, n.div_ceil(256))
+        }
+        sys::GGML_OP_REPEAT | sys::GGML_OP_SUM => {
+            let a = src(0).ok_or("no src0")?;
+            let repeat = t.op == sys::GGML_OP_REPEAT;
+            // SAFETY: valid tensors.
+            let fits = !repeat || unsafe { sys::ggml_can_repeat(a, t) };
+            if t.type_ != f32_ || a.type_ != f32_ || !fits {
+                return unsupported();
+            }
+            push(Some(a));
+            if repeat {
+                (Family::Elementwise, 11, n.div_ceil(256))
+            } else {
+                extra[0] = u32::try_from(nelements(a)).map_err(|_| "more than 2^32 elements")?;
+                (Family::Rows, 7, 1)
+            }
+        }
         sys::GGML_OP_REPEAT_BACK => {
             let a = src(0).ok_or("no src0")?;
             // SAFETY: valid tensors.

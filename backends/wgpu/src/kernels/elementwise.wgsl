@@ -5,7 +5,8 @@
 // the node and src0 contiguous, the view's rows and planes not overlapping), 8 silu, 9 the
 // silu's backward pass (src0 the incoming gradient dy, src1 the silu's input x, as ggml's
 // autodiff passes them: dy * s * (1 + x * (1 - s)) with s = sigmoid(x)), 10 repeat_back (the
-// sum of src0's repeats of the node's shape, in the CPU's order).
+// sum of src0's repeats of the node's shape, in the CPU's order), 11 repeat (src0 tiled over the
+// node's shape).
 // ex(0) = element count of the node.
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
@@ -32,6 +33,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     } else if (VARIANT == 8u) {
         let x = ld_s0(addr(1u, c));
         r = x / (1.0 + exp(-x));
+    } else if (VARIANT == 11u) {
+        r = ld_s0(addr(1u, c % ne(1)));
     } else if (VARIANT == 10u) {
         let nr = ne(1) / ne(0);
         let n0 = ne(0);

@@ -3,7 +3,11 @@
 // 2 argmax (i32 result), and the backward passes of training graphs, as ggml's CPU backend
 // computes them: 3 rms_norm_back (src0 the gradient dz of the norm's output, src1 its input x:
 // (dz - x * sum(x dz) / (sum(x x) + eps n)) / sqrt(sum(x x) / n + eps)), 4 soft_max_back (src0
-// the gradient dy, src1 the softmax's output y: scale * (dy - dot(y, dy)) * y).
+// the gradient dy, src1 the softmax's output y: scale * (dy - dot(y, dy)) * y), 5
+// cross_entropy_loss (src0 logits, src1 target probabilities; one workgroup over every row:
+// -sum over rows of dot(src1, log_softmax(src0)) / rows, a scalar), 6 cross_entropy_loss_back
+// (src0 the loss's gradient d, src1 the logits, src2 the targets: (softmax - targets) * d / rows),
+// 7 sum (of every element of src0, a scalar; one workgroup).
 // ex(0) = number of rows, ex(1) = 1 when soft_max has a mask.
 var<workgroup> red: array<f32, 256>;
 var<workgroup> red_i: array<u32, 256>;
@@ -47,12 +51,29 @@ fn softmax_in(c: vec4<u32>) -> f32 {
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
+    if (VARIANT == 5u) {
+        cross_entropy(li);
+        return;
+    }
+    if (VARIANT == 7u) {
+        var s = 0.0;
+        for (var i = li; i < ex(0); i += 256u) {
+            s += ld_s0(addr(1u, coords(i, ne(1))));
+        }
+        s = sum_all(li, s);
+        if (li == 0u) {
+            st_d(off(0u), s);
+        }
+        return;
+    }
     let row = group_index(wg, nw);
     if (row >= ex(0)) {
         return;
     }
-    let n = ne(1).x;
-    let rc = coords(row, vec4<u32>(ne(1).y, ne(1).z, ne(1).w, 1u));
+    // Rows of src0, or of the node for cross_entropy_loss_back (its src0 is a scalar).
+    let shape = select(ne(1), ne(0), VARIANT == 6u);
+    let n = shape.x;
+    let rc = coords(row, vec4<u32>(shape.y, shape.z, shape.w, 1u));
     let base = vec4<u32>(0u, rc.x, rc.y, rc.z);
     if (VARIANT == 0u) {
         var s = 0.0;
@@ -93,6 +114,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         for (var k = li; k < n; k += 256u) {
             let c = base + vec4<u32>(k, 0u, 0u, 0u);
             st_d(addr(0u, c), pf(0u) * (ld_s0(addr(1u, c)) - dot) * ld_s1(addr(2u, c)));
+        }
+    } else if (VARIANT == 6u) {
+        let ms = max_sum_exp(li, 2u, base, n);
+        let m = ms.x;
+        let s = ms.y;
+        let d = ld_s0(off(1u)) / f32(ex(0));
+        for (var k = li; k < n; k += 256u) {
+            let c = base + vec4<u32>(k, 0u, 0u, 0u);
+            st_d(addr(0u, c), (exp(ld_s1(addr(2u, c)) - m) / s - ld_s2(addr(3u, c))) * d);
         }
     } else if (VARIANT == 1u) {
         var m = -3.0e38;
@@ -144,4 +174,48 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 // The soft_max mask, broadcast over src0's rows.
 fn mask(c: vec4<u32>) -> f32 {
     return ld_s1(addr(2u, c % ne(2)));
+}
+
+// The largest of the n values of the row at `base` in tensor t (1: src0, 2: src1), and the
+// sum of their exponentials after subtracting it (the softmax's denominator).
+fn max_sum_exp(li: u32, t: u32, base: vec4<u32>, n: u32) -> vec2<f32> {
+    var m = -3.0e38;
+    for (var k = li; k < n; k += 256u) {
+        m = max(m, ld_row(t, base + vec4<u32>(k, 0u, 0u, 0u)));
+    }
+    m = max_all(li, m);
+    var s = 0.0;
+    for (var k = li; k < n; k += 256u) {
+        s += exp(ld_row(t, base + vec4<u32>(k, 0u, 0u, 0u)) - m);
+    }
+    return vec2<f32>(m, sum_all(li, s));
+}
+
+fn ld_row(t: u32, c: vec4<u32>) -> f32 {
+    if (t == 1u) {
+        return ld_s0(addr(1u, c));
+    }
+    return ld_s1(addr(2u, c));
+}
+
+// The mean cross entropy over every row, in one workgroup (rows one after another).
+fn cross_entropy(li: u32) {
+    let n = ne(1).x;
+    var total = 0.0;
+    for (var row = 0u; row < ex(0); row++) {
+        let rc = coords(row, vec4<u32>(ne(1).y, ne(1).z, ne(1).w, 1u));
+        let base = vec4<u32>(0u, rc.x, rc.y, rc.z);
+        let ms = max_sum_exp(li, 1u, base, n);
+        let m = ms.x;
+        let log_sum = log(ms.y);
+        var t = 0.0;
+        for (var k = li; k < n; k += 256u) {
+            let c = base + vec4<u32>(k, 0u, 0u, 0u);
+            t += (ld_s0(addr(1u, c)) - m - log_sum) * ld_s1(addr(2u, c));
+        }
+        total += sum_all(li, t);
+    }
+    if (li == 0u) {
+        st_d(off(0u), -total / f32(ex(0)));
+    }
 }

@@ -54,6 +54,19 @@ impl Context {
         m2: Tensor<'a>,
         s: f32,
     ) -> Option<Tensor<'a>> {
+        if !Self::fits_update(base, x, m1, m2) {
+            return None;
+        }
+        Some(self.custom_f32(
+            &mut [base.raw(), x.raw(), m1.raw(), m2.raw()],
+            [m2.ne()[1], 1],
+            update,
+            s,
+        ))
+    }
+
+    /// Whether [`Context::low_rank_update`] takes these operands.
+    fn fits_update(base: Tensor<'_>, x: Tensor<'_>, m1: Tensor<'_>, m2: Tensor<'_>) -> bool {
         let [n_in, n, ..] = x.ne();
         let [k1, r, ..] = m1.ne();
         let [k2, n_out, ..] = m2.ne();
@@ -73,21 +86,40 @@ impl Context {
         // 576 x 1536 layer is 34k multiply-adds; rank 64 is measured slower fused).
         let small = r * (n_in + n_out) <= MAX_FUSED_MACS;
         let all = [base, x, m1, m2];
-        if !shapes_fit
-            || !small
-            || !types_fit
-            || !all.iter().all(|t| t.is_contiguous())
-            || m1.is_param()
-            || m2.is_param()
+        shapes_fit
+            && small
+            && types_fit
+            && all.iter().all(|t| t.is_contiguous())
+            && !m1.is_param()
+            && !m2.is_param()
+    }
+
+    /// [`Context::low_rank_update`] of several targets that read the same one-token input, as
+    /// one node: column j of the `[n_in, k]` result is `x + s · m2_j (m1_j x)` for the j-th
+    /// pair `(m1_j [n_in, r_j], m2_j [r_j, n_in])` of `pairs` (WeGeFT's `W(x + s φᵀψx)` inputs
+    /// of q, k, v, or of gate and up, whose base products then read views of the columns). Each
+    /// column equals the single update's result bit for bit. `None` unless every pair fits
+    /// [`Context::low_rank_update`] with `base = x`, and for more than four pairs.
+    pub fn low_rank_updates<'a>(
+        &'a self,
+        x: Tensor<'a>,
+        pairs: &[(Tensor<'a>, Tensor<'a>)],
+        s: f32,
+    ) -> Option<Tensor<'a>> {
+        let n_in = x.ne()[0];
+        if pairs.is_empty()
+            || pairs.len() > 4
+            || !pairs
+                .iter()
+                .all(|&(m1, m2)| m2.ne()[1] == n_in && Self::fits_update(x, x, m1, m2))
         {
             return None;
         }
-        Some(self.custom_f32(
-            &mut [base.raw(), x.raw(), m1.raw(), m2.raw()],
-            [n_out, 1],
-            update,
-            s,
-        ))
+        let mut args = vec![x.raw()];
+        for (m1, m2) in pairs {
+            args.extend([m1.raw(), m2.raw()]);
+        }
+        Some(self.custom_f32(&mut args, [n_in, pairs.len() as i64], update_stacked, s))
     }
 
     /// `base + s · blockdiag(D) x` for `n` tokens, as one node: `d [bs_in, bs_out, N]` (F32 or
@@ -291,6 +323,37 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Rows `rows` of `base + s · m2 (m1 x)` into `out` (one value per row), `u = m1 x` computed
+/// here (r dot products of n_in; each thread computes the `u` of the updates it has rows of).
+///
+/// # Safety
+/// `m1` and `m2` are allocated, contiguous F32 or F16 tensors `[x.len(), r]` and
+/// `[r, base.len()]`, and `rows` lies within `base`.
+unsafe fn low_rank_rows(
+    x: &[f32],
+    base: &[f32],
+    m1: &sys::ggml_tensor,
+    m2: &sys::ggml_tensor,
+    s: f32,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    // SAFETY: per the contract.
+    let (m1r, m2r) = unsafe { (Rows::of(m1), Rows::of(m2)) };
+    let r = m1.ne[1] as usize;
+    let mut buf = Vec::with_capacity(x.len().max(r));
+    let xo = as_operand(x, m1r.f16);
+    // SAFETY: j < r: a row of m1.
+    let u: Vec<f32> = (0..r)
+        .map(|j| dot(unsafe { m1r.row(j, &mut buf) }, &xo))
+        .collect();
+    let uo = as_operand(&u, m2r.f16);
+    for (o, i) in out.iter_mut().zip(rows) {
+        // SAFETY: i in `rows`, rows of m2 per the contract.
+        *o = base[i] + s * dot(unsafe { m2r.row(i, &mut buf) }, &uo);
+    }
+}
+
 /// The node's compute function: thread `ith` of `nth` writes its share of the output rows.
 unsafe extern "C" fn update(
     dst: *mut sys::ggml_tensor,
@@ -305,20 +368,43 @@ unsafe extern "C" fn update(
     unsafe {
         let d = &*dst;
         let (base, x, m1, m2) = (&*d.src[0], &*d.src[1], &*d.src[2], &*d.src[3]);
-        let n_in = x.ne[0] as usize;
-        let r = m1.ne[1] as usize;
         let n_out = m2.ne[1] as usize;
-        let xv = std::slice::from_raw_parts(x.data as *const f32, n_in);
-        let (m1r, m2r) = (Rows::of(m1), Rows::of(m2));
-        let mut buf = Vec::with_capacity(n_in.max(r));
-        // u = m1 x (every thread: r dot products of n_in).
-        let xo = as_operand(xv, m1r.f16);
-        let u: Vec<f32> = (0..r).map(|j| dot(m1r.row(j, &mut buf), &xo)).collect();
-        let uo = as_operand(&u, m2r.f16);
+        let xv = std::slice::from_raw_parts(x.data as *const f32, x.ne[0] as usize);
         let b = std::slice::from_raw_parts(base.data as *const f32, n_out);
         let out = std::slice::from_raw_parts_mut(d.data as *mut f32, n_out);
-        for i in share(n_out, ith, nth) {
-            out[i] = b[i] + s * dot(m2r.row(i, &mut buf), &uo);
+        let mine = share(n_out, ith, nth);
+        low_rank_rows(xv, b, m1, m2, s, mine.clone(), &mut out[mine]);
+    }
+}
+
+/// The stacked node's compute function: thread `ith` of `nth` writes its share of the `k`
+/// columns' rows, each computed as [`update`] computes it.
+unsafe extern "C" fn update_stacked(
+    dst: *mut sys::ggml_tensor,
+    ith: c_int,
+    nth: c_int,
+    userdata: *mut c_void,
+) {
+    let s = scale_of(userdata);
+    // SAFETY: ggml calls this during compute with the node built by `low_rank_updates`: src 0
+    // is the allocated, contiguous F32 x [n_in], srcs 1.. the k checked (m1, m2) pairs, and
+    // `dst` an allocated F32 [n_in, k] tensor that only this node writes (each thread its own
+    // rows).
+    unsafe {
+        let d = &*dst;
+        let x = &*d.src[0];
+        let n_in = x.ne[0] as usize;
+        let k = d.ne[1] as usize;
+        let xv = std::slice::from_raw_parts(x.data as *const f32, n_in);
+        let out = std::slice::from_raw_parts_mut(d.data as *mut f32, n_in * k);
+        let mine = share(n_in * k, ith, nth);
+        for j in 0..k {
+            let (lo, hi) = (mine.start.max(j * n_in), mine.end.min((j + 1) * n_in));
+            if lo < hi {
+                let (m1, m2) = (&*d.src[1 + 2 * j], &*d.src[2 + 2 * j]);
+                let rows = lo - j * n_in..hi - j * n_in;
+                low_rank_rows(xv, xv, m1, m2, s, rows, &mut out[lo..hi]);
+            }
         }
     }
 }

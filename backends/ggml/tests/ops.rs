@@ -236,6 +236,81 @@ fn low_rank_update_equals_the_standard_ops() {
     assert!(ctx.low_rank_update(b1, x1, trainable, b, 1.0).is_none());
 }
 
+/// `low_rank_updates` (the WeGeFT inputs of q, k, v or gate, up in one node): each column is
+/// the single `low_rank_update` with `base = x`, bit for bit, for matrices of different ranks
+/// and types and 1 or 3 threads (threads split the stacked rows across columns).
+#[test]
+fn low_rank_updates_stack_single_updates_bit_for_bit() {
+    let n_in = 41usize;
+    let val = |i: usize, m: usize| ((i * m % 29) as f32 - 14.0) / 17.0;
+    let x: Vec<f32> = (0..n_in).map(|i| val(i, 3)).collect();
+    let pairs = [
+        (4usize, Type::F32, 5usize),
+        (7, Type::F16, 7),
+        (2, Type::F32, 11),
+    ];
+    let s = -0.625f32;
+    let mats: Vec<(Vec<f32>, Vec<f32>)> = pairs
+        .iter()
+        .map(|&(r, _, m)| {
+            (
+                (0..n_in * r).map(|i| val(i, m)).collect(),
+                (0..r * n_in).map(|i| val(i, m + 2)).collect(),
+            )
+        })
+        .collect();
+    for threads in [1, 3] {
+        let stacked = run_on(threads, |ctx| {
+            let tx = ctx.new_tensor(Type::F32, &[n_in as i64, 1]).set_input();
+            let mut inputs = vec![(tx, f32_bytes(&x))];
+            let mut ts = Vec::new();
+            for (&(r, ty, _), (m1, m2)) in pairs.iter().zip(&mats) {
+                let t1 = ctx.new_tensor(ty, &[n_in as i64, r as i64]).set_input();
+                let t2 = ctx.new_tensor(ty, &[r as i64, n_in as i64]).set_input();
+                inputs.push((t1, stored(m1, ty).1));
+                inputs.push((t2, stored(m2, ty).1));
+                ts.push((t1, t2));
+            }
+            let out = ctx.low_rank_updates(tx, &ts, s).expect("fits").set_output();
+            (inputs, out)
+        });
+        for (j, (&(r, ty, _), (m1, m2))) in pairs.iter().zip(&mats).enumerate() {
+            let single = run_on(threads, |ctx| {
+                let tx = ctx.new_tensor(Type::F32, &[n_in as i64, 1]).set_input();
+                let t1 = ctx.new_tensor(ty, &[n_in as i64, r as i64]).set_input();
+                let t2 = ctx.new_tensor(ty, &[r as i64, n_in as i64]).set_input();
+                let out = ctx
+                    .low_rank_update(tx, tx, t1, t2, s)
+                    .expect("fits")
+                    .set_output();
+                let inputs = vec![
+                    (tx, f32_bytes(&x)),
+                    (t1, stored(m1, ty).1),
+                    (t2, stored(m2, ty).1),
+                ];
+                (inputs, out)
+            });
+            assert_eq!(
+                &stacked[j * n_in..(j + 1) * n_in],
+                &single[..],
+                "column {j}, {threads} threads"
+            );
+        }
+    }
+    // Not for several tokens, nor for a pair that maps elsewhere than back to x.
+    let ctx = Context::new(16, 16).unwrap();
+    let x2 = ctx.new_tensor(Type::F32, &[n_in as i64, 2]);
+    let a = ctx.new_tensor(Type::F32, &[n_in as i64, 4]);
+    let b = ctx.new_tensor(Type::F32, &[4, n_in as i64]);
+    assert!(ctx.low_rank_updates(x2, &[(a, b)], 1.0).is_none());
+    let x1 = ctx.new_tensor(Type::F32, &[n_in as i64, 1]);
+    let wide = ctx.new_tensor(Type::F32, &[4, n_in as i64 + 1]);
+    assert!(ctx
+        .low_rank_updates(x1, &[(a, b), (a, wide)], 1.0)
+        .is_none());
+    assert!(ctx.low_rank_updates(x1, &[(a, b), (a, b)], 1.0).is_some());
+}
+
 /// `block_diag_update` (DiaBlo at decode and over prompts, one node) against the batched
 /// matmul + add it replaces, for F32 and F16 blocks, odd block sizes, 1 and 5 tokens and 1 or 3
 /// threads.

@@ -132,17 +132,61 @@ impl ActiveAdapters {
             .sum()
     }
 
+    /// The WeGeFT inputs `x + s φᵀψx` of `targets`, which all read `x`, computed by one node
+    /// ([`Context::low_rank_updates`]: q, k and v, or gate and up, each otherwise a node of its
+    /// own) and returned as views, one per target, equal bit for bit to what
+    /// [`ActiveAdapters::linear`] computes for each. `None` where that does not apply: on a
+    /// device, in training graphs, for more than one token, unless every target has exactly one
+    /// WeGeFT term and all of them the same scale.
+    pub(crate) fn stacked_wegeft_inputs<'a>(
+        &'a self,
+        ctx: &'a Context,
+        targets: &[Target],
+        x: Tensor<'a>,
+    ) -> Option<Vec<Tensor<'a>>> {
+        if self.device.is_some() || self.input_dropout || targets.len() < 2 {
+            return None;
+        }
+        let mut pairs = Vec::with_capacity(targets.len());
+        let mut scale: Option<f32> = None;
+        for &target in targets {
+            let mut terms = self.items.iter().flat_map(|(a, s_user)| {
+                a.deltas(target).iter().filter_map(move |d| match *d {
+                    Delta::Wegeft { phi_t, psi, scale } => {
+                        Some((a.t(psi), a.t(phi_t), scale * s_user))
+                    }
+                    _ => None,
+                })
+            });
+            let (psi, phi_t, s) = terms.next()?;
+            if terms.next().is_some() || scale.is_some_and(|v| v.to_bits() != s.to_bits()) {
+                return None;
+            }
+            scale = Some(s);
+            pairs.push((psi, phi_t));
+        }
+        let stacked = ctx.low_rank_updates(x, &pairs, scale?)?;
+        let nb1 = stacked.nb()[1];
+        Some(
+            (0..targets.len())
+                .map(|j| ctx.view(stacked, &[x.ne()[0], 1], &[nb1], j * nb1))
+                .collect(),
+        )
+    }
+
     /// `W x (+ b)` plus every active delta for `target`: WeGeFT terms on the input, LoRA and
-    /// DiaBlo terms on the output.
+    /// DiaBlo terms on the output. `wegeft_input`: the WeGeFT input already computed (by
+    /// [`ActiveAdapters::stacked_wegeft_inputs`]), so the WeGeFT terms are not added again.
     pub(crate) fn linear<'a>(
         &'a self,
         ctx: &'a Context,
         target: Target,
         w: Tensor<'a>,
         x: Tensor<'a>,
+        wegeft_input: Option<Tensor<'a>>,
         bias: Option<Tensor<'a>>,
     ) -> Tensor<'a> {
-        let mut xin = x;
+        let mut xin = wegeft_input.unwrap_or(x);
         let needs_mask = self.input_dropout
             && self.items.iter().any(|(a, _)| {
                 a.deltas(target)
@@ -167,6 +211,7 @@ impl ActiveAdapters {
             let t = |id| adapter.t_on(id, dev);
             for d in adapter.deltas(target) {
                 match *d {
+                    Delta::Wegeft { .. } if wegeft_input.is_some() => {}
                     Delta::Wegeft { phi_t, psi, scale } => {
                         let (phi_t, psi, s) = (t(phi_t), t(psi), scale * s_user);
                         // One token on the CPU: one fused node instead of four (a CPU custom

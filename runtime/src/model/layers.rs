@@ -92,7 +92,7 @@ pub(crate) fn linear<'a>(
     b: Option<Tensor<'a>>,
 ) -> Tensor<'a> {
     match (target, adapters) {
-        (Some(t), RowAdapters::All(a)) if !a.is_empty() => a.linear(ctx, t, w, x, b),
+        (Some(t), RowAdapters::All(a)) if !a.is_empty() => a.linear(ctx, t, w, x, None, b),
         (Some(t), RowAdapters::Groups(g, _)) if g.iter().any(|g| !g.adapters.is_empty()) => {
             crate::adapter::active::grouped_linear(ctx, g, t, w, x, b)
         }
@@ -104,6 +104,31 @@ pub(crate) fn linear<'a>(
             }
         }
     }
+}
+
+/// [`linear`] of several targets of one layer that read the same input `x` (q, k, v; gate,
+/// up), each with its weight and bias: with one WeGeFT term on each, their input updates at
+/// decode run as one node ([`ActiveAdapters::stacked_wegeft_inputs`]), otherwise each target
+/// is built on its own. Results in `targets`' order.
+pub(crate) fn linear_shared_input<'a, const N: usize>(
+    ctx: &'a Context,
+    adapters: RowAdapters<'a>,
+    layer: usize,
+    targets: [(TargetKind, Tensor<'a>, Option<Tensor<'a>>); N],
+    x: Tensor<'a>,
+) -> [Tensor<'a>; N] {
+    let target = |kind| Target { layer, kind };
+    if let RowAdapters::All(a) = adapters {
+        let ts = targets.map(|(kind, ..)| target(kind));
+        if let Some(inputs) = a.stacked_wegeft_inputs(ctx, &ts, x) {
+            let mut i = 0;
+            return targets.map(|(kind, w, b)| {
+                i += 1;
+                a.linear(ctx, target(kind), w, x, Some(inputs[i - 1]), b)
+            });
+        }
+    }
+    targets.map(|(kind, w, b)| linear(ctx, adapters, Some(target(kind)), w, x, b))
 }
 
 /// SwiGLU feed-forward of layer `il`: `down(silu(gate x) * up x)`.
@@ -118,8 +143,16 @@ pub(crate) fn ffn_swiglu<'a>(
     down: Tensor<'a>,
 ) -> Tensor<'a> {
     let t = |kind| Some(Target { layer: il, kind });
-    let u = linear(ctx, adapters, t(TargetKind::FfnUp), up, x, None);
-    let g = linear(ctx, adapters, t(TargetKind::FfnGate), gate, x, None);
+    let [u, g] = linear_shared_input(
+        ctx,
+        adapters,
+        il,
+        [
+            (TargetKind::FfnUp, up, None),
+            (TargetKind::FfnGate, gate, None),
+        ],
+        x,
+    );
     linear(
         ctx,
         adapters,

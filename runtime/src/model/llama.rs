@@ -7,7 +7,9 @@
 use graft_ggml::{Context, Graph, Tensor, Type};
 
 use super::device::DeviceWeights;
-use super::layers::{attention, ffn_swiglu, linear, norm, AttnInputs, AttnPiece, RowAdapters};
+use super::layers::{
+    attention, ffn_swiglu, linear, linear_shared_input, norm, AttnInputs, AttnPiece, RowAdapters,
+};
 use super::Model;
 use crate::adapter::{Target, TargetKind};
 use crate::kv_cache::KvCache;
@@ -179,29 +181,16 @@ pub(crate) fn build<'a>(
         let mut residual = x;
         let cur = norm(ctx, x, w(l.attn_norm), cfg.rms_eps).set_name(&format!("attn_norm-{il}"));
         let t = |kind| Some(Target { layer: il, kind });
-        let q = linear(
+        let [q, k, v] = linear_shared_input(
             ctx,
             adapters,
-            t(TargetKind::AttnQ),
-            w(l.wq),
+            il,
+            [
+                (TargetKind::AttnQ, w(l.wq), l.bq.map(w)),
+                (TargetKind::AttnK, w(l.wk), l.bk.map(w)),
+                (TargetKind::AttnV, w(l.wv), l.bv.map(w)),
+            ],
             cur,
-            l.bq.map(w),
-        );
-        let k = linear(
-            ctx,
-            adapters,
-            t(TargetKind::AttnK),
-            w(l.wk),
-            cur,
-            l.bk.map(w),
-        );
-        let v = linear(
-            ctx,
-            adapters,
-            t(TargetKind::AttnV),
-            w(l.wv),
-            cur,
-            l.bv.map(w),
         );
         let q = ctx
             .rope_ext(ctx.reshape(q, &[hd, nh, n]), pos, &rope)

@@ -92,6 +92,7 @@ impl Trainer {
                 n_ctx: ctx + adapters.soft_prompt_len(),
                 n_threads: self.cfg.threads,
                 backend: self.cfg.backend,
+                gpu_layers: self.cfg.gpu_layers,
                 ..SessionConfig::default()
             },
         )?;

@@ -429,9 +429,9 @@ fn add_loss<'a>(
 }
 
 /// Finishes a training graph before allocation: with `backward`, appends the backward pass of
-/// its loss, and with `cfg.gemm_backward` (CPU only) runs its input gradients through quantized weights
-/// and its F32 `out_prod`s (attention, adapter matrices) as GEMMs (the training graphs run on
-/// the CPU backend, where these custom nodes run). Then the forward products: with
+/// its loss, and with `cfg.gemm_backward` runs its input gradients through quantized weights
+/// and its F32 `out_prod`s (attention, adapter matrices) as GEMMs (CPU custom nodes: the
+/// trainer turns these options off on a device). Then the forward products: with
 /// `cfg.gemm_forward` as f32 GEMMs over dequantized weights, else those of split Q4_1 weights
 /// through their copies; the cross entropy (forward and backward, reading `loss`'s label ids
 /// instead of its one-hot labels) and the attention's softmax (which skips each row's masked

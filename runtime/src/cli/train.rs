@@ -256,7 +256,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let tty = std::io::stderr().is_terminal();
     if !a.json {
         eprintln!(
-            "training {} {} parameters ({} examples, {} steps{}, batch {}, ctx {})",
+            "training {} {} parameters ({} examples, {} steps{}, batch {}, ctx {}) on {}",
             trainer.n_params(),
             trainer.config().method.name(),
             n,
@@ -268,6 +268,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
             },
             a.batch,
             a.ctx,
+            {
+                let b = trainer.backend_report();
+                format!("{}: {}", b.name, b.device)
+            },
         );
     }
     // Off a terminal (a pipe, a log file) the bar does not draw: a plain line every

@@ -317,7 +317,10 @@ pub(crate) unsafe fn plan(node: *const sys::ggml_tensor, software: bool) -> Resu
             }
             push(Some(a));
             push(Some(b));
-            (Family::MulMat, 3, n.div_ceil(64))
+            // Tiles of one row by 4 columns (see mul_mat.wgsl).
+            let tiles = t.ne[0] as u64 * (t.ne[1] as u64).div_ceil(4) * (t.ne[2] * t.ne[3]) as u64;
+            extra[0] = u32::try_from(tiles).map_err(|_| "more than 2^32 tiles")?;
+            (Family::MulMat, 3, tiles.div_ceil(64))
         }
         sys::GGML_OP_GET_ROWS => {
             let (a, b) = (src(0).ok_or("no src0")?, src(1).ok_or("no src1")?);

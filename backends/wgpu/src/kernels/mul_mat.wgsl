@@ -6,11 +6,12 @@
 //      dear, as on software renderers);
 //   2  one invocation per tile of 4 rows by 4 columns: each weight block is unpacked once for
 //      4 columns (prompts). Columns past the end read the last column and are not stored;
-//   3  the outer product OUT_PROD of the backward pass, one invocation per output:
-//      dst[i0, i1, i2, i3] = sum over m of src0[i0, m, i2/r2, i3/r3] * src1[i1, m, i2, i3],
-//      src0's elements read one at a time in its format (`deq_s0`), src1 at any strides (the
-//      backward pass hands it transposed views), summed in m's order as the CPU does.
-// ex(0) = outputs (0, 1, 3) or tiles (2); ex(1) = blocks per row.
+//   3  the outer product OUT_PROD of the backward pass, one invocation per 4 outputs of a
+//      row (i0; i1 .. i1+3): dst[i0, i1, i2, i3] = sum over m of src0[i0, m, i2/r2, i3/r3] *
+//      src1[i1, m, i2, i3], each src0 element unpacked once (`deq_s0`) for the 4 columns, src1
+//      at any strides (the backward pass hands it transposed views), summed in m's order as
+//      the CPU does. Columns past the end read the last one and are not stored.
+// ex(0) = outputs (0, 1) or tiles (2, 3); ex(1) = blocks per row.
 var<workgroup> red: array<f32, 64>;
 
 @compute @workgroup_size(64)
@@ -111,17 +112,34 @@ fn tile(g: u32) {
     }
 }
 
-fn out_prod(o: u32) {
-    if (o >= ex(0)) {
+fn out_prod(g: u32) {
+    if (g >= ex(0)) {
         return;
     }
-    let c = coords(o, ne(0));
+    let n = ne(0);
+    let tn = (n.y + 3u) / 4u;
+    let i = g % n.x;
+    let j = ((g / n.x) % tn) * 4u;
+    let zw = g / (n.x * tn);
+    let z = zw % n.z;
+    let w = zw / n.z;
     let r2 = ne(2).z / ne(1).z;
     let r3 = ne(2).w / ne(1).w;
-    var s = 0.0;
+    let last = n.y - 1u;
+    let cols = vec4<u32>(j, min(j + 1u, last), min(j + 2u, last), min(j + 3u, last));
+    var s = vec4<f32>(0.0);
     for (var m = 0u; m < ne(1).y; m++) {
-        let row = addr(1u, vec4<u32>(0u, m, c.z / r2, c.w / r3));
-        s = fma(deq_s0(row, c.x), ld_s1(addr(2u, vec4<u32>(c.y, m, c.z, c.w))), s);
+        let a = deq_s0(addr(1u, vec4<u32>(0u, m, z / r2, w / r3)), i);
+        let b = vec4<f32>(
+            ld_s1(addr(2u, vec4<u32>(cols.x, m, z, w))),
+            ld_s1(addr(2u, vec4<u32>(cols.y, m, z, w))),
+            ld_s1(addr(2u, vec4<u32>(cols.z, m, z, w))),
+            ld_s1(addr(2u, vec4<u32>(cols.w, m, z, w))));
+        s = fma(vec4<f32>(a), b, s);
     }
-    st_d(addr(0u, c), s);
+    for (var k = 0u; k < 4u; k++) {
+        if (j + k < n.y) {
+            st_d(addr(0u, vec4<u32>(i, j + k, z, w)), s[k]);
+        }
+    }
 }

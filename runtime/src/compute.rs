@@ -165,7 +165,11 @@ impl Executor {
                 ..BackendReport::new(backend, backend.stats())
             },
             Self::Device { sched, .. } => BackendReport {
-                cpu_fallback_ops: sched.cpu_ops().clone(),
+                cpu_fallback_ops: sched
+                    .cpu_ops()
+                    .iter()
+                    .map(|(op, n)| (op.to_string(), *n))
+                    .collect(),
                 ..BackendReport::new(sched.device(), sched.stats())
             },
         }

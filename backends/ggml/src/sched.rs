@@ -21,8 +21,9 @@ pub struct Scheduler {
     device: Backend,
     cpu: Backend,
     stats: ComputeStats,
-    /// Computing nodes that ran on the CPU, by op (ggml's name: `OUT_PROD`, `SILU_BACK`...).
-    cpu_ops: BTreeMap<String, u64>,
+    /// Computing nodes that ran on the CPU, by op (ggml's name: `OUT_PROD`, `SILU_BACK`...;
+    /// ggml's static strings, so counting allocates nothing per graph).
+    cpu_ops: BTreeMap<&'static str, u64>,
 }
 
 // SAFETY: used from one thread at a time (&mut for everything that touches the scheduler).
@@ -107,11 +108,12 @@ impl Scheduler {
                 continue;
             }
             // SAFETY: a node of the graph; ggml_op_desc returns a static C string.
-            let (op, desc) = unsafe { ((*node).op, CStr::from_ptr(sys::ggml_op_desc(node))) };
+            let (op, desc): (_, &'static CStr) =
+                unsafe { ((*node).op, CStr::from_ptr(sys::ggml_op_desc(node))) };
             if !is_layout_op(op) {
                 *self
                     .cpu_ops
-                    .entry(desc.to_string_lossy().into_owned())
+                    .entry(desc.to_str().unwrap_or("?"))
                     .or_default() += 1;
             }
         }
@@ -128,7 +130,7 @@ impl Scheduler {
 
     /// The computing nodes (views, reshapes and permutes left out) that ran on the CPU so far,
     /// counted by ggml op name: what the device declined.
-    pub fn cpu_ops(&self) -> &BTreeMap<String, u64> {
+    pub fn cpu_ops(&self) -> &BTreeMap<&'static str, u64> {
         &self.cpu_ops
     }
 

@@ -121,11 +121,8 @@ pub(crate) fn linear_shared_input<'a, const N: usize>(
     if let RowAdapters::All(a) = adapters {
         let ts = targets.map(|(kind, ..)| target(kind));
         if let Some(inputs) = a.stacked_wegeft_inputs(ctx, &ts, x) {
-            let mut i = 0;
-            return targets.map(|(kind, w, b)| {
-                i += 1;
-                a.linear(ctx, target(kind), w, x, Some(inputs[i - 1]), b)
-            });
+            let mut inputs = inputs.into_iter();
+            return targets.map(|(kind, w, b)| a.linear(ctx, target(kind), w, x, inputs.next(), b));
         }
     }
     targets.map(|(kind, w, b)| linear(ctx, adapters, Some(target(kind)), w, x, b))

@@ -337,6 +337,9 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot() {
     .unwrap();
     let mut first = [0u8; 256];
     let _ = s.read(&mut first).unwrap();
+    // The response headers leave the server when the request is queued, not when it runs: wait
+    // until the scheduler has taken it (on a loaded machine its thread may start late).
+    wait_for_metrics(&addr, &["graft_running_requests 1", "graft_queue_depth 0"]);
     // One more waits in the queue; the third is refused.
     let waiting = {
         let addr = addr.clone();
@@ -348,14 +351,7 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot() {
             )
         })
     };
-    // Wait until it is queued.
-    for _ in 0..100 {
-        let (_, text) = http(&addr, "GET", "/metrics", "", &[]);
-        if text.contains("graft_queue_depth 1") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_metrics(&addr, &["graft_running_requests 1", "graft_queue_depth 1"]);
     let (status, v) = post(
         &addr,
         "/v1/completions",
@@ -368,6 +364,19 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot() {
     let (_, text) = http(&addr, "GET", "/metrics", "", &[]);
     assert!(text.contains("graft_requests_rejected_total 1"), "{text}");
     assert!(text.contains("graft_running_requests 0"), "{text}");
+}
+
+/// Polls `/metrics` until every line of `lines` is in it (up to a minute).
+fn wait_for_metrics(addr: &str, lines: &[&str]) {
+    let mut text = String::new();
+    for _ in 0..600 {
+        text = http(addr, "GET", "/metrics", "", &[]).1;
+        if lines.iter().all(|l| text.lines().any(|t| t == *l)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("/metrics never showed {lines:?}:\n{text}");
 }
 
 #[test]

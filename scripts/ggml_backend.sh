@@ -5,7 +5,7 @@
 #   scripts/ggml_backend.sh cuda|vulkan|blas [OUT_DIR]
 #   scripts/ggml_backend.sh --print-source      (the ggml source directory it builds from)
 #
-# OUT_DIR (default .cache/backends/<name>-<key>) receives libggml-<name>.so and the
+# OUT_DIR (default .cache/backends/<name>-<key>, or $GRAFT_BACKENDS_CACHE/<name>-<key>) receives libggml-<name>.so and the
 # libggml-base.so it links; the last line printed is OUT_DIR. Point graft at it with
 # GRAFT_BACKEND_DIR=OUT_DIR (or copy both files beside the graft binary):
 #   GRAFT_BACKEND_DIR=$(scripts/ggml_backend.sh cuda | tail -1) graft devices
@@ -13,7 +13,8 @@
 # llama-cpp-sys-2 package); GGML_SRC=<llama.cpp/ggml> overrides that where there is no cargo
 # (the GPU test machine: scripts/gpu_check.sh). CUDA needs nvcc; it compiles for the GPUs
 # nvidia-smi lists (CMAKE_CUDA_ARCHITECTURES overrides). Vulkan needs glslc and the Vulkan
-# headers (1.3.261 or later), BLAS OpenBLAS: this script installs them with apt when missing.
+# headers (1.3.261 or later; fetched from Debian 13 where the system's are older), BLAS
+# OpenBLAS: this script installs them with apt when missing.
 # GGML_BACKEND_CMAKE_ARGS adds cmake definitions (word-split; part of the build's key).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +30,30 @@ apt_install() { # installs the Debian packages given, as root or with sudo
     [[ "$(id -u)" -ne 0 ]] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# Vulkan headers 1.4.309 (Debian 13's libvulkan-dev) under .cache; prints their include dir.
+# The package is fetched by its pinned name and checksum; should Debian have replaced it, the
+# current one is found in Debian 13's package index and checked against the index's checksum.
+vulkan_headers() {
+    local dir="${GRAFT_BACKENDS_CACHE:-$ROOT/.cache}/vulkan-headers" mirror=http://deb.debian.org/debian
+    local file=pool/main/v/vulkan-loader/libvulkan-dev_1.4.309.0-1_amd64.deb
+    local sha=8d329d465e16168afff58b1bd0dd6db46aac2cc3f56054a481b25a04e90b345a
+    if [[ ! -f "$dir/.complete" ]]; then
+        rm -rf "$dir" && mkdir -p "$dir"
+        if ! curl -fsS -m 120 -o "$dir/pkg.deb" "$mirror/$file"; then
+            read -r file sha < <(curl -fsS -m 120 "$mirror/dists/trixie/main/binary-amd64/Packages.xz" \
+                | xz -dc | awk '/^Package: /{p = ($2 == "libvulkan-dev")}
+                    p && /^Filename: /{f = $2} p && /^SHA256: /{print f, $2; exit}')
+            curl -fsS -m 120 -o "$dir/pkg.deb" "$mirror/$file" \
+                || { echo "ggml_backend.sh: could not fetch $mirror/$file" >&2; exit 1; }
+        fi
+        echo "$sha  $dir/pkg.deb" | sha256sum -c --quiet - >&2 \
+            || { echo "ggml_backend.sh: $file does not have its checksum" >&2; exit 1; }
+        dpkg-deb -x "$dir/pkg.deb" "$dir" && rm "$dir/pkg.deb"
+        touch "$dir/.complete"
+    fi
+    echo "$dir/usr/include"
 }
 
 if [[ -z "${GGML_SRC:-}" ]]; then
@@ -70,12 +95,13 @@ case "$name" in
             || compgen -G '/usr/lib/*/cmake/SPIRV-Headers/*' >/dev/null || need+=(spirv-headers)
         [[ ${#need[@]} -eq 0 ]] || apt_install "${need[@]}"
         # The pinned ggml-vulkan uses VK_EXT_layer_settings (Vulkan headers 1.3.261 and later;
-        # Debian 12 has 1.3.239).
+        # Debian 12 has 1.3.239): older system headers are replaced by Debian 13's (headers
+        # only, unpacked under .cache; the loader and drivers stay the system's).
         have=$(sed -n 's/^#define VK_HEADER_VERSION \([0-9]*\).*/\1/p' /usr/include/vulkan/vulkan_core.h)
         if [[ ${have:-0} -lt 261 ]]; then
-            echo "ggml_backend.sh: ggml's Vulkan backend needs Vulkan headers 1.3.261 or later;" \
-                "this system has 1.3.${have:-?}" >&2
-            exit 1
+            inc=$(vulkan_headers)
+            echo "[ggml_backend] the system's Vulkan headers are 1.3.${have:-?}; using $inc" >&2
+            args+=("-DVulkan_INCLUDE_DIR=$inc")
         fi
         args+=(-DGGML_VULKAN=ON)
         ;;
@@ -95,7 +121,7 @@ args+=(${GGML_BACKEND_CMAKE_ARGS:-})
 # The key covers the sources' version and the configuration.
 key=$( (cat "$GGML_SRC/CMakeLists.txt" "$GGML_SRC/src/ggml-$name/CMakeLists.txt"; echo "${args[*]}") \
     | sha256sum | cut -c1-12)
-out=${2:-$ROOT/.cache/backends/$name-$key}
+out=${2:-${GRAFT_BACKENDS_CACHE:-$ROOT/.cache/backends}/$name-$key}
 lib="libggml-$name.so"
 if [[ -f "$out/$lib" && -f "$out/.complete" ]]; then
     echo "[ggml_backend] $out/$lib is built" >&2

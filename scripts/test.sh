@@ -14,7 +14,8 @@ export GRAFT_GGML_CACHE="${GRAFT_GGML_CACHE:-${GRAFT_CACHE:-${XDG_CACHE_HOME:-$H
 # The wgpu backend's tests run on Mesa's lavapipe (installed by install_deps.sh): a missing
 # device is a failure here, not a skip. Without a desktop session, Mesa's device-select layer
 # prints an XDG_RUNTIME_DIR error for every Vulkan instance; it only orders GPUs for a display.
-# ggml's BLAS backend, built as a library graft loads at run time (set-up below), must load too.
+# ggml's BLAS and Vulkan backends, built as libraries graft loads at run time (set-up below),
+# must load too.
 export GRAFT_REQUIRE_DEVICE="${GRAFT_REQUIRE_DEVICE-wgpu,blas}"
 [[ -z "${XDG_RUNTIME_DIR:-}" ]] && export NODEVICE_SELECT=1
 T0=$SECONDS
@@ -27,8 +28,20 @@ scripts/machine_info.sh | sed -n '/^cmake/p'
 scripts/setup_test_data.sh
 scripts/references.sh
 # The tests of backend libraries loaded at run time (what carries CUDA to a graft binary built
-# without it) load this one, which needs no GPU.
+# without it) load ggml's BLAS backend, which needs no GPU, and ggml's Vulkan backend, which
+# runs on lavapipe: the conformance suite and the whole-model device tests (runtime/tests/
+# devices.rs) run on it as on graft's wgpu. Its build (about 3 minutes) is kept beside ggml's.
+export GRAFT_BACKENDS_CACHE="${GRAFT_BACKENDS_CACHE:-$(dirname "$GRAFT_GGML_CACHE")/backends}"
 GRAFT_BACKEND_DIR="$(scripts/ggml_backend.sh blas | tail -1)"
+if [[ "${GRAFT_SKIP_GGML_VULKAN:-0}" != 1 ]]; then
+    GRAFT_BACKEND_DIR="$GRAFT_BACKEND_DIR:$(scripts/ggml_backend.sh vulkan | tail -1)"
+    GRAFT_REQUIRE_DEVICE="$GRAFT_REQUIRE_DEVICE,vulkan"
+    # ggml-vulkan hides CPU implementations (lavapipe) unless they are named. With its op fusion
+    # on, whole-model graphs that return the logits of 12-14 or 25-28 tokens corrupt lavapipe's
+    # heap (Mesa 22.3, the pinned ggml; not seen with fusion off, nor on graft's wgpu):
+    # README, "ggml's Vulkan backend on lavapipe".
+    export GGML_VK_VISIBLE_DEVICES="${GGML_VK_VISIBLE_DEVICES-0}" GGML_VK_DISABLE_FUSION=1
+fi
 export GRAFT_BACKEND_DIR
 echo "== set-up took $((SECONDS - T0)) s"
 

@@ -32,10 +32,14 @@ pub fn base() -> &'static Base {
             )
         });
         let model = Arc::new(model);
+        // The CPU backend by name: `auto` would load ggml's device libraries from
+        // GRAFT_BACKEND_DIR (scripts/test.sh points it at BLAS and Vulkan), whose one-time
+        // allocations LeakSanitizer reports at exit.
         let cfg = SessionConfig {
             n_ctx: 64,
             n_batch: 64,
             n_threads: 1,
+            backend: graft::BackendChoice::Cpu,
             ..SessionConfig::default()
         };
         let session = Session::new(model.clone(), cfg).expect("a session on the fuzz base model");

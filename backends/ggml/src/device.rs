@@ -237,7 +237,17 @@ fn is_hardware_gpu(d: &Device) -> bool {
     if d.backend == "wgpu" {
         return graft_wgpu::is_software(&d.name) == Some(false);
     }
-    true
+    // ggml's Vulkan backend calls every device it shows a GPU; it hides CPU implementations
+    // unless GGML_VK_VISIBLE_DEVICES names them, and then only the name tells.
+    !is_software_renderer(&d.description)
+}
+
+/// Whether a device description names a software implementation of a GPU API.
+fn is_software_renderer(description: &str) -> bool {
+    let d = description.to_ascii_lowercase();
+    ["llvmpipe", "lavapipe", "softpipe", "swiftshader"]
+        .iter()
+        .any(|s| d.contains(s))
 }
 
 /// Backends `auto` may choose, best first: ggml's own GPU backends. graft's wgpu backend is
@@ -292,6 +302,25 @@ mod tests {
         assert_eq!(cpu.backend, "cpu");
         assert!(cpu.memory_total > 0, "{cpu:?}");
         assert!(available_backends().contains(&"cpu".to_string()));
+    }
+
+    #[test]
+    fn software_renderers_are_not_chosen_automatically() {
+        let dev = |backend: &str, description: &str| Device {
+            backend: backend.into(),
+            name: "Vulkan0".into(),
+            description: description.into(),
+            kind: DeviceType::Gpu,
+            memory_free: 0,
+            memory_total: 0,
+        };
+        assert!(!is_hardware_gpu(&dev(
+            "vulkan",
+            "llvmpipe (LLVM 15.0.6, 256 bits)"
+        )));
+        assert!(!is_hardware_gpu(&dev("vulkan", "SwiftShader Device")));
+        assert!(is_hardware_gpu(&dev("vulkan", "NVIDIA H200")));
+        assert!(is_hardware_gpu(&dev("cuda", "NVIDIA H200")));
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! and include broadcasting, non-contiguous views and every weight format the model uses.
 //!
 //! The wgpu backend must claim every case (its kernels exist for all of them). On a machine
-//! without a device the suite has nothing to compare and says so; `GRAFT_REQUIRE_DEVICE=wgpu,blas`
-//! (set by scripts/test.sh, which installs Mesa's lavapipe and builds ggml's BLAS backend as a
-//! library graft loads at run time) makes a missing one a failure instead. ggml's own backends
+//! without a device the suite has nothing to compare and says so;
+//! `GRAFT_REQUIRE_DEVICE=wgpu,blas,vulkan` (set by scripts/test.sh, which installs Mesa's
+//! lavapipe and builds ggml's BLAS and Vulkan backends as libraries graft loads at run time)
+//! makes a missing one a failure instead. ggml's own backends
 //! are held to the bounds of ggml's test-backend-ops.
 
 use graft_ggml::{

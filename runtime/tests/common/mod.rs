@@ -206,6 +206,30 @@ pub fn have_wgpu() -> bool {
     present
 }
 
+/// The device backends with a device on this machine, among wgpu, vulkan, cuda and metal (ggml's
+/// loaded at run time from `GRAFT_BACKEND_DIR`); a panic when `GRAFT_REQUIRE_DEVICE` names one
+/// of them and it has none. The whole-model device tests run on each.
+pub fn device_backends() -> Vec<graft::BackendChoice> {
+    use graft::BackendChoice as B;
+    let devices = graft::devices();
+    let required = std::env::var("GRAFT_REQUIRE_DEVICE").unwrap_or_default();
+    let mut present = Vec::new();
+    for b in [B::Wgpu, B::Vulkan, B::Cuda, B::Metal] {
+        if devices.iter().any(|d| d.backend == b.as_str()) {
+            present.push(b);
+        } else {
+            assert!(
+                !required.split(',').any(|r| r.trim() == b.as_str()),
+                "GRAFT_REQUIRE_DEVICE names {b}, but there is no {b} device: {devices:?}"
+            );
+        }
+    }
+    if present.is_empty() {
+        eprintln!("skipping: no device backend on this machine");
+    }
+    present
+}
+
 /// A test adapter of `.cache/adapters/` (made by scripts/setup_test_data.sh) loaded for `m`.
 pub fn test_adapter(m: &graft::Model, name: &str) -> std::sync::Arc<graft::Adapter> {
     let p = repo_root().join(".cache/adapters").join(name);

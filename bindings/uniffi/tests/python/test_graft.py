@@ -397,7 +397,7 @@ def test_invalid_arguments(engine):
     with pytest.raises(graft.GraftError.InvalidArgument):
         graft.Engine.open(str(MODEL), graft.EngineOptions(threads=0))
     with pytest.raises(graft.GraftError.InvalidArgument) as e:
-        graft.Engine.open(str(MODEL), graft.EngineOptions(backend="vulkan"))
+        graft.Engine.open(str(MODEL), graft.EngineOptions(backend="metal"))
     assert "available: cpu" in str(e.value)
     with pytest.raises(graft.GraftError.InvalidArgument):
         graft.Engine.open(str(MODEL), graft.EngineOptions(backend="tpu"))

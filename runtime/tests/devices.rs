@@ -1,7 +1,7 @@
-//! The model on a device against the CPU backend: graft's wgpu backend and ggml's own device
-//! backends loaded at run time (on CI, both on Mesa's lavapipe: wgpu, and ggml's Vulkan backend
-//! built by scripts/ggml_backend.sh) must give the CPU's greedy decisions and perplexity, with
-//! every adapter kind (what a switch of adapters uploads is counted in device_uploads.rs). The ops themselves are checked one by one
+//! The model on a device against the CPU backend: graft's wgpu backend (on CI, Mesa's lavapipe)
+//! and ggml's own device backends loaded at run time (see `common::device_backends`) must give
+//! the CPU's greedy decisions and perplexity, with every adapter kind (what a switch of adapters
+//! uploads is counted in device_uploads.rs). The ops themselves are checked one by one
 //! in graft-ggml's conformance suite; this is the whole forward graph, split by ggml's
 //! scheduler between the device and the CPU.
 //!
@@ -13,7 +13,7 @@
 //! continuation, every clear decision (top-two margin over `CLEAR`) must be the same on the
 //! device, and the logits must stay within `MAX_DIFF`.
 //!
-//! Without a device the tests say so and pass; `GRAFT_REQUIRE_DEVICE=wgpu,vulkan` (set by
+//! Without a device the tests say so and pass; `GRAFT_REQUIRE_DEVICE=wgpu` (set by
 //! scripts/test.sh, which installs lavapipe) makes a missing one a failure.
 
 mod common;

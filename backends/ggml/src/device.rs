@@ -227,19 +227,22 @@ fn unavailable(name: &str) -> Error {
     }
 }
 
-/// Whether a device is a real GPU worth choosing automatically (not a software renderer such as
-/// Mesa's lavapipe, which proves the path but is slower than the CPU backend).
-fn is_hardware_gpu(d: &Device) -> bool {
-    if !matches!(d.kind, DeviceType::Gpu | DeviceType::IntegratedGpu) {
-        return false;
+impl Device {
+    /// Whether this is a real GPU worth choosing automatically (not a software renderer such
+    /// as Mesa's lavapipe, which proves the path but is slower than the CPU backend).
+    pub fn is_hardware_gpu(&self) -> bool {
+        if !matches!(self.kind, DeviceType::Gpu | DeviceType::IntegratedGpu) {
+            return false;
+        }
+        #[cfg(feature = "wgpu")]
+        if self.backend == "wgpu" {
+            return graft_wgpu::is_software(&self.name) == Some(false);
+        }
+        // ggml's Vulkan backend calls every device it shows a GPU; it hides CPU
+        // implementations unless GGML_VK_VISIBLE_DEVICES names them, and then only the name
+        // tells.
+        !is_software_renderer(&self.description)
     }
-    #[cfg(feature = "wgpu")]
-    if d.backend == "wgpu" {
-        return graft_wgpu::is_software(&d.name) == Some(false);
-    }
-    // ggml's Vulkan backend calls every device it shows a GPU; it hides CPU implementations
-    // unless GGML_VK_VISIBLE_DEVICES names them, and then only the name tells.
-    !is_software_renderer(&d.description)
 }
 
 /// Whether a device description names a software implementation of a GPU API.
@@ -269,7 +272,7 @@ pub fn select_device(choice: BackendChoice) -> Result<Option<Device>> {
             for backend in AUTO_ORDER {
                 if let Some(d) = devs
                     .iter()
-                    .find(|d| d.backend == backend && is_hardware_gpu(d))
+                    .find(|d| d.backend == backend && d.is_hardware_gpu())
                 {
                     return Ok(Some(d.clone()));
                 }
@@ -314,13 +317,10 @@ mod tests {
             memory_free: 0,
             memory_total: 0,
         };
-        assert!(!is_hardware_gpu(&dev(
-            "vulkan",
-            "llvmpipe (LLVM 15.0.6, 256 bits)"
-        )));
-        assert!(!is_hardware_gpu(&dev("vulkan", "SwiftShader Device")));
-        assert!(is_hardware_gpu(&dev("vulkan", "NVIDIA H200")));
-        assert!(is_hardware_gpu(&dev("cuda", "NVIDIA H200")));
+        assert!(!dev("vulkan", "llvmpipe (LLVM 15.0.6, 256 bits)").is_hardware_gpu());
+        assert!(!dev("vulkan", "SwiftShader Device").is_hardware_gpu());
+        assert!(dev("vulkan", "NVIDIA H200").is_hardware_gpu());
+        assert!(dev("cuda", "NVIDIA H200").is_hardware_gpu());
     }
 
     #[test]
@@ -337,7 +337,7 @@ mod tests {
         assert!(msg.contains("cuda") && msg.contains("available: "), "{msg}");
         // A software renderer is never chosen automatically.
         if let Some(d) = select_device(BackendChoice::Auto).unwrap() {
-            assert!(is_hardware_gpu(&d), "{d:?}");
+            assert!(d.is_hardware_gpu(), "{d:?}");
         }
     }
 }

@@ -505,13 +505,17 @@ pub(crate) unsafe fn compute(gpu: &Gpu, graph: *mut sys::ggml_cgraph) -> Result<
         }
     }
     let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let uniform = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+    let params = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("graft-wgpu params"),
         size: block.len() as u64,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        usage: if gpu.params_in_storage {
+            wgpu::BufferUsages::STORAGE
+        } else {
+            wgpu::BufferUsages::UNIFORM
+        } | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    gpu.queue.write_buffer(&uniform, 0, &block);
+    gpu.queue.write_buffer(&params, 0, &block);
     let mut pipelines = Vec::with_capacity(plans.len());
     let mut groups = Vec::with_capacity(plans.len());
     for (plan, b) in plans.iter().zip(&binds) {
@@ -519,7 +523,7 @@ pub(crate) unsafe fn compute(gpu: &Gpu, graph: *mut sys::ggml_cgraph) -> Result<
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &uniform,
+                buffer: &params,
                 offset: 0,
                 size: wgpu::BufferSize::new(PARAM_SLOT),
             }),

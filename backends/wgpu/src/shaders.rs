@@ -59,11 +59,17 @@ pub(crate) fn readable(ty: sys::ggml_type) -> bool {
     )
 }
 
-/// The full WGSL source of `kernel`.
-pub(crate) fn source(kernel: &Kernel) -> String {
+/// The full WGSL source of `kernel`, reading its parameter block from a read-only storage
+/// buffer when `params_in_storage` (see `Gpu::params_in_storage`), else from a uniform buffer.
+pub(crate) fn source(kernel: &Kernel, params_in_storage: bool) -> String {
     let mut s = String::new();
     s.push_str(&format!("const VARIANT: u32 = {}u;\n", kernel.variant));
-    s.push_str(include_str!("kernels/common.wgsl"));
+    let common = include_str!("kernels/common.wgsl");
+    if params_in_storage {
+        s.push_str(&common.replace("var<uniform> P:", "var<storage, read> P:"));
+    } else {
+        s.push_str(common);
+    }
     for (i, &ty) in kernel.types.iter().enumerate() {
         if i == 0 {
             s.push_str(&dst_decl(ty));

@@ -30,8 +30,8 @@ scripts/references.sh
 # The tests of backend libraries loaded at run time (what carries CUDA to a graft binary built
 # without it) load ggml's BLAS backend, which needs no GPU, and ggml's Vulkan backend, which
 # runs on lavapipe: the op conformance suite runs every op it claims against the CPU backend
-# (the whole-model tests stay on graft's wgpu there: README, "ggml's Vulkan backend on
-# lavapipe"). Its build (about 2-4 minutes) is kept beside ggml's.
+# (the whole-model tests stay on graft's wgpu there: README, "wgpu and ggml's Vulkan backend
+# on lavapipe"). Its build (about 2-4 minutes) is kept beside ggml's.
 export GRAFT_BACKENDS_CACHE="${GRAFT_BACKENDS_CACHE:-$(dirname "$GRAFT_GGML_CACHE")/backends}"
 GRAFT_BACKEND_DIR="$(scripts/ggml_backend.sh blas | tail -1)"
 if [[ "${GRAFT_SKIP_GGML_VULKAN:-0}" != 1 ]]; then

@@ -210,7 +210,7 @@ pub fn have_wgpu() -> bool {
 /// and ggml's Vulkan, CUDA and Metal backends (loaded at run time from `GRAFT_BACKEND_DIR`)
 /// when they have a hardware GPU, or a software renderer and `GRAFT_TEST_SOFTWARE_GGML=1`.
 /// On Mesa 22.3's lavapipe ggml-vulkan runs whole models right but now and then crashes inside
-/// lavapipe (README, "ggml's Vulkan backend on lavapipe"), so CI runs it through the op
+/// lavapipe (README, "wgpu and ggml's Vulkan backend on lavapipe"), so CI runs it through the op
 /// conformance suite only. A panic when `GRAFT_REQUIRE_DEVICE` names one that has no device.
 pub fn device_backends() -> Vec<graft::BackendChoice> {
     use graft::BackendChoice as B;

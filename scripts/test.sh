@@ -61,9 +61,10 @@ stage "fuzz smoke" scripts/fuzz_smoke.sh "${GRAFT_FUZZ_SECONDS:-30}"
 stage "cargo test" cargo test --workspace --no-fail-fast
 # wgpu binds the kernels' parameter blocks as a storage buffer where the device allows one
 # more, else as a uniform buffer (backends/wgpu/src/gpu.rs): lavapipe takes the first, so the
-# conformance suite runs again on the second.
+# conformance suite runs again on the second (`--workspace`: the features, hence the binary,
+# of the stage above; `-p graft-ggml` alone would rebuild it).
 stage "wgpu conformance, uniform parameter blocks" \
-    env GRAFT_WGPU_PARAMS=uniform cargo test -p graft-ggml --test conformance
+    env GRAFT_WGPU_PARAMS=uniform cargo test --workspace --test conformance
 stage "bindings" scripts/test_bindings.sh
 if [[ "${GRAFT_SKIP_AARCH64:-0}" == 1 ]]; then
     echo "== aarch64: skipped (GRAFT_SKIP_AARCH64=1)"

@@ -189,18 +189,26 @@ pub fn graft_cmd() -> std::process::Command {
     }
 }
 
-/// Whether a wgpu device is present; a panic when `GRAFT_REQUIRE_DEVICE` names wgpu and there is none
-/// (scripts/test.sh sets it, after installing Mesa's lavapipe).
-pub fn have_wgpu() -> bool {
-    let present = graft::devices().iter().any(|d| d.backend == "wgpu");
+/// Whether backend `name` has a device; a panic when `GRAFT_REQUIRE_DEVICE` names it and it has
+/// none (scripts/test.sh sets it, after installing Mesa's lavapipe and building ggml's backends).
+fn has_device(name: &str) -> bool {
+    let devices = graft::devices();
+    let present = devices.iter().any(|d| d.backend == name);
     if !present {
         let required = std::env::var("GRAFT_REQUIRE_DEVICE")
-            .is_ok_and(|v| v.split(',').any(|b| b.trim() == "wgpu"));
+            .is_ok_and(|v| v.split(',').any(|b| b.trim() == name));
         assert!(
             !required,
-            "GRAFT_REQUIRE_DEVICE names wgpu, but there is no wgpu device: {:?}",
-            graft::devices()
+            "GRAFT_REQUIRE_DEVICE names {name}, but there is no {name} device: {devices:?}"
         );
+    }
+    present
+}
+
+/// Whether a wgpu device is present; a panic when `GRAFT_REQUIRE_DEVICE` names wgpu and there is none.
+pub fn have_wgpu() -> bool {
+    let present = has_device("wgpu");
+    if !present {
         eprintln!("skipping: no wgpu device on this machine");
     }
     present
@@ -214,21 +222,18 @@ pub fn have_wgpu() -> bool {
 /// conformance suite only. A panic when `GRAFT_REQUIRE_DEVICE` names one that has no device.
 pub fn device_backends() -> Vec<graft::BackendChoice> {
     use graft::BackendChoice as B;
-    let devices = graft::devices();
-    let required = std::env::var("GRAFT_REQUIRE_DEVICE").unwrap_or_default();
     let software_too = std::env::var("GRAFT_TEST_SOFTWARE_GGML").is_ok_and(|v| v == "1");
     let mut present = Vec::new();
     for b in [B::Wgpu, B::Vulkan, B::Cuda, B::Metal] {
-        let mut of_b = devices
-            .iter()
-            .filter(|d| d.backend == b.as_str())
-            .peekable();
-        if of_b.peek().is_none() {
-            assert!(
-                !required.split(',').any(|r| r.trim() == b.as_str()),
-                "GRAFT_REQUIRE_DEVICE names {b}, but there is no {b} device: {devices:?}"
-            );
-        } else if b == B::Wgpu || software_too || of_b.any(|d| d.is_hardware_gpu()) {
+        if !has_device(b.as_str()) {
+            continue;
+        }
+        let hardware = || {
+            graft::devices()
+                .iter()
+                .any(|d| d.backend == b.as_str() && d.is_hardware_gpu())
+        };
+        if b == B::Wgpu || software_too || hardware() {
             present.push(b);
         } else {
             eprintln!("skipping {b}: a software renderer (GRAFT_TEST_SOFTWARE_GGML=1 runs it)");

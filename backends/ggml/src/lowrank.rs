@@ -26,9 +26,9 @@ use std::borrow::Cow;
 use std::os::raw::{c_int, c_void};
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use crate::context::{Context, Tensor};
+use crate::simd::{dot, vectorized, Kernel};
 use crate::sys;
 
 /// The most multiply-adds (`r · (n_in + n_out)`) an update may have to be fused.
@@ -250,39 +250,61 @@ pub(crate) fn share_batched(
     }
 }
 
-/// Rows of a contiguous 2-D tensor as f32, for the two element types [`supported`] admits.
-struct Rows {
-    data: *const u8,
-    row_bytes: usize,
-    len: usize,
-    f16: bool,
+/// A contiguous F32 or F16 tensor's elements.
+#[derive(Clone, Copy)]
+enum Elems<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
 }
 
-impl Rows {
+/// A contiguous tensor of one of the element types [`supported`] admits, row by row.
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    elems: Elems<'a>,
+    cols: usize,
+}
+
+impl<'a> Matrix<'a> {
     /// # Safety
-    /// `t` is a valid, allocated, contiguous F32 or F16 tensor that outlives the value.
-    unsafe fn of(t: &sys::ggml_tensor) -> Self {
-        Rows {
-            data: t.data as *const u8,
-            row_bytes: t.nb[1],
-            len: t.ne[0] as usize,
-            f16: t.type_ == sys::GGML_TYPE_F16,
+    /// `t` is an allocated, contiguous F32 or F16 tensor that nothing writes while the value
+    /// lives.
+    unsafe fn of(t: &'a sys::ggml_tensor) -> Self {
+        let len = t.ne.iter().product::<i64>() as usize;
+        // SAFETY: per the contract, `len` elements of the tensor's type lie at `data`.
+        let elems = unsafe {
+            match t.type_ == sys::GGML_TYPE_F16 {
+                true => Elems::F16(std::slice::from_raw_parts(t.data as *const f16, len)),
+                false => Elems::F32(std::slice::from_raw_parts(t.data as *const f32, len)),
+            }
+        };
+        Matrix {
+            elems,
+            cols: t.ne[0] as usize,
         }
     }
 
+    fn is_f16(&self) -> bool {
+        matches!(self.elems, Elems::F16(_))
+    }
+
     /// Row `i`: borrowed (F32) or converted into `buf` (F16).
-    ///
-    /// # Safety
-    /// `i` is below the tensor's row count.
-    unsafe fn row<'b>(&'b self, i: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
-        let p = self.data.add(i * self.row_bytes);
-        if self.f16 {
-            let h = std::slice::from_raw_parts(p as *const f16, self.len);
-            buf.resize(self.len, 0.0);
-            h.convert_to_f32_slice(buf); // F16C when the CPU has it
-            buf
-        } else {
-            std::slice::from_raw_parts(p as *const f32, self.len)
+    #[inline(always)]
+    fn row<'b>(&'b self, i: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        self.rows(i..i + 1, buf)
+    }
+
+    /// Rows `rows`, one after the other: borrowed (F32) or converted into `buf` (F16) in one
+    /// go (short rows converted one by one cost more in calls than in conversion).
+    #[inline(always)]
+    fn rows<'b>(&'b self, rows: std::ops::Range<usize>, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        let span = rows.start * self.cols..rows.end * self.cols;
+        match self.elems {
+            Elems::F32(v) => &v[span],
+            Elems::F16(h) => {
+                buf.resize(span.len(), 0.0);
+                f16_to_f32(&h[span], buf);
+                buf
+            }
         }
     }
 }
@@ -298,59 +320,78 @@ fn as_operand(v: &[f32], f16_matrix: bool) -> Cow<'_, [f32]> {
     }
 }
 
-/// `out = f32(f16(v))` (round to nearest even) through the scratch `h`, with F16C when the
-/// CPU has it.
+/// `out = f32(f16(v))` (round to nearest even) through the scratch `h`, with ggml's
+/// converters, as its `mul_mat` rounds a vector for F16 weights.
 fn round_to_f16(v: &[f32], h: &mut [f16], out: &mut [f32]) {
-    h.convert_from_f32_slice(v);
-    h.convert_to_f32_slice(out);
+    assert!(h.len() == v.len() && out.len() == v.len());
+    // SAFETY: both buffers hold v.len() elements (checked); f16 is ggml_fp16_t's u16 bits.
+    unsafe { sys::ggml_cpu_fp32_to_fp16(v.as_ptr(), h.as_mut_ptr().cast(), v.len() as i64) };
+    f16_to_f32(h, out);
 }
 
-/// A dot product in eight independent f32 lanes (vectorizes; the summation order is fixed).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+/// `out = f32(h)` with ggml's converter: one call for the whole slice, vectorized (F16C,
+/// AVX-512) where the CPU has it (half's slice conversion calls a function per 8 values).
+fn f16_to_f32(h: &[f16], out: &mut [f32]) {
+    assert_eq!(h.len(), out.len());
+    // SAFETY: both buffers hold h.len() elements (checked); f16 is ggml_fp16_t's u16 bits.
+    unsafe { sys::ggml_cpu_fp16_to_fp32(h.as_ptr().cast(), out.as_mut_ptr(), h.len() as i64) };
 }
 
 /// Rows `rows` of `base + s · m2 (m1 x)` into `out` (one value per row), `u = m1 x` computed
 /// here (r dot products of n_in; each thread computes the `u` of the updates it has rows of).
-///
-/// # Safety
-/// `m1` and `m2` are allocated, contiguous F32 or F16 tensors `[x.len(), r]` and
-/// `[r, base.len()]`, and `rows` lies within `base`.
-unsafe fn low_rank_rows(
-    x: &[f32],
-    base: &[f32],
-    m1: &sys::ggml_tensor,
-    m2: &sys::ggml_tensor,
+/// `m1` is `[x.len(), r]`, `m2` `[r, base.len()]`, and `rows` lies within `base`.
+struct LowRankRows<'a, 'o> {
+    x: &'a [f32],
+    base: &'a [f32],
+    m1: Matrix<'a>,
+    m2: Matrix<'a>,
     s: f32,
     rows: std::ops::Range<usize>,
-    out: &mut [f32],
-) {
+    out: &'o mut [f32],
+}
+
+impl Kernel for LowRankRows<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            x,
+            base,
+            m1,
+            m2,
+            s,
+            rows,
+            out,
+        } = self;
+        let r = m2.cols;
+        let mut buf = Vec::with_capacity(x.len().max(r));
+        let xo = as_operand(x, m1.is_f16());
+        // (A loop, not an iterator's closure, which might be compiled outside this context.)
+        let mut u = Vec::with_capacity(r);
+        for j in 0..r {
+            u.push(dot(m1.row(j, &mut buf), &xo));
+        }
+        let uo = as_operand(&u, m2.is_f16());
+        let m2_rows = m2.rows(rows.clone(), &mut buf);
+        for ((o, b), row) in out.iter_mut().zip(&base[rows]).zip(m2_rows.chunks_exact(r)) {
+            *o = b + s * dot(row, &uo);
+        }
+    }
+}
+
+/// The slice of thread-owned output elements `range` of `dst`'s F32 data.
+///
+/// # Safety
+/// `dst` is an allocated F32 tensor of at least `range.end` elements, and no other slice of
+/// these elements lives while the returned one does (each thread its own range).
+unsafe fn out_range<'a>(
+    dst: *mut sys::ggml_tensor,
+    range: std::ops::Range<usize>,
+) -> &'a mut [f32] {
     // SAFETY: per the contract.
-    let (m1r, m2r) = unsafe { (Rows::of(m1), Rows::of(m2)) };
-    let r = m1.ne[1] as usize;
-    let mut buf = Vec::with_capacity(x.len().max(r));
-    let xo = as_operand(x, m1r.f16);
-    // SAFETY: j < r: a row of m1.
-    let u: Vec<f32> = (0..r)
-        .map(|j| dot(unsafe { m1r.row(j, &mut buf) }, &xo))
-        .collect();
-    let uo = as_operand(&u, m2r.f16);
-    for (o, i) in out.iter_mut().zip(rows) {
-        // SAFETY: i in `rows`, rows of m2 per the contract.
-        *o = base[i] + s * dot(unsafe { m2r.row(i, &mut buf) }, &uo);
+    unsafe {
+        std::slice::from_raw_parts_mut(((*dst).data as *mut f32).add(range.start), range.len())
     }
 }
 
@@ -369,11 +410,16 @@ unsafe extern "C" fn update(
         let d = &*dst;
         let (base, x, m1, m2) = (&*d.src[0], &*d.src[1], &*d.src[2], &*d.src[3]);
         let n_out = m2.ne[1] as usize;
-        let xv = std::slice::from_raw_parts(x.data as *const f32, x.ne[0] as usize);
-        let b = std::slice::from_raw_parts(base.data as *const f32, n_out);
-        let out = std::slice::from_raw_parts_mut(d.data as *mut f32, n_out);
         let mine = share(n_out, ith, nth);
-        low_rank_rows(xv, b, m1, m2, s, mine.clone(), &mut out[mine]);
+        vectorized(LowRankRows {
+            x: std::slice::from_raw_parts(x.data as *const f32, x.ne[0] as usize),
+            base: std::slice::from_raw_parts(base.data as *const f32, n_out),
+            m1: Matrix::of(m1),
+            m2: Matrix::of(m2),
+            s,
+            rows: mine.clone(),
+            out: out_range(dst, mine),
+        });
     }
 }
 
@@ -396,14 +442,95 @@ unsafe extern "C" fn update_stacked(
         let n_in = x.ne[0] as usize;
         let k = d.ne[1] as usize;
         let xv = std::slice::from_raw_parts(x.data as *const f32, n_in);
-        let out = std::slice::from_raw_parts_mut(d.data as *mut f32, n_in * k);
         let mine = share(n_in * k, ith, nth);
         for j in 0..k {
             let (lo, hi) = (mine.start.max(j * n_in), mine.end.min((j + 1) * n_in));
             if lo < hi {
-                let (m1, m2) = (&*d.src[1 + 2 * j], &*d.src[2 + 2 * j]);
-                let rows = lo - j * n_in..hi - j * n_in;
-                low_rank_rows(xv, xv, m1, m2, s, rows, &mut out[lo..hi]);
+                vectorized(LowRankRows {
+                    x: xv,
+                    base: xv,
+                    m1: Matrix::of(&*d.src[1 + 2 * j]),
+                    m2: Matrix::of(&*d.src[2 + 2 * j]),
+                    s,
+                    rows: lo - j * n_in..hi - j * n_in,
+                    out: out_range(dst, lo..hi),
+                });
+            }
+        }
+    }
+}
+
+/// Units `units` (unit u: block `u % nb` of token `u / nb`) of `base + s · blockdiag(d) x`
+/// into `out` (`bo` values per unit, from the first unit's): `d` holds the `nb` blocks of
+/// `bo` rows of `d.cols` values.
+struct BlockDiagUnits<'a, 'o> {
+    d: Matrix<'a>,
+    nb: usize,
+    bo: usize,
+    s: f32,
+    x: &'a [f32],
+    base: &'a [f32],
+    units: std::ops::Range<usize>,
+    out: &'o mut [f32],
+}
+
+impl Kernel for BlockDiagUnits<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            d,
+            nb,
+            bo,
+            s,
+            x,
+            base,
+            units,
+            out,
+        } = self;
+        let bi = d.cols;
+        let size = bo * bi;
+        let first = units.start;
+        // Unit u's rows of its block against its token's slice of x.
+        #[inline(always)]
+        fn unit(block: &[f32], xb: &[f32], s: f32, base: &[f32], out: &mut [f32]) {
+            for ((v, b), row) in out.iter_mut().zip(base).zip(block.chunks_exact(xb.len())) {
+                *v = b + s * dot(row, xb);
+            }
+        }
+        let rows = |u: usize| (u - first) * bo..(u - first + 1) * bo;
+        match d.elems {
+            Elems::F32(df) => {
+                for u in units {
+                    let blk = u % nb;
+                    let block = &df[blk * size..(blk + 1) * size];
+                    let xb = &x[u * bi..(u + 1) * bi];
+                    unit(block, xb, s, &base[u * bo..], &mut out[rows(u)]);
+                }
+            }
+            Elems::F16(dh) => {
+                // The blocks this thread's units use, converted to f32 in one call (at decode,
+                // the thread's own blocks; over a prompt usually all of them); x rounded to F16
+                // as ggml's mul_mat does.
+                let blocks = if units.is_empty() {
+                    0..0
+                } else if units.start / nb == (units.end - 1) / nb {
+                    units.start % nb..(units.end - 1) % nb + 1 // all of one token's
+                } else {
+                    0..nb
+                };
+                let mut df = vec![0f32; blocks.len() * size];
+                f16_to_f32(&dh[blocks.start * size..blocks.end * size], &mut df);
+                let xs = &x[units.start * bi..units.end * bi];
+                let (mut xh, mut xo) = (vec![f16::ZERO; xs.len()], vec![0f32; xs.len()]);
+                round_to_f16(xs, &mut xh, &mut xo);
+                for u in units {
+                    let blk = u % nb - blocks.start;
+                    let xb = &xo[(u - first) * bi..(u - first + 1) * bi];
+                    let block = &df[blk * size..(blk + 1) * size];
+                    unit(block, xb, s, &base[u * bo..], &mut out[rows(u)]);
+                }
             }
         }
     }
@@ -427,60 +554,17 @@ unsafe extern "C" fn block_diag(
         let (base, x, d) = (&*dt.src[0], &*dt.src[1], &*dt.src[2]);
         let (bi, bo, nb) = (d.ne[0] as usize, d.ne[1] as usize, d.ne[2] as usize);
         let n = x.ne[1] as usize;
-        let f16 = d.type_ == sys::GGML_TYPE_F16;
-        let xv = std::slice::from_raw_parts(x.data as *const f32, n * nb * bi);
-        let b = std::slice::from_raw_parts(base.data as *const f32, n * nb * bo);
-        let out = std::slice::from_raw_parts_mut(dt.data as *mut f32, n * nb * bo);
-        // Unit u is block u % nb of token u / nb; in token-major order a thread's units share
-        // the blocks, which stay in cache.
+        // In token-major order a thread's units share the blocks, which stay in cache.
         let units = share(n * nb, ith, nth);
-        if f16 {
-            // Each block converted to f32 once per thread, the first time one of its units
-            // needs it; x rounded to F16 as ggml's mul_mat does.
-            let dh = std::slice::from_raw_parts(d.data as *const f16, nb * bo * bi);
-            let mut df = vec![0f32; nb * bo * bi];
-            let mut converted = vec![false; nb];
-            let (mut xh, mut xo) = (vec![f16::ZERO; bi], vec![0f32; bi]);
-            for u in units {
-                let blk = u % nb;
-                let rows = blk * bo * bi..(blk + 1) * bo * bi;
-                if !converted[blk] {
-                    dh[rows.clone()].convert_to_f32_slice(&mut df[rows.clone()]);
-                    converted[blk] = true;
-                }
-                round_to_f16(&xv[u * bi..(u + 1) * bi], &mut xh, &mut xo);
-                let blk_rows = &df[rows];
-                for j in 0..bo {
-                    let i = u * bo + j;
-                    out[i] = b[i] + s * dot(&blk_rows[j * bi..(j + 1) * bi], &xo);
-                }
-            }
-        } else {
-            let df = std::slice::from_raw_parts(d.data as *const f32, nb * bo * bi);
-            for u in units {
-                let blk = u % nb;
-                let xb = &xv[u * bi..(u + 1) * bi];
-                for j in 0..bo {
-                    let i = u * bo + j;
-                    let r = (blk * bo + j) * bi;
-                    out[i] = b[i] + s * dot(&df[r..r + bi], xb);
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dot;
-
-    #[test]
-    fn dot_matches_a_plain_sum() {
-        for n in [0usize, 1, 7, 8, 9, 31, 576] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            assert!((dot(&a, &b) as f64 - want).abs() < 1e-4, "n={n}");
-        }
+        vectorized(BlockDiagUnits {
+            d: Matrix::of(d),
+            nb,
+            bo,
+            s,
+            x: std::slice::from_raw_parts(x.data as *const f32, n * nb * bi),
+            base: std::slice::from_raw_parts(base.data as *const f32, n * nb * bo),
+            out: out_range(dst, units.start * bo..units.end * bo),
+            units,
+        });
     }
 }

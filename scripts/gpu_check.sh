@@ -109,7 +109,8 @@ EOF
 }
 
 # judge NAME RAN, then a comparison command: when both runs went through (RAN is 0), notes the
-# comparison's line, marked FAIL when it fails; else says the check did not run.
+# comparison's line, marked FAIL when it fails (or, with info_only=1, noted as information);
+# else says the check did not run.
 judge() {
     local name=$1 ran=$2
     shift 2
@@ -119,6 +120,8 @@ judge() {
         failed+=("$name")
     elif "$@" >"$OUT/cmp.txt"; then
         note "$(cat "$OUT/cmp.txt")"
+    elif [[ ${info_only:-0} == 1 ]]; then
+        note "$(cat "$OUT/cmp.txt") (information: random weights, near-equal logits; the perplexity is the check)"
     else
         note "$(cat "$OUT/cmp.txt") FAIL"
         failed+=("$name")
@@ -138,11 +141,21 @@ echo "== tokens and perplexity: $BACKEND against the cpu"
 note ""
 note "## $BACKEND against the CPU backend"
 TEXT=$KIT/data/text.txt
+# qwen2-tiny has random weights: its next-token distribution is nearly flat (perplexity in the
+# tens of thousands), so greedy choices between near-equal logits go to whichever way a kernel
+# rounds. Over F32 weights the device must give the CPU's tokens; over Q8_0 and Q4_0 (whose
+# activations each backend quantizes and sums in its own order) the tokens are reported, and
+# the perplexity beside them (within 1 %) and the op conformance suite are the checks. (ggml's
+# Vulkan backend on lavapipe, rehearsing this script: F32 24 of 24 on every prompt; Q8_0 and
+# Q4_0 6 and 1 of 24 on one prompt each, perplexity within 0.1 % and 0.4 %.)
 for m in qwen2-tiny.gguf qwen2-tiny.Q8_0.gguf qwen2-tiny.Q4_0.gguf; do
+    info_only=0
+    [[ $m == *.Q*_0.gguf ]] && info_only=1
     for p in "The capital of France is" "Once upon a time" "1, 2, 3, 4,"; do
         run_pair "- $m greedy '$p'" generate --model "$KIT/models/$m" --prompt "$p" \
             --temperature 0 --max-tokens 24 --ignore-eos
     done
+    info_only=0
     run_pair "- $m" perplexity --model "$KIT/models/$m" --file "$TEXT" --ctx 128 --max-tokens 256
 done
 quants=(Q4_0 Q8_0)

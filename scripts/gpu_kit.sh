@@ -40,6 +40,11 @@ mkdir -p "$KIT/ggml/src"
 cp -r "$src/CMakeLists.txt" "$src/cmake" "$src/include" "$KIT/ggml/"
 find "$src/src" -maxdepth 1 -type f -exec cp {} "$KIT/ggml/src/" \;
 cp -r "$src/src/ggml-cuda" "$src/src/ggml-vulkan" "$KIT/ggml/src/"
+# ggml-base (ggml-quants.c) includes headers of the CPU backend, which the backend libraries
+# are built without: those headers only.
+mkdir -p "$KIT/ggml/src/ggml-cpu"
+grep -ho '#include "ggml-cpu/[^"]*"' "$src"/src/*.c "$src"/src/*.cpp | sed 's/.*"ggml-cpu\/\(.*\)"/\1/' |
+    sort -u | while read -r h; do cp "$src/src/ggml-cpu/$h" "$KIT/ggml/src/ggml-cpu/"; done
 
 echo "[gpu_kit] models, adapters, data"
 cp .cache/models/qwen2-tiny.gguf .cache/models/qwen2-tiny.Q8_0.gguf \

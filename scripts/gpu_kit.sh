@@ -43,8 +43,9 @@ cp -r "$src/src/ggml-cuda" "$src/src/ggml-vulkan" "$KIT/ggml/src/"
 # ggml-base (ggml-quants.c) includes headers of the CPU backend, which the backend libraries
 # are built without: those headers only.
 mkdir -p "$KIT/ggml/src/ggml-cpu"
-grep -ho '#include "ggml-cpu/[^"]*"' "$src"/src/*.c "$src"/src/*.cpp | sed 's/.*"ggml-cpu\/\(.*\)"/\1/' |
-    sort -u | while read -r h; do cp "$src/src/ggml-cpu/$h" "$KIT/ggml/src/ggml-cpu/"; done
+{ grep -ho '#include "ggml-cpu/[^"]*"' "$src"/src/*.c "$src"/src/*.cpp || true; } |
+    sed 's/.*"ggml-cpu\/\(.*\)"/\1/' | sort -u |
+    while read -r h; do cp "$src/src/ggml-cpu/$h" "$KIT/ggml/src/ggml-cpu/"; done
 
 echo "[gpu_kit] models, adapters, data"
 cp .cache/models/qwen2-tiny.gguf .cache/models/qwen2-tiny.Q8_0.gguf \

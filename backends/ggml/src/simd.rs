@@ -30,9 +30,10 @@ pub(crate) fn vectorized<K: Kernel>(k: K) -> K::Output {
     pulp::Arch::new().dispatch(Dispatch(k))
 }
 
-/// The accumulator lanes of [`dot`]: one AVX2 register, two SSE or NEON ones (more lanes
+/// The independent f32 lanes of this crate's partial sums, maxima and [`dot`]'s
+/// accumulators, so that their loops vectorize: one AVX2 register, two SSE or NEON ones (16
 /// were slower for the 9- and 24-long dot products of DiaBlo's blocks).
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 
 /// The dot product of two equally long slices, in [`LANES`] independent lanes that are then
 /// summed pairwise: the summation order depends on the length only, so every CPU and every

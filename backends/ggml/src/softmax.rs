@@ -17,10 +17,8 @@
 use std::os::raw::{c_int, c_void};
 
 use crate::context::{Context, Graph};
+use crate::simd::LANES;
 use crate::sys;
-
-/// Lanes of the partial maxima and sums (so that the loops vectorize).
-const LANES: usize = 8;
 
 /// Whether `t` (a `SOFT_MAX` node) is one [`softmax_rows`] computes: F32 scores, output and
 /// mask with contiguous rows, the mask as wide as the rows and broadcast over the batches as

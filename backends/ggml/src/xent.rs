@@ -18,6 +18,7 @@
 use std::os::raw::{c_int, c_void};
 
 use crate::context::{Context, Graph};
+use crate::simd::LANES;
 use crate::sys;
 
 /// `e^x`, within 3e-7 relative of libm's for `x` in [-87, 88] (clamped outside): a
@@ -40,9 +41,6 @@ pub(crate) fn exp(x: f32) -> f32 {
     let bits = t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23;
     p * f32::from_bits(bits)
 }
-
-/// Lanes of the partial sums (so that the loops vectorize).
-const LANES: usize = 8;
 
 /// The largest value of a row (-inf for none), in `LANES` partial maxima so that the loop
 /// vectorizes.
